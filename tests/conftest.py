@@ -1,0 +1,78 @@
+"""Fixtures: a clean store per test (the embedded server, or ``REDIS_URL`` when set),
+the app under Starlette's TestClient, and real servers for real-client tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import redis as redis_sync
+import redis.asyncio as aredis
+from starlette.testclient import TestClient
+
+from live.app import create_app
+from live.config import Settings
+from live.store import EmbeddedStore, connect
+
+STORE_FIXTURES = {"store_url", "redis", "sync_redis", "settings", "client"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the store are marked ``store`` (CI reruns them on a real Redis)."""
+    for item in items:
+        if STORE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.store)
+
+
+@pytest.fixture(scope="session")
+def store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The store for this test run: ``REDIS_URL`` (never database 0) or an embedded one."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        db = (urlparse(url).path or "/0").strip("/") or "0"
+        if db == "0":
+            raise pytest.UsageError("REDIS_URL must name a database of its own, not db 0")
+        yield url
+        return
+    embedded = EmbeddedStore(tmp_path_factory.mktemp("store"))
+    url = embedded.start()
+    try:
+        yield url
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture
+def sync_redis(store_url: str) -> Iterator[redis_sync.Redis]:
+    """A synchronous client on a flushed store."""
+    client = redis_sync.Redis.from_url(store_url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def redis(store_url: str, sync_redis: redis_sync.Redis) -> AsyncIterator[aredis.Redis]:
+    """An async client on a flushed store."""
+    client = connect(store_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def settings(store_url: str, sync_redis: redis_sync.Redis, tmp_path: Path) -> Settings:
+    return Settings(redis_url=store_url, var_dir=tmp_path / "var", log_level="WARNING")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The app under TestClient (lifespan run), on a flushed store."""
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
