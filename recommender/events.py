@@ -13,7 +13,9 @@ LOG = "nr:events"
 
 
 def _fields(event: Event) -> dict[Any, Any]:
-    fields: dict[Any, Any] = {"u": event.user, "s": event.sku, "k": event.kind, "t": f"{event.ts:.3f}"}
+    fields: dict[Any, Any] = {
+        "u": event.user, "s": event.sku, "k": event.kind, "t": f"{event.ts:.3f}",
+    }
     if event.session_id:
         fields["sess"] = event.session_id
     if event.store_id:
