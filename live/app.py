@@ -15,6 +15,7 @@ from identity.errors import IdentityError
 from live.config import Settings
 from live.errors import LiveError, handle_error, handle_http_error, handle_unexpected
 from live.metrics import RequestTimer
+from live.pages import page_routes
 from live.routes import ROUTES
 from live.services import open_services
 
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.model_version = None
             yield
 
-    routes: list[BaseRoute] = [*ROUTES]
+    routes: list[BaseRoute] = [*ROUTES, *page_routes(settings.static_dir)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
