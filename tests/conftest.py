@@ -89,7 +89,7 @@ CHROMIUM_ARGS = [
 def chromium() -> Iterator[object]:
     """Debian's Chromium under Playwright (``make test`` installs it as root)."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+        pytest.skip(f"browser tests need chromium at {CHROMIUM} (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
