@@ -317,7 +317,14 @@ class IdentityService:
             pipe.set(TOMB.format(digest=self._tomb(uid)), "1")
         await pipe.execute()
         for hook in self.on_erase:
-            await hook(member_id, user_ids)
+            try:
+                await hook(member_id, user_ids)
+            except Exception as exc:  # any failing part leaves a retryable erasure
+                log.exception("erase hook %s failed", getattr(hook, "__qualname__", hook))
+                raise IdentityError(
+                    "erasure_incomplete",
+                    "erasure could not finish everywhere; nothing of the member is back, "
+                    "retry the request", 503) from exc
         devices = await self.devices.revoke_all(member_id)
         await self.refresh_tokens.revoke_member(member_id)
         identifiers = await self.members.delete(member_id)
