@@ -8,7 +8,9 @@ a device deletes its secret, so its codes stop working at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aredis
 
@@ -26,13 +28,13 @@ from identity.types import Clock, DeviceIndex, MemberCode, MemberId
 DEVICE = "nr:device:{index}"
 MEMBER_DEVICES = "nr:device:member:{id}"
 
-# Accept a step only if it is later than the last one accepted for this device.
+# Accept a step only if it is later than the last one accepted for this device; on
+# success also return the owner's record (KEYS[2]) to save a round trip.
 _ACCEPT = """
 local last = redis.call('HGET', KEYS[1], 'last_step')
-if not last then return -1 end
-if tonumber(last) >= tonumber(ARGV[1]) then return 0 end
+if not last or tonumber(last) >= tonumber(ARGV[1]) then return false end
 redis.call('HSET', KEYS[1], 'last_step', ARGV[1])
-return 1
+return redis.call('HGETALL', KEYS[2])
 """
 
 
@@ -113,8 +115,11 @@ class Devices:
         return {"code": member_code(device.index, device.secret, now),
                 "expires_at": step_expires_at(now)}
 
-    async def check_code(self, code: object) -> Device:
-        """The device whose current code this is; each code works once.
+    async def check_code(
+        self, code: object, owner_key: Callable[[str], str],
+    ) -> tuple[Device, list[bytes]]:
+        """The device whose current code this is, and its owner's record (the flat
+        ``HGETALL`` reply of ``owner_key(member_id)``); each code works once.
 
         Raises ``bad_request`` for something not shaped like a member code and
         ``invalid_code`` for a wrong, stale, reused or revoked one.
@@ -126,10 +131,11 @@ class Devices:
         step = matching_step(device.secret, parsed.otp, self.clock())
         if step is None:
             raise invalid_code()
-        accepted = await self._accept(keys=[DEVICE.format(index=device.index)], args=[step])
-        if int(accepted) != 1:
+        owner: Any = await self._accept(
+            keys=[DEVICE.format(index=device.index), owner_key(device.member_id)], args=[step])
+        if owner is None:
             raise invalid_code()
-        return device
+        return device, list(owner)
 
     async def revoke(self, index: str) -> Device | None:
         """Forget the device's secret; returns what was revoked."""

@@ -15,6 +15,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -121,6 +122,19 @@ def tier_for(spend: float) -> Tier:
     return "member"
 
 
+def member_from(raw: Mapping[bytes, bytes]) -> Member:
+    """A member from its stored hash."""
+    return Member(
+        id=MemberId(_text(raw[b"id"])),
+        name=_text(raw[b"name"]),
+        tier=_text(raw[b"tier"]),  # type: ignore[arg-type]
+        home_store=_text(raw[b"home_store"]) or None,
+        spend=float(raw[b"spend"]),
+        created_at=float(raw[b"created_at"]),
+        consent=orjson.loads(raw[b"consent"]),
+    )
+
+
 @dataclass(frozen=True)
 class LinkEntry:
     """One line of the link log: who linked or unlinked which identifier (by digest)."""
@@ -182,19 +196,16 @@ class Members:
     async def exists(self, member_id: str) -> bool:
         return bool(await self.redis.exists(MEMBER.format(id=member_id)))
 
+    @staticmethod
+    def key(member_id: str) -> str:
+        return MEMBER.format(id=member_id)
+
     async def get(self, member_id: str) -> Member:
-        raw = await self.redis.hgetall(MEMBER.format(id=member_id))
+        raw: Any = await self.redis.hgetall(MEMBER.format(id=member_id))
         if not raw:
             raise not_found(f"member {member_id!r}")
-        return Member(
-            id=MemberId(_text(raw[b"id"])),
-            name=_text(raw[b"name"]),
-            tier=_text(raw[b"tier"]),  # type: ignore[arg-type]
-            home_store=_text(raw[b"home_store"]) or None,
-            spend=float(raw[b"spend"]),
-            created_at=float(raw[b"created_at"]),
-            consent=orjson.loads(raw[b"consent"]),
-        )
+        return member_from(raw)
+
 
     async def update(
         self, member_id: str, name: str | None = None,

@@ -25,7 +25,14 @@ from identity.codes import normalize_phone
 from identity.consent import apply_consent, parse_consent
 from identity.devices import Device, Devices
 from identity.errors import IdentityError, bad_request, invalid_code, not_found
-from identity.members import IDENTIFIER_KINDS, Member, Members, Purpose, is_junk
+from identity.members import (
+    IDENTIFIER_KINDS,
+    Member,
+    Members,
+    Purpose,
+    is_junk,
+    member_from,
+)
 from identity.otp import NoSender, OtpLimits, OtpService, OutboxSender, SmsSender
 from identity.tokens import KeyRing, RefreshTokens
 from identity.types import (
@@ -259,11 +266,10 @@ class IdentityService:
 
     async def check_in(self, code: object, screen_id: str, store_id: str | None) -> CheckIn:
         """Resolve a member code shown at a screen; ``on_checkin`` hooks run after."""
-        device = await self.devices.check_code(code)
-        try:
-            member = await self.members.get(device.member_id)
-        except IdentityError:
-            raise invalid_code() from None
+        _, raw = await self.devices.check_code(code, self.members.key)
+        if not raw:
+            raise invalid_code()  # the member is gone (erased) but the device lingered
+        member = member_from(dict(zip(raw[::2], raw[1::2], strict=True)))
         for hook in self.on_checkin:
             self._spawn(hook(member.id, screen_id, store_id))
         return {"member_id": member.id, "greeting": f"Welcome, {member.first_name}!",
