@@ -163,8 +163,17 @@ class OtpService:
         )
         _raise_for(status, detail, self.clock())
         minutes = int(lim.ttl // 60)
-        await self.sender.send(
-            phone, f"Your newretail code is {code}. It expires in {minutes} minutes.", code)
+        try:
+            await self.sender.send(
+                phone, f"Your newretail code is {code}. It expires in {minutes} minutes.", code)
+        except Exception as exc:
+            # A code nobody received must not stay valid.
+            await self.redis.delete(CODE.format(d=d))
+            if isinstance(exc, IdentityError):
+                raise
+            log.exception("SMS sender failed")
+            raise IdentityError("sms_failed", "the code could not be sent; try again", 502
+                                ) from exc
 
     async def verify(self, phone: str, code: object) -> None:
         """Accept the phone's current code once; raise ``invalid_code`` or ``locked``."""

@@ -27,6 +27,7 @@ from identity.devices import Device, Devices
 from identity.errors import IdentityError, bad_request, invalid_code, not_found
 from identity.members import (
     IDENTIFIER_KINDS,
+    MEMBER_ANON,
     Member,
     Members,
     Purpose,
@@ -177,11 +178,18 @@ class IdentityService:
         except IdentityError as exc:
             log.info("anonymous id not stitched into %s: %s", member_id, exc.code)
             return False
-        if linked:
-            await self.members.add_anon(member_id, anon_id)
+        if not linked:
+            return False
+        await self.members.add_anon(member_id, anon_id)
+        try:
             for hook in self.on_stitch:
                 await hook(anon_id, member_id)
-        return linked
+        except Exception:  # the sign-in stands; the next sign-in retries the stitch
+            log.exception("stitch hook failed; %s stays unstitched", anon_id)
+            await self.members.unlink(member_id, "web", anon_id, "stitch", member_id)
+            await self.redis.srem(MEMBER_ANON.format(id=member_id), anon_id)
+            return False
+        return True
 
     def member_token(self, member_id: str, device_index: str) -> str:
         return self.keyring.issue(member_id, "member", self.config.access_ttl,

@@ -120,3 +120,42 @@ async def test_device_limit_signs_out_the_oldest(redis: aredis.Redis) -> None:
     devices = await svc.list_devices(signed[0]["member_id"])
     assert len(devices) == 10
     assert "device-0" not in {d["device_id"] for d in devices}
+
+
+async def test_failed_send_leaves_no_valid_code(redis: aredis.Redis) -> None:
+    """When the gateway fails the request is a 502 and no code is left to guess."""
+
+    class Down:
+        async def send(self, phone: str, text: str, code: str) -> None:
+            raise ConnectionError("gateway down")
+
+    svc = IdentityService(redis, KeyRing({"k1": b"k" * 32}), b"p" * 32, sender=Down())
+    with pytest.raises(IdentityError) as err:
+        await svc.request_code(PHONE)
+    assert err.value.status == 502 and err.value.code == "sms_failed"
+    assert await redis.keys("nr:otp:code:*") == []
+
+
+async def test_failed_stitch_hook_keeps_the_sign_in_and_retries_later(
+        redis: aredis.Redis) -> None:
+    """If a stitch hook fails the member is signed in unstitched, and the next sign-in
+    with the same anonymous id stitches it."""
+    sender = RecordingSender()
+    clock = FakeClock()
+    svc = make(redis, sender, clock)
+    calls: list[tuple[str, str]] = []
+
+    async def flaky(anon_id: str, member_id: str) -> None:
+        calls.append((anon_id, member_id))
+        if len(calls) == 1:
+            raise RuntimeError("carts down")
+
+    svc.on_stitch.append(flaky)
+    await svc.request_code(PHONE)
+    first = await svc.verify(PHONE, sender.sent[-1][2], "phone", "a_feed")
+    assert first["stitched"] is False
+    assert await svc.members.resolve("web", "a_feed") is None
+    await svc.request_code(PHONE)
+    second = await svc.verify(PHONE, sender.sent[-1][2], "phone", "a_feed")
+    assert second["stitched"] is True and len(calls) == 2
+    assert await svc.members.anon_ids(second["member_id"]) == ["a_feed"]
