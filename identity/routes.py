@@ -124,7 +124,8 @@ async def member_code(request: Request) -> Response:
 async def member_code_svg(request: Request) -> Response:
     claims = require(request, "member")
     code = await identity(request).member_code(claims)
-    svg = segno.make(code["code"], error="m").svg_inline(scale=6, border=2)
+    # A full QR symbol: store scanners often cannot read the Micro QR segno would pick.
+    svg = segno.make_qr(code["code"], error="m").svg_inline(scale=6, border=4)
     return Response(svg, media_type="image/svg+xml", headers={"cache-control": "no-store"})
 
 

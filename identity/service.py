@@ -233,6 +233,12 @@ class IdentityService:
             return False
         return member.consents_to(purpose)  # type: ignore[arg-type]
 
+    async def record_spend(self, member_id: str, amount: float) -> Member:
+        """Add a purchase to the member's lifetime spend; the tier follows it."""
+        if not amount > 0:
+            raise bad_request("amount must be positive")
+        return await self.members.add_spend(member_id, amount)
+
     def identifier_value(self, kind: object, value: object) -> tuple[str, str]:
         if kind not in IDENTIFIER_KINDS:
             raise bad_request(f"kind must be one of {', '.join(IDENTIFIER_KINDS)}")

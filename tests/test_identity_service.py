@@ -159,3 +159,15 @@ async def test_failed_stitch_hook_keeps_the_sign_in_and_retries_later(
     second = await svc.verify(PHONE, sender.sent[-1][2], "phone", "a_feed")
     assert second["stitched"] is True and len(calls) == 2
     assert await svc.members.anon_ids(second["member_id"]) == ["a_feed"]
+
+
+async def test_tier_follows_spend(redis: aredis.Redis) -> None:
+    """Spend moves a member from member to silver (500) to gold (2,000)."""
+    svc = make(redis, RecordingSender(), FakeClock())
+    member = await svc.members.create("Tia Lowe")
+    assert member.tier == "member"
+    assert (await svc.record_spend(member.id, 499.5)).tier == "member"
+    assert (await svc.record_spend(member.id, 0.5)).tier == "silver"
+    assert (await svc.record_spend(member.id, 1500)).tier == "gold"
+    with pytest.raises(IdentityError):
+        await svc.record_spend(member.id, -5)
