@@ -314,6 +314,8 @@ class IdentityService:
             raise not_found("device")
         await self.devices.revoke(index)
         await self.refresh_tokens.revoke_device(device.member_id, index)
+        actor = member_id or "admin"
+        await self.members.unlink(device.member_id, "device", device.device_id, "signin", actor)
 
     # -- erasure -------------------------------------------------------------------
 

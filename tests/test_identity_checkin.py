@@ -90,7 +90,8 @@ def test_stale_and_forged_codes(client: TestClient) -> None:
 
 def test_revoked_device_codes_stop_working(client: TestClient) -> None:
     """After DELETE /identity/devices/{index} that device's codes and refresh token are
-    refused; the member's other device still works; others cannot revoke it."""
+    refused and the device identifier is unlinked; the member's other device still works;
+    others cannot revoke it."""
     use_clock(client, FakeClock(1_800_000_000.0))
     phone = sign_in(client, PHONE, device_id="phone")
     tablet = sign_in(client, PHONE, device_id="tablet")
@@ -100,7 +101,13 @@ def test_revoked_device_codes_stop_working(client: TestClient) -> None:
     assert client.delete(url, headers=auth(stranger["token"])).status_code == 404
     listed = client.get("/identity/devices", headers=auth(tablet["token"])).json()["devices"]
     assert {d["device_id"] for d in listed} == {"phone", "tablet"}
+    linked = client.get("/identity/resolve", headers=admin(client),
+                        params={"kind": "device", "value": "phone"}).json()
+    assert linked["member_id"] == phone["member_id"]
     assert client.delete(url, headers=auth(tablet["token"])).status_code == 204
+    gone = client.get("/identity/resolve", headers=admin(client),
+                      params={"kind": "device", "value": "phone"}).json()
+    assert gone["member_id"] is None
     assert check_in(client, code)[0] == 401
     assert client.get("/identity/member-code", headers=auth(phone["token"])).status_code == 404
     r = client.post("/identity/token/refresh", json={"refresh_token": phone["refresh_token"]})
