@@ -25,3 +25,20 @@ def unauthorized(message: str = "a valid bearer token is required") -> IdentityE
 
 def forbidden(message: str = "your role may not do this") -> IdentityError:
     return IdentityError("forbidden", message, 403)
+
+
+def bad_request(message: str) -> IdentityError:
+    return IdentityError("bad_request", message, 400)
+
+
+def not_found(what: str) -> IdentityError:
+    return IdentityError("not_found", f"{what} not found", 404)
+
+
+def too_many(message: str, code: str = "too_many_requests") -> IdentityError:
+    return IdentityError(code, message, 429)
+
+
+def invalid_code() -> IdentityError:
+    """The one answer for a wrong, expired, used or unknown code: it never says which."""
+    return IdentityError("invalid_code", "the code is wrong or has expired", 401)

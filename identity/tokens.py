@@ -6,6 +6,7 @@ token whose ``kid`` was retired no longer verifies.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -119,7 +120,99 @@ class KeyRing:
         if role not in ROLES or not isinstance(data.get("sub"), str):
             raise unauthorized("token has no valid sub and role")
         store = data.get("store")
+        device = data.get("dev")
         return Claims(
             sub=data["sub"], role=role, exp=int(data["exp"]),
             store=store if isinstance(store, str) else None, kid=kid,
+            device=device if isinstance(device, str) else None,
         )
+
+
+REFRESH = "nr:refresh:{digest}"
+REFRESH_FAMILY = "nr:refresh:family:{family}"
+REFRESH_MEMBER = "nr:refresh:member:{id}"
+REFRESH_TOKENS = "nr:refresh:family:{family}:tokens"
+REFRESH_TTL = 30 * 86400
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RefreshTokens:
+    """Opaque refresh tokens that rotate: each works once and is replaced by a new one
+    of the same family. Presenting a token that was already rotated means it leaked, so
+    the whole family is revoked and the holder must sign in again.
+
+    Args:
+        redis: the store (only a hash of each token is kept).
+        ttl: seconds a family lives without use.
+    """
+
+    def __init__(self, redis: Any, ttl: int = REFRESH_TTL) -> None:
+        self.redis = redis
+        self.ttl = ttl
+
+    @staticmethod
+    def _digest(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    async def start(self, member_id: str, device_index: str) -> str:
+        """A new family for one signed-in device; returns its first token."""
+        family = secrets.token_hex(12)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(REFRESH_FAMILY.format(family=family),
+                  mapping={"member": member_id, "device": device_index, "revoked": 0})
+        pipe.expire(REFRESH_FAMILY.format(family=family), self.ttl)
+        pipe.sadd(REFRESH_MEMBER.format(id=member_id), family)
+        await pipe.execute()
+        return await self._issue(family, member_id, device_index)
+
+    async def _issue(self, family: str, member_id: str, device_index: str) -> str:
+        token = "rt." + secrets.token_urlsafe(32)
+        key = REFRESH.format(digest=self._digest(token))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping={"family": family, "member": member_id,
+                                "device": device_index, "used": 0})
+        pipe.expire(key, self.ttl)
+        pipe.sadd(REFRESH_TOKENS.format(family=family), key)
+        pipe.expire(REFRESH_TOKENS.format(family=family), self.ttl)
+        pipe.expire(REFRESH_FAMILY.format(family=family), self.ttl)
+        await pipe.execute()
+        return token
+
+    async def rotate(self, token: object) -> tuple[str, str, str]:
+        """Spend ``token``; returns ``(member_id, device_index, next_token)``."""
+        if not isinstance(token, str) or not token.startswith("rt.") or len(token) > 100:
+            raise unauthorized("refresh_token is missing or malformed")
+        key = REFRESH.format(digest=self._digest(token))
+        raw = await self.redis.hgetall(key)
+        if not raw:
+            raise unauthorized("refresh token unknown or expired")
+        family = _text(raw[b"family"])
+        fam_key = REFRESH_FAMILY.format(family=family)
+        fam = await self.redis.hgetall(fam_key)
+        if not fam or _text(fam[b"revoked"]) != "0":
+            raise unauthorized("this sign-in was revoked; sign in again")
+        if int(await self.redis.hincrby(key, "used", 1)) > 1:
+            await self.redis.hset(fam_key, "revoked", 1)
+            raise unauthorized("refresh token reused; this sign-in was revoked")
+        member, device = _text(raw[b"member"]), _text(raw[b"device"])
+        return member, device, await self._issue(family, member, device)
+
+    async def revoke_device(self, member_id: str, device_index: str) -> None:
+        for family in await self.redis.smembers(REFRESH_MEMBER.format(id=member_id)):
+            fam_key = REFRESH_FAMILY.format(family=_text(family))
+            if _text(await self.redis.hget(fam_key, "device") or b"") == device_index:
+                await self.redis.hset(fam_key, "revoked", 1)
+
+    async def revoke_member(self, member_id: str) -> None:
+        """Drop every family of the member (erasure)."""
+        families = [_text(f) for f in await self.redis.smembers(
+            REFRESH_MEMBER.format(id=member_id))]
+        keys: list[str] = [REFRESH_MEMBER.format(id=member_id)]
+        for family in families:
+            tokens = REFRESH_TOKENS.format(family=family)
+            keys += [_text(k) for k in await self.redis.smembers(tokens)]
+            keys += [tokens, REFRESH_FAMILY.format(family=family)]
+        await self.redis.delete(*keys)

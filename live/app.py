@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from identity.errors import IdentityError
+from identity.routes import ROUTES as IDENTITY_ROUTES
 from live.config import Settings
 from live.errors import LiveError, handle_error, handle_http_error, handle_unexpected
 from live.metrics import RequestTimer
@@ -45,8 +46,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.keyring = services.keyring
             app.state.model_version = None
             yield
+            await services.identity.drain()
 
-    routes: list[BaseRoute] = [*ROUTES, *page_routes(settings.static_dir)]
+    routes: list[BaseRoute] = [*ROUTES, *IDENTITY_ROUTES, *page_routes(settings.static_dir)]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -13,6 +13,7 @@ from pathlib import Path
 import redis.asyncio as aredis
 
 from identity.members import Members
+from identity.service import IdentityConfig, IdentityService
 from identity.tokens import KeyRing
 from live.catalog import Catalog
 from live.config import Settings
@@ -62,6 +63,7 @@ class Services:
     members: Members
     events: EventLog
     catalog: Catalog
+    identity: IdentityService
     embedded: EmbeddedStore | None = None
 
 
@@ -78,11 +80,18 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     try:
         await redis.ping()
         keyring = load_keyring(settings)
+        pepper = load_pepper(settings)
+        identity = IdentityService(
+            redis, keyring, pepper,
+            config=IdentityConfig(region=os.environ.get("NEWRETAIL_PHONE_REGION", "GB").upper(),
+                                  dev_outbox=settings.mode != "prod"),
+        )
         yield Services(
             settings=settings,
             redis=redis,
             keyring=keyring,
-            members=Members(redis, load_pepper(settings)),
+            members=identity.members,
+            identity=identity,
             events=EventLog(redis),
             catalog=Catalog(redis),
             embedded=embedded,
