@@ -44,7 +44,7 @@ class Settings:
     static_dir: Path = _ROOT / "static"
     ws_max_frame: int = 64 * 1024
     ws_send_buffer: int = 256 * 1024
-    store_fsync: str = "everysec"
+    store_fsync: str = "always"
 
     @property
     def model_dir(self) -> Path:
@@ -61,7 +61,7 @@ class Settings:
         mode = env.get("NEWRETAIL_MODE", "dev")
         if mode not in ("dev", "demo", "prod"):
             raise ValueError(f"NEWRETAIL_MODE must be dev, demo or prod, got {mode!r}")
-        fsync = env.get("NEWRETAIL_STORE_FSYNC", "everysec")
+        fsync = env.get("NEWRETAIL_STORE_FSYNC", "always")
         if fsync not in ("always", "everysec"):
             raise ValueError(f"NEWRETAIL_STORE_FSYNC must be always or everysec, got {fsync!r}")
         return cls(

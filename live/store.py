@@ -22,13 +22,23 @@ log = logging.getLogger("newretail.live")
 STATE_FILE = "server.json"
 
 
-def _ping(port: int, timeout: float = 1.0) -> bool:
+def _server_pid(port: int, timeout: float = 1.0) -> int | None:
+    """The process id of the server answering on ``port``, if one answers."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            sock.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+            reply = b""
+            while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
     except OSError:
-        return False
+        return None
+    for line in reply.split(b"\r\n"):
+        if line.startswith(b"process_id:"):
+            return int(line.split(b":", 1)[1])
+    return None
 
 
 def _alive(pid: int) -> bool:
@@ -50,11 +60,12 @@ class EmbeddedStore:
 
     Args:
         data_dir: the server's working directory (AOF under ``appendonlydir/``).
-        fsync: ``everysec`` (an acknowledged write survives a crash of the server
-            process; the kernel holds it) or ``always`` (survives a power cut too).
+        fsync: ``always`` (the default: every acknowledged write is on disk) or
+            ``everysec`` (faster; the server may answer before a write reaches the
+            file while a slow fsync is under way, so a crash can lose the last second).
     """
 
-    def __init__(self, data_dir: Path, fsync: str = "everysec") -> None:
+    def __init__(self, data_dir: Path, fsync: str = "always") -> None:
         self.data_dir = Path(data_dir).resolve()
         self.fsync = fsync
         self._server: object | None = None
@@ -78,7 +89,8 @@ class EmbeddedStore:
             pid, port = int(info["pid"]), int(info["port"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if _alive(pid) and _ping(port):
+        # The port may have been taken by another server since: join only our own.
+        if _alive(pid) and _server_pid(port) == pid:
             return port
         return None
 
@@ -123,13 +135,16 @@ class EmbeddedStore:
 
     def kill(self) -> None:
         """Kill the server process without letting it shut down (fault tests)."""
-        state = self.data_dir / STATE_FILE
-        info = json.loads(state.read_text())
+        server = self._server
+        self._server = None
+        if server is not None:
+            server.terminate()  # type: ignore[attr-defined]  # SIGKILL, then reaped
+            return
+        info = json.loads((self.data_dir / STATE_FILE).read_text())
         os.kill(int(info["pid"]), signal.SIGKILL)
         deadline = time.monotonic() + 5
         while _alive(int(info["pid"])) and time.monotonic() < deadline:
             time.sleep(0.02)
-        self._server = None
 
 
 def connect(url: str) -> aredis.Redis:
