@@ -16,6 +16,8 @@ from identity.members import Members
 from identity.tokens import KeyRing
 from live.catalog import Catalog
 from live.config import Settings
+from live.hub import Hub, HubConfig
+from live.session_ops import SessionOps
 from live.store import EmbeddedStore, connect
 from recommender.events import EventLog
 
@@ -62,6 +64,7 @@ class Services:
     members: Members
     events: EventLog
     catalog: Catalog
+    hub: Hub
     embedded: EmbeddedStore | None = None
 
 
@@ -78,13 +81,17 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     try:
         await redis.ping()
         keyring = load_keyring(settings)
+        catalog = Catalog(redis)
+        hub = Hub(redis, HubConfig.from_env(settings.ws_send_buffer))
+        SessionOps(hub, catalog)
         yield Services(
             settings=settings,
             redis=redis,
             keyring=keyring,
             members=Members(redis, load_pepper(settings)),
             events=EventLog(redis),
-            catalog=Catalog(redis),
+            catalog=catalog,
+            hub=hub,
             embedded=embedded,
         )
     finally:
