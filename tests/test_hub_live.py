@@ -252,7 +252,7 @@ async def test_reactions_and_viewer_counts_are_coalesced(
     viewers = [await _viewer(a if i % 2 else b, session, i) for i in range(6)]
     counted = await viewers[0].until(lambda m: m.get("type") == "viewers" and m["count"] == 6)
     assert counted["count"] == 6
-    for round_ in range(10):
+    for _ in range(10):
         for i, v in enumerate(viewers):
             await v.send({"op": "react", "kind": "heart" if i % 2 else "fire"})
     total: dict[str, int] = {}
