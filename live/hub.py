@@ -125,6 +125,9 @@ class Hub:
         self._subscribed: dict[str, asyncio.Event] = {}
         self._viewer_totals: dict[str, int] = {}
         self._rooms_lock = asyncio.Lock()
+        # Joins read the store a few times each; a burst of them must not exhaust the
+        # client's connection pool.
+        self._join_gate = asyncio.Semaphore(64)
 
     # Public API ---------------------------------------------------------------------
 
@@ -225,23 +228,24 @@ class Hub:
     async def join(self, conn: Conn, sid: str, since: Since | None) -> None:
         """Welcome ``conn`` to session ``sid``: snapshot, replay of what it missed (or
         ``recovered: false``), then live events with no gap and no repeat."""
-        info = await self.store.get(sid)
-        room = await self._room(sid)
-        room.joining[conn.id] = conn
-        self.by_user.setdefault(conn.user, set()).add(conn)
-        current = await self.store.current_seq(sid)
-        plan = plan_replay(since, info.epoch, current,
-                           await self.store.oldest_kept(sid) if since else None)
-        replay: list[tuple[int, bytes]] = []
-        if plan.kind is ReplayKind.REPLAY:
-            replay = await self.store.history_range(sid, plan.first, plan.last)
-            if not replay_complete(plan, [seq for seq, _ in replay]):
-                replay = []
-                plan = plan_replay(Since("", 0), info.epoch, current, None)
+        async with self._join_gate:
+            await self.store.get(sid)
+            room = await self._room(sid)
+            room.joining[conn.id] = conn
+            self.by_user.setdefault(conn.user, set()).add(conn)
+            snap = await self.store.snapshot(sid)
+            info, current = snap.info, snap.seq
+            plan = plan_replay(since, info.epoch, current, snap.oldest)
+            replay: list[tuple[int, bytes]] = []
+            if plan.kind is ReplayKind.REPLAY:
+                replay = await self.store.history_range(sid, plan.first, plan.last)
+                if not replay_complete(plan, [seq for seq, _ in replay]):
+                    replay = []
+                    plan = plan_replay(Since("", 0), info.epoch, current, None)
         state = {
             **info.public(),
-            "pinned": await self.store.pins(sid),
-            "chat": await self.store.recent_chat(sid),
+            "pinned": snap.pins,
+            "chat": snap.chat,
             "viewers": self._viewer_totals.get(sid, len(room)),
         }
         for name, provider in self.snapshot_parts.items():

@@ -98,6 +98,23 @@ class SessionInfo:
         }
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    info: SessionInfo
+    seq: int
+    oldest: int | None
+    pins: list[dict[str, Any]]
+    chat: list[dict[str, Any]]
+
+
+def _info(sid: str, raw: dict[Any, Any]) -> SessionInfo:
+    d = {text(k): text(v) for k, v in raw.items()}
+    return SessionInfo(
+        sid, d["title"], orjson.loads(d["products"]), d["video_url"] or None, d["host"],
+        SessionState(d["state"]), d["epoch"], float(d["created_at"]),
+    )
+
+
 class SessionStore:
     """Store access for sessions; every method is one or two round trips.
 
@@ -135,11 +152,7 @@ class SessionStore:
         raw: Any = await self.redis.hgetall(session_key(sid))
         if not raw:
             raise not_found(f"session {sid}")
-        d = {text(k): text(v) for k, v in raw.items()}
-        return SessionInfo(
-            sid, d["title"], orjson.loads(d["products"]), d["video_url"] or None, d["host"],
-            SessionState(d["state"]), d["epoch"], float(d["created_at"]),
-        )
+        return _info(sid, raw)
 
     async def live(self, limit: int = 100) -> list[SessionInfo]:
         ids: Any = await self.redis.zrevrange(SESSIONS, 0, limit - 1)
@@ -169,6 +182,23 @@ class SessionStore:
             args=[rest, int(time.time() * 1000), self.history, channel(sid)],
         )
         return int(seq)
+
+    async def snapshot(self, sid: str) -> Snapshot:
+        """The session as of one instant: record, last seq, oldest kept seq, pins, chat."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(session_key(sid))
+            pipe.get(seq_key(sid))
+            pipe.xrange(history_key(sid), count=1)
+            pipe.lrange(f"nr:live:pins:{sid}", 0, -1)
+            pipe.lrange(f"nr:live:chat:{sid}", 0, -1)
+            raw, seq, first, pins, chat = await pipe.execute()
+        if not raw:
+            raise not_found(f"session {sid}")
+        return Snapshot(
+            info=_info(sid, raw), seq=int(seq) if seq else 0,
+            oldest=int(text(first[0][0]).split("-")[0]) if first else None,
+            pins=[orjson.loads(p) for p in pins], chat=[orjson.loads(c) for c in chat],
+        )
 
     async def current_seq(self, sid: str) -> int:
         raw: Any = await self.redis.get(seq_key(sid))

@@ -134,6 +134,10 @@ class Socket:
                     await self.hub.run_op(conn, parse_op(obj))
             except (LiveError, IdentityError) as exc:
                 conn.send_message(error_message(exc.code, exc.message, ref))
+            except Exception:
+                log.exception("conn %s: frame failed", conn.id)
+                conn.send_message(error_message("internal", "the server failed on this frame",
+                                                ref))
             if conn.closed:
                 return
 
