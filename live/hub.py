@@ -86,7 +86,7 @@ class HubConfig:
 class Room:
     """The local connections to one session."""
 
-    __slots__ = ("sid", "live", "joining", "last_seq", "ready")
+    __slots__ = ("sid", "live", "joining", "last_seq", "ready", "changed", "presence_at")
 
     def __init__(self, sid: str) -> None:
         self.sid = sid
@@ -94,6 +94,8 @@ class Room:
         self.joining: dict[ConnId, Conn] = {}
         self.last_seq = 0
         self.ready = asyncio.Event()
+        self.changed = True  # someone joined or left since presence was last written
+        self.presence_at = 0.0
 
     def __len__(self) -> int:
         return len(self.live) + len(self.joining)
@@ -232,6 +234,7 @@ class Hub:
             await self.store.get(sid)
             room = await self._room(sid)
             room.joining[conn.id] = conn
+            room.changed = True
             self.by_user.setdefault(conn.user, set()).add(conn)
             snap = await self.store.snapshot(sid)
             info, current = snap.info, snap.seq
@@ -272,6 +275,7 @@ class Hub:
         if room is not None:
             room.live.pop(conn.id, None)
             room.joining.pop(conn.id, None)
+            room.changed = True
         users = self.by_user.get(conn.user)
         if users is not None:
             users.discard(conn)
@@ -419,10 +423,16 @@ class Hub:
         sessions with no local viewer left."""
         counts: dict[str, int] = {}
         users: dict[str, list[str]] = {}
+        now = time.monotonic()
         for sid, room in list(self.rooms.items()):
             if room.ready.is_set():
                 counts[sid] = len(room)
-                users[sid] = list({c.user for c in (*room.live.values(), *room.joining.values())})
+                # Presence (who, not how many) is rewritten on change, else only before
+                # it expires: a large audience is a large write.
+                if room.changed or now - room.presence_at > ttl / 2:
+                    room.changed, room.presence_at = False, now
+                    users[sid] = list({c.user for c in (*room.live.values(),
+                                                        *room.joining.values())})
         if not counts:
             return
         totals = await self.store.report_viewers(counts, users, self.proc, ttl)
