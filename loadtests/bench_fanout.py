@@ -225,7 +225,8 @@ def measure(kind: str, n: int, args: argparse.Namespace, store_url: str,
         rep, t0, cpu = phase(k, 0, 60)
         span = max(1e-6, rep["last"] - t0)
         row.update(deliveries_per_s=rep["count"] / span, fast_delivered=rep["count"] / (n * k),
-                   us_cpu_per_delivery=cpu / max(1, rep["count"]) * 1e6)
+                   us_cpu_per_delivery=cpu / max(1, rep["count"]) * 1e6,
+                   server_cpu_pct=100 * cpu / span)
         return row
     finally:
         if gen is not None:
@@ -276,14 +277,15 @@ def median_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     ceiling = {r["n"]: r["deliveries_per_s"] for r in rows if r["server"] == "ws"}
-    lines = ["| server | N | deliveries/s | vs broadcast() | µs CPU/delivery | "
+    lines = ["| server | N | deliveries/s | vs broadcast() | µs CPU/delivery | server CPU | "
              "p50 / p99 / max ms at 5/s | RSS/conn KB | delivered |",
-             "|---|---:|---:|---:|---:|---|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         ratio = r["deliveries_per_s"] / ceiling[r["n"]] if r["n"] in ceiling else float("nan")
         lines.append(
             f"| {LABELS[r['server']]} | {r['n']:,} | {r['deliveries_per_s']:,.0f} | "
             f"{ratio:.0%} | {r['us_cpu_per_delivery']:.1f} | "
+            f"{r.get('server_cpu_pct', float('nan')):.0f} % | "
             f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} / {r['max_ms']:.0f} | "
             f"{r['rss_per_conn_kb']:.1f} | "
             f"{min(r['latency_delivered'], r['fast_delivered']):.0%} |")
