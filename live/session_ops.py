@@ -62,18 +62,13 @@ class SessionOps:
 
     async def pin_product(self, ctx: OpContext, payload: dict[str, Any]) -> None:
         sku = require_str(payload, "sku")
-        await self._live(ctx)
         p = await self.catalog.get(sku)
         product = {"sku": p.sku, "title": p.title, "price": p.price, "image": p.image}
-        await self.store.add_pin(ctx.session_id, product)
-        await self.hub.publish(ctx.session_id, {"type": "pinned", "sku": p.sku,
-                                                "product": product})
+        await self.store.pin(ctx.session_id, product)
 
     async def unpin_product(self, ctx: OpContext, payload: dict[str, Any]) -> None:
         sku = require_str(payload, "sku") if "sku" in payload else None
-        await self._live(ctx)
-        removed = await self.store.remove_pin(ctx.session_id, sku)
-        await self.hub.publish(ctx.session_id, {"type": "unpinned", "sku": removed["sku"]})
+        await self.store.unpin(ctx.session_id, sku)
 
     async def remove_chat(self, ctx: OpContext, payload: dict[str, Any]) -> None:
         chat_id = require_str(payload, "id")

@@ -42,22 +42,46 @@ def channel(sid: str) -> str:
     return f"nr:live:events:{sid}"
 
 
-_PUBLISH = """
-local seq = redis.call('INCR', KEYS[1])
-local data = '{"seq":' .. seq .. ',"ts":' .. ARGV[2] .. ',' .. ARGV[1]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 'd', data)
-redis.call('PUBLISH', ARGV[4], data)
-return seq
+# The one way an event enters a session: next seq, history entry, pub/sub message.
+_PUBLISH_FN = """
+local function publish(seq_key, history_key, rest, ts, maxlen, chan)
+  local seq = redis.call('INCR', seq_key)
+  local data = '{"seq":' .. seq .. ',"ts":' .. ts .. ',' .. rest
+  redis.call('XADD', history_key, 'MAXLEN', maxlen, seq .. '-0', 'd', data)
+  redis.call('PUBLISH', chan, data)
+  return seq
+end
 """
 
-_PIN = """
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
+_PUBLISH = _PUBLISH_FN + """
+return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
+
+# Pin and unpin check the session, change the pins and publish in one step, so a pin is
+# never shown without its event nor after the session ended.
+_PIN = _PUBLISH_FN + """
+if redis.call('HGET', KEYS[3], 'state') ~= 'live' then return -3 end
+local items = redis.call('LRANGE', KEYS[4], 0, -1)
 for _, item in ipairs(items) do
-  if cjson.decode(item)['sku'] == ARGV[2] then return -2 end
+  if cjson.decode(item)['sku'] == ARGV[6] then return -2 end
 end
-if #items >= tonumber(ARGV[3]) then return -1 end
-redis.call('RPUSH', KEYS[1], ARGV[1])
-return 1
+if #items >= tonumber(ARGV[7]) then return -1 end
+redis.call('RPUSH', KEYS[4], ARGV[5])
+return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
+
+_UNPIN = _PUBLISH_FN + """
+if redis.call('HGET', KEYS[3], 'state') ~= 'live' then return -3 end
+local items = redis.call('LRANGE', KEYS[4], 0, -1)
+for i = #items, 1, -1 do
+  local sku = cjson.decode(items[i])['sku']
+  if ARGV[5] == '' or sku == ARGV[5] then
+    redis.call('LREM', KEYS[4], 1, items[i])
+    local rest = '"type":"unpinned","sku":' .. cjson.encode(sku) .. '}'
+    return publish(KEYS[1], KEYS[2], rest, ARGV[2], ARGV[3], ARGV[4])
+  end
+end
+return -1
 """
 
 _REMOVE_BY_FIELD = """
@@ -129,6 +153,7 @@ class SessionStore:
         self.history = history
         self._publish = redis.register_script(_PUBLISH)
         self._pin = redis.register_script(_PIN)
+        self._unpin = redis.register_script(_UNPIN)
         self._remove = redis.register_script(_REMOVE_BY_FIELD)
         self._drain = redis.register_script(_DRAIN)
 
@@ -176,12 +201,8 @@ class SessionStore:
         process; returns the seq."""
         if not isinstance(event.get("type"), str):
             raise ValueError("a session event needs a type")
-        body = {k: v for k, v in event.items() if k not in ("seq", "ts")}
-        rest = orjson.dumps(body)[1:].decode()
-        seq: Any = await self._publish(
-            keys=[seq_key(sid), history_key(sid)],
-            args=[rest, int(time.time() * 1000), self.history, channel(sid)],
-        )
+        seq: Any = await self._publish(keys=[seq_key(sid), history_key(sid)],
+                                       args=self._event_args(sid, event))
         return int(seq)
 
     async def snapshot(self, sid: str) -> Snapshot:
@@ -225,21 +246,41 @@ class SessionStore:
         raw: Any = await self.redis.lrange(f"nr:live:pins:{sid}", 0, -1)
         return [orjson.loads(item) for item in raw]
 
-    async def add_pin(self, sid: str, product: dict[str, Any]) -> None:
-        res: Any = await self._pin(keys=[f"nr:live:pins:{sid}"],
-                                   args=[orjson.dumps(product), product["sku"], MAX_PINS])
+    def _event_args(self, sid: str, event: dict[str, Any]) -> list[Any]:
+        body = {k: v for k, v in event.items() if k not in ("seq", "ts")}
+        return [orjson.dumps(body)[1:].decode(), int(time.time() * 1000), self.history,
+                channel(sid)]
+
+    def _event_keys(self, sid: str) -> list[str]:
+        return [seq_key(sid), history_key(sid), session_key(sid), f"nr:live:pins:{sid}"]
+
+    async def pin(self, sid: str, product: dict[str, Any]) -> int:
+        """Pin ``product`` and publish ``pinned``; returns the event's seq."""
+        event = {"type": "pinned", "sku": product["sku"], "product": product}
+        res: Any = await self._pin(
+            keys=self._event_keys(sid),
+            args=[*self._event_args(sid, event), orjson.dumps(product), product["sku"],
+                  MAX_PINS],
+        )
+        if int(res) == -3:
+            raise LiveError("session_ended", "the session has ended", 409)
         if int(res) == -2:
             raise LiveError("already_pinned", f"{product['sku']} is already pinned", 409)
         if int(res) == -1:
             raise LiveError("too_many_pins", f"at most {MAX_PINS} products can be pinned", 409)
+        return int(res)
 
-    async def remove_pin(self, sid: str, sku: str | None) -> dict[str, Any]:
-        """Unpin ``sku`` (the latest pin when ``None``)."""
-        res: Any = await self._remove(keys=[f"nr:live:pins:{sid}"], args=["sku", sku or ""])
-        if res is None:
+    async def unpin(self, sid: str, sku: str | None) -> int:
+        """Unpin ``sku`` (the latest pin when ``None``) and publish ``unpinned``."""
+        res: Any = await self._unpin(
+            keys=self._event_keys(sid),
+            args=[*self._event_args(sid, {"type": "unpinned"}), sku or ""],
+        )
+        if int(res) == -3:
+            raise LiveError("session_ended", "the session has ended", 409)
+        if int(res) == -1:
             raise not_found(f"pinned product {sku}" if sku else "a pinned product")
-        item: dict[str, Any] = orjson.loads(res)
-        return item
+        return int(res)
 
     async def add_chat(self, sid: str, message: dict[str, Any]) -> None:
         key = f"nr:live:chat:{sid}"

@@ -89,7 +89,11 @@ async def test_two_processes_same_events_same_order(
     start = max(v.welcome["seq"] for v in viewers)
     for i, sku in enumerate(["SKU1", "SKU2", "SKU3"]):
         assert (await host.op("pin", f"p{i}", sku=sku))["type"] == "ack"
+    assert (await host.op("pin", "p4", sku="SKU4"))["code"] == "too_many_pins"
+    assert (await host.op("pin", "p5", sku="SKU1"))["code"] == "already_pinned"
+    assert (await host.op("pin", "p6", sku="NOPE"))["code"] == "not_found"
     assert (await host.op("unpin", "u1", sku="SKU2"))["type"] == "ack"
+    assert (await host.op("unpin", "u2", sku="SKU2"))["code"] == "not_found"
     assert (await host.op("chat", "c1", text="welcome all"))["type"] == "ack"
     last = await host.until(lambda m: m.get("type") == "chat")
     for v in viewers:
