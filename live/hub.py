@@ -229,9 +229,13 @@ class Hub:
             if room is None:
                 room = self.rooms[sid] = Room(sid)
                 event = self._subscribed[channel(sid)] = asyncio.Event()
-                await self._pubsub.subscribe(channel(sid))
-                await asyncio.wait_for(event.wait(), 10)
-                room.last_seq = max(room.last_seq, await self.store.current_seq(sid))
+                try:
+                    await self._pubsub.subscribe(channel(sid))
+                    await asyncio.wait_for(event.wait(), 10)
+                    room.last_seq = max(room.last_seq, await self.store.current_seq(sid))
+                except BaseException:
+                    del self.rooms[sid]
+                    raise
                 room.ready.set()
         return room
 

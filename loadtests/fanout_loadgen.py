@@ -93,7 +93,7 @@ class BenchClient(asyncio.Protocol):
             self.upgraded = True
             if self.hello is not None:
                 self.send(self.hello)
-            if self.kind != "sio" and not self.opened.done():
+            if self.kind == "ws" and not self.opened.done():
                 self.opened.set_result(True)
         self._frames()
 
@@ -140,7 +140,10 @@ class BenchClient(asyncio.Protocol):
             stats.last = now
             stats.lat.append(now - float(payload[i:j]))
             return
-        if self.kind == "sio":
+        if self.kind == "hub":  # ready once welcomed: joined the session
+            if not self.opened.done() and b'"type":"welcome"' in payload:
+                self.opened.set_result(True)
+        elif self.kind == "sio":
             if payload[:1] == b"0":  # Engine.IO open: join the default namespace
                 self.send(b"40")
             elif payload[:2] == b"40" and not self.opened.done():
