@@ -361,7 +361,7 @@ class Hub:
             for conn in list(targets or ()):
                 conn.send_message(body["m"])
             return
-        sid = name.rsplit(":", 1)[1]
+        sid = name.rsplit(":", 1)[1].strip("{}")
         room = self.rooms.get(sid)
         if room is None:
             return

@@ -3,7 +3,8 @@ coalesced values, viewer counts and presence. Keys live under ``nr:live:``.
 
 Publishing is one script: the next ``seq``, the history entry (stream id ``<seq>-0``, so
 the stream itself says which seqs it still holds) and the pub/sub message, atomically, so
-every process sees events in seq order.
+every process sees events in seq order. Per-session keys carry the session id as a hash
+tag (``{sid}``), so a session's scripts and transactions stay on one Redis Cluster slot.
 """
 
 from __future__ import annotations
@@ -27,19 +28,19 @@ PRESENCE_CHUNK = 1000
 
 
 def session_key(sid: str) -> str:
-    return f"nr:live:session:{sid}"
+    return f"nr:live:session:{{{sid}}}"
 
 
 def seq_key(sid: str) -> str:
-    return f"nr:live:seq:{sid}"
+    return f"nr:live:seq:{{{sid}}}"
 
 
 def history_key(sid: str) -> str:
-    return f"nr:live:history:{sid}"
+    return f"nr:live:history:{{{sid}}}"
 
 
 def channel(sid: str) -> str:
-    return f"nr:live:events:{sid}"
+    return f"nr:live:events:{{{sid}}}"
 
 
 # The one way an event enters a session: next seq, history entry, pub/sub message.
@@ -164,7 +165,7 @@ class SessionStore:
         now = time.time()
         info = SessionInfo(sid, title, products, video_url, host, SessionState.LIVE,
                            secrets.token_hex(6), now)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(session_key(sid), mapping={
                 "title": title, "products": orjson.dumps(products), "video_url": video_url or "",
                 "host": host, "state": info.state.value, "epoch": info.epoch,
@@ -191,7 +192,7 @@ class SessionStore:
         return [s for s in found if s.state is SessionState.LIVE]
 
     async def end(self, sid: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(session_key(sid), "state", SessionState.ENDED.value)
             pipe.zrem(SESSIONS, sid)
             await pipe.execute()
@@ -211,8 +212,8 @@ class SessionStore:
             pipe.hgetall(session_key(sid))
             pipe.get(seq_key(sid))
             pipe.xrange(history_key(sid), count=1)
-            pipe.lrange(f"nr:live:pins:{sid}", 0, -1)
-            pipe.lrange(f"nr:live:chat:{sid}", 0, -1)
+            pipe.lrange(f"nr:live:pins:{{{sid}}}", 0, -1)
+            pipe.lrange(f"nr:live:chat:{{{sid}}}", 0, -1)
             raw, seq, first, pins, chat = await pipe.execute()
         if not raw:
             raise not_found(f"session {sid}")
@@ -243,7 +244,7 @@ class SessionStore:
     # Pins and chat --------------------------------------------------------------------
 
     async def pins(self, sid: str) -> list[dict[str, Any]]:
-        raw: Any = await self.redis.lrange(f"nr:live:pins:{sid}", 0, -1)
+        raw: Any = await self.redis.lrange(f"nr:live:pins:{{{sid}}}", 0, -1)
         return [orjson.loads(item) for item in raw]
 
     def _event_args(self, sid: str, event: dict[str, Any]) -> list[Any]:
@@ -252,7 +253,7 @@ class SessionStore:
                 channel(sid)]
 
     def _event_keys(self, sid: str) -> list[str]:
-        return [seq_key(sid), history_key(sid), session_key(sid), f"nr:live:pins:{sid}"]
+        return [seq_key(sid), history_key(sid), session_key(sid), f"nr:live:pins:{{{sid}}}"]
 
     async def pin(self, sid: str, product: dict[str, Any]) -> int:
         """Pin ``product`` and publish ``pinned``; returns the event's seq."""
@@ -283,31 +284,31 @@ class SessionStore:
         return int(res)
 
     async def add_chat(self, sid: str, message: dict[str, Any]) -> None:
-        key = f"nr:live:chat:{sid}"
+        key = f"nr:live:chat:{{{sid}}}"
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(key, orjson.dumps(message))
             pipe.ltrim(key, -RECENT_CHAT, -1)
             await pipe.execute()
 
     async def remove_chat(self, sid: str, chat_id: str) -> None:
-        res: Any = await self._remove(keys=[f"nr:live:chat:{sid}"], args=["id", chat_id])
+        res: Any = await self._remove(keys=[f"nr:live:chat:{{{sid}}}"], args=["id", chat_id])
         if res is None:
             raise not_found(f"chat message {chat_id}")
 
     async def recent_chat(self, sid: str) -> list[dict[str, Any]]:
-        raw: Any = await self.redis.lrange(f"nr:live:chat:{sid}", 0, -1)
+        raw: Any = await self.redis.lrange(f"nr:live:chat:{{{sid}}}", 0, -1)
         return [orjson.loads(item) for item in raw]
 
     async def mute(self, sid: str, user: str) -> None:
-        await self.redis.sadd(f"nr:live:muted:{sid}", user)
+        await self.redis.sadd(f"nr:live:muted:{{{sid}}}", user)
 
     async def is_muted(self, sid: str, user: str) -> bool:
-        res: Any = await self.redis.sismember(f"nr:live:muted:{sid}", user)
+        res: Any = await self.redis.sismember(f"nr:live:muted:{{{sid}}}", user)
         return bool(res)
 
     async def within_rate(self, sid: str, user: str, limit: int, window: int) -> bool:
         """Count one action in the current window; ``False`` past ``limit``."""
-        key = f"nr:live:rate:{sid}:{user}:{int(time.time()) // window}"
+        key = f"nr:live:rate:{{{sid}}}:{user}:{int(time.time()) // window}"
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, window * 2)
@@ -318,7 +319,7 @@ class SessionStore:
 
     async def stage(self, sid: str, kind: str, key: str, value: Any) -> None:
         """Keep the latest ``value`` for ``key`` (reactions add up) until the next flush."""
-        pending = f"nr:live:pending:{sid}:{kind}"
+        pending = f"nr:live:pending:{{{sid}}}:{kind}"
         if kind == "reactions":
             await self.redis.hincrby(pending, key, int(value))
         else:
@@ -328,7 +329,7 @@ class SessionStore:
         """Take the staged values, unless another process flushed this pair within
         ``interval_ms`` (then ``None``)."""
         res: Any = await self._drain(
-            keys=[f"nr:live:pending:{sid}:{kind}", f"nr:live:flushlock:{sid}:{kind}"],
+            keys=[f"nr:live:pending:{{{sid}}}:{kind}", f"nr:live:flushlock:{{{sid}}}:{kind}"],
             args=[interval_ms],
         )
         if res is None:
@@ -344,9 +345,9 @@ class SessionStore:
         expires = now_ms + int(ttl * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid, local in counts.items():
-                pipe.hset(f"nr:live:viewers:{sid}", proc, f"{local}:{expires}")
-                pipe.expire(f"nr:live:viewers:{sid}", int(ttl) + 60)
-                pipe.hgetall(f"nr:live:viewers:{sid}")
+                pipe.hset(f"nr:live:viewers:{{{sid}}}", proc, f"{local}:{expires}")
+                pipe.expire(f"nr:live:viewers:{{{sid}}}", int(ttl) + 60)
+                pipe.hgetall(f"nr:live:viewers:{{{sid}}}")
             replies = await pipe.execute()
         totals: dict[str, int] = {}
         for sid, fields in zip(counts, replies[2::3], strict=True):
@@ -363,7 +364,7 @@ class SessionStore:
     ) -> None:
         """Who is watching: arrivals (re)written with an expiry, departures removed,
         expired entries dropped; written in chunks so a large audience never blocks."""
-        key = f"nr:live:present:{sid}"
+        key = f"nr:live:present:{{{sid}}}"
         now_ms = int(time.time() * 1000)
         expires = now_ms + int(ttl * 1000)
         users = list(arrived)
@@ -375,5 +376,5 @@ class SessionStore:
 
     async def present(self, sid: str) -> list[str]:
         now_ms = int(time.time() * 1000)
-        raw: Any = await self.redis.zrangebyscore(f"nr:live:present:{sid}", now_ms, "+inf")
+        raw: Any = await self.redis.zrangebyscore(f"nr:live:present:{{{sid}}}", now_ms, "+inf")
         return [text(u) for u in raw]
