@@ -19,6 +19,8 @@ from live.metrics import RequestTimer
 from live.pages import page_routes
 from live.routes import ROUTES
 from live.services import open_services
+from live.session_routes import LIVE_ROUTES
+from live.ws import LiveSockets
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -45,14 +47,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.services = services
             app.state.keyring = services.keyring
             app.state.model_version = None
-            yield
-            await services.identity.drain()
+            await services.hub.start()
+            try:
+                yield
+            finally:
+                await services.hub.stop()
+                await services.identity.drain()
 
-    routes: list[BaseRoute] = [*ROUTES, *IDENTITY_ROUTES, *page_routes(settings.static_dir)]
+    routes: list[BaseRoute] = [
+        *ROUTES, *IDENTITY_ROUTES, *LIVE_ROUTES, *page_routes(settings.static_dir),
+    ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(RequestTimer)],
+        middleware=[Middleware(RequestTimer), Middleware(LiveSockets)],
         exception_handlers={
             LiveError: handle_error,
             IdentityError: handle_error,

@@ -17,6 +17,8 @@ from identity.service import IdentityConfig, IdentityService
 from identity.tokens import KeyRing
 from live.catalog import Catalog
 from live.config import Settings
+from live.hub import Hub, HubConfig
+from live.session_ops import SessionOps
 from live.store import EmbeddedStore, connect
 from recommender.events import EventLog
 
@@ -64,6 +66,7 @@ class Services:
     events: EventLog
     catalog: Catalog
     identity: IdentityService
+    hub: Hub
     embedded: EmbeddedStore | None = None
 
 
@@ -86,6 +89,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             config=IdentityConfig(region=os.environ.get("NEWRETAIL_PHONE_REGION", "GB").upper(),
                                   dev_outbox=settings.mode != "prod"),
         )
+        catalog = Catalog(redis)
+        hub = Hub(redis, HubConfig.from_env(settings.ws_send_buffer))
+        SessionOps(hub, catalog)
         yield Services(
             settings=settings,
             redis=redis,
@@ -93,7 +99,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             members=identity.members,
             identity=identity,
             events=EventLog(redis),
-            catalog=Catalog(redis),
+            catalog=catalog,
+            hub=hub,
             embedded=embedded,
         )
     finally:
