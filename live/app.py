@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from identity.errors import IdentityError
+from live.commerce_routes import ROUTES as COMMERCE_ROUTES
 from live.config import Settings
 from live.errors import LiveError, handle_error, handle_http_error, handle_unexpected
 from live.metrics import RequestTimer
@@ -43,9 +46,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.services = services
             app.state.keyring = services.keyring
             app.state.model_version = None
-            yield
+            expiry = asyncio.create_task(services.commerce.run_expiry())
+            try:
+                yield
+            finally:
+                expiry.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await expiry
+                await services.commerce.close()
 
-    routes: list[BaseRoute] = [*ROUTES]
+    routes: list[BaseRoute] = [*ROUTES, *COMMERCE_ROUTES]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -15,6 +15,7 @@ import redis.asyncio as aredis
 from identity.members import Members
 from identity.tokens import KeyRing
 from live.catalog import Catalog
+from live.commerce import Commerce
 from live.config import Settings
 from live.store import EmbeddedStore, connect
 from recommender.events import EventLog
@@ -62,6 +63,7 @@ class Services:
     members: Members
     events: EventLog
     catalog: Catalog
+    commerce: Commerce
     embedded: EmbeddedStore | None = None
 
 
@@ -78,13 +80,17 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     try:
         await redis.ping()
         keyring = load_keyring(settings)
+        members = Members(redis, load_pepper(settings))
+        events = EventLog(redis)
+        catalog = Catalog(redis)
         yield Services(
             settings=settings,
             redis=redis,
             keyring=keyring,
-            members=Members(redis, load_pepper(settings)),
-            events=EventLog(redis),
-            catalog=Catalog(redis),
+            members=members,
+            events=events,
+            catalog=catalog,
+            commerce=Commerce(redis, catalog, members, events),
             embedded=embedded,
         )
     finally:
