@@ -32,6 +32,7 @@ from live.flash import FlashSale, FlashSales, parse_flash_start
 from live.inventory import Inventory, figures_key
 from live.keys import text
 from live.orders import Order, Orders, normalise
+from live.types import Sku
 from recommender.events import EventLog
 from recommender.types import Event
 
@@ -42,6 +43,9 @@ BUYER_ROLES = frozenset({"member"})
 HOST_ROLES = frozenset({"host", "admin"})
 FIGURES_DELAY = 0.25  # host figures are pushed at most this often per session and process
 EXPIRY_SWEEP = 0.25
+# Checkouts and cart changes in flight per process: past this they queue here rather than
+# exhaust the store client's connection pool (a burst of buyers at a flash sale).
+STORE_CONCURRENCY = 64
 _STATUS = {"not_found": 404, "out_of_stock": 409, "limit_exceeded": 409, "empty_cart": 409}
 
 
@@ -127,6 +131,7 @@ class Commerce:
         self.orders = Orders(redis)
         self._figures_due: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._gate = asyncio.Semaphore(STORE_CONCURRENCY)
 
     # carts ---------------------------------------------------------------------------
 
@@ -158,6 +163,12 @@ class Commerce:
         """Add units of a product; during a flash sale on it the line carries the sale."""
         _check_role(caller, CART_ROLES, "a cart")
         sku, count = parse_sku(sku), parse_qty(qty)
+        async with self._gate:
+            return await self._add_to_cart(caller, sku, count, session_id)
+
+    async def _add_to_cart(
+        self, caller: Caller, sku: Sku, count: int, session_id: str | None,
+    ) -> CartView:
         await self.catalog.get(sku)
         line = CartLine(sku, count)
         if session_id:
@@ -223,6 +234,10 @@ class Commerce:
             raise LiveError("sign_in_required", "sign in to buy; your cart will follow you", 403)
         _check_role(caller, BUYER_ROLES, "checkout")
         key = parse_idempotency_key(idempotency_key)
+        async with self._gate:
+            return await self._checkout(caller, key, session_id)
+
+    async def _checkout(self, caller: Caller, key: str, session_id: str | None) -> Checkout:
         lines = await self.carts.lines(caller.user)
         home = await self._home_store(caller.user)
         now = self.clock()
@@ -251,8 +266,7 @@ class Commerce:
             if session_id:
                 for left in res.left:
                     units = left.flash_left if left.flash_left >= 0 else left.pool
-                    await self.notifier.publish_coalesced(
-                        session_id, "stock", left.sku, {"sku": left.sku, "left": units})
+                    await self.notifier.publish_coalesced(session_id, "stock", left.sku, units)
         if session_id:
             self._push_figures(session_id)
         return Checkout(order, False)
@@ -280,8 +294,7 @@ class Commerce:
                 await self.notifier.publish(session_id, {
                     "type": "flash_sale_ended", "id": replaced, "reason": "expired"})
             await self.notifier.publish(session_id, dict(sale.message()))
-            await self.notifier.publish_coalesced(
-                session_id, "stock", sale.sku, {"sku": sale.sku, "left": sale.qty_left})
+            await self.notifier.publish_coalesced(session_id, "stock", sale.sku, sale.qty_left)
         self._push_figures(session_id)
         return sale
 
@@ -300,8 +313,7 @@ class Commerce:
             return
         await self.notifier.publish(session_id, dict(sale.ended_message(sale.reason)))
         units = (await self.inventory.available([sale.sku]))[sale.sku]
-        await self.notifier.publish_coalesced(
-            session_id, "stock", sale.sku, {"sku": sale.sku, "left": units})
+        await self.notifier.publish_coalesced(session_id, "stock", sale.sku, units)
 
     async def expire(self, session_id: str) -> bool:
         """End the session's sale if its time is up; True for the process that did it."""
