@@ -20,6 +20,8 @@ from live.errors import LiveError, handle_error, handle_http_error, handle_unexp
 from live.metrics import RequestTimer
 from live.routes import ROUTES
 from live.services import open_services
+from live.session_routes import LIVE_ROUTES
+from live.ws import LiveSockets
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -46,6 +48,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.services = services
             app.state.keyring = services.keyring
             app.state.model_version = None
+            await services.hub.start()
             expiry = asyncio.create_task(services.commerce.run_expiry())
             try:
                 yield
@@ -54,12 +57,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await expiry
                 await services.commerce.close()
+                await services.hub.stop()
 
-    routes: list[BaseRoute] = [*ROUTES, *COMMERCE_ROUTES]
+    routes: list[BaseRoute] = [*ROUTES, *LIVE_ROUTES, *COMMERCE_ROUTES]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(RequestTimer)],
+        middleware=[Middleware(RequestTimer), Middleware(LiveSockets)],
         exception_handlers={
             LiveError: handle_error,
             IdentityError: handle_error,

@@ -132,6 +132,8 @@ class Commerce:
         self._figures_due: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._gate = asyncio.Semaphore(STORE_CONCURRENCY)
+        # (products, host) of a live session, when a hub knows its sessions.
+        self.session_info: Callable[[str], Awaitable[tuple[list[str], str | None]]] | None = None
 
     # carts ---------------------------------------------------------------------------
 
@@ -228,16 +230,23 @@ class Commerce:
 
     async def checkout(
         self, caller: Caller, idempotency_key: object, session_id: str | None = None,
+        tell_buyer: bool = True,
     ) -> Checkout:
-        """Buy the whole cart or nothing. A key already used returns the first order."""
+        """Buy the whole cart or nothing. A key already used returns the first order.
+
+        ``tell_buyer`` sends ``order`` to the buyer's connections; a WebSocket op
+        replies with it directly instead.
+        """
         if caller.role == "viewer":
             raise LiveError("sign_in_required", "sign in to buy; your cart will follow you", 403)
         _check_role(caller, BUYER_ROLES, "checkout")
         key = parse_idempotency_key(idempotency_key)
         async with self._gate:
-            return await self._checkout(caller, key, session_id)
+            return await self._checkout(caller, key, session_id, tell_buyer)
 
-    async def _checkout(self, caller: Caller, key: str, session_id: str | None) -> Checkout:
+    async def _checkout(
+        self, caller: Caller, key: str, session_id: str | None, tell_buyer: bool,
+    ) -> Checkout:
         lines = await self.carts.lines(caller.user)
         home = await self._home_store(caller.user)
         now = self.clock()
@@ -261,7 +270,8 @@ class Commerce:
             for line in order["lines"]
         ])
         if self.notifier is not None:
-            await self.notifier.send_to_user(caller.user, {"type": "order", "order": order})
+            if tell_buyer:
+                await self.notifier.send_to_user(caller.user, {"type": "order", "order": order})
             await self._cart_changed(caller.user)
             if session_id:
                 for left in res.left:
@@ -353,7 +363,8 @@ class Commerce:
     async def session_stock(self, session_id: str) -> dict[str, int]:
         """Units left of the products sold in this session (the flash sale's for its sku)."""
         raw: Any = await self.redis.smembers(_skus_key(session_id))
-        skus = sorted(text(s) for s in raw)
+        products = (await self.session_info(session_id))[0] if self.session_info else []
+        skus = sorted({text(s) for s in raw} | set(products))
         stock = await self.inventory.available(skus)
         sale = await self.flash.get(session_id)
         if sale is not None and sale.running(self.clock()):
@@ -376,6 +387,16 @@ class Commerce:
         """``host`` gets this session's figures pushed from now on."""
         await self.redis.sadd(_hosts_key(session_id), host)
 
+    async def figure_watchers(self, session_id: str) -> set[str]:
+        """The session's host and every host who ran a sale in it."""
+        raw: Any = await self.redis.smembers(_hosts_key(session_id))
+        watchers = {text(h) for h in raw}
+        if self.session_info is not None:
+            host = (await self.session_info(session_id))[1]
+            if host:
+                watchers.add(host)
+        return watchers
+
     def _push_figures(self, session_id: str) -> None:
         if self.notifier is None or session_id in self._figures_due:
             return
@@ -392,9 +413,8 @@ class Commerce:
             return
         try:
             figures = await self.figures(session_id)
-            hosts: Any = await self.redis.smembers(_hosts_key(session_id))
-            for host in hosts:
-                await notifier.send_to_user(text(host), figures)
+            for host in sorted(await self.figure_watchers(session_id)):
+                await notifier.send_to_user(host, figures)
         except Exception:  # figures are advisory; a failed push is retried by the next change
             log.exception("pushing figures of session %s failed", session_id)
 

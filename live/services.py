@@ -16,7 +16,10 @@ from identity.members import Members
 from identity.tokens import KeyRing
 from live.catalog import Catalog
 from live.commerce import Commerce
+from live.commerce_ops import register_commerce_ops
 from live.config import Settings
+from live.hub import Hub, HubConfig
+from live.session_ops import SessionOps
 from live.store import EmbeddedStore, connect
 from recommender.events import EventLog
 
@@ -64,6 +67,7 @@ class Services:
     events: EventLog
     catalog: Catalog
     commerce: Commerce
+    hub: Hub
     embedded: EmbeddedStore | None = None
 
 
@@ -83,6 +87,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         members = Members(redis, load_pepper(settings))
         events = EventLog(redis)
         catalog = Catalog(redis)
+        hub = Hub(redis, HubConfig.from_env(settings.ws_send_buffer))
+        SessionOps(hub, catalog)
+        commerce = Commerce(redis, catalog, members, events, notifier=hub)
+        register_commerce_ops(hub, commerce)
         yield Services(
             settings=settings,
             redis=redis,
@@ -90,7 +98,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             members=members,
             events=events,
             catalog=catalog,
-            commerce=Commerce(redis, catalog, members, events),
+            commerce=commerce,
+            hub=hub,
             embedded=embedded,
         )
     finally:

@@ -1,0 +1,445 @@
+"""The live hub of one web process: rooms of local connections per session, fan-out of
+session events arriving from the store, personal messages, ops and snapshots.
+
+Events travel through the store (``SessionStore.publish``: history stream + pub/sub); each
+process that has viewers of a session subscribes to its channel, encodes each event once
+per format and writes the same frame bytes to every local viewer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import orjson
+import redis.asyncio as aredis
+
+from identity.errors import IdentityError
+from live.errors import LiveError
+from live.metrics import WS_MESSAGES_SENT
+from live.protocol import (
+    Arrival,
+    ClientOp,
+    Coalescer,
+    ConnId,
+    Format,
+    ReplayKind,
+    Since,
+    check_role,
+    classify_arrival,
+    coalesced_event,
+    frame,
+    plan_replay,
+    replay_complete,
+)
+from live.sessions import SCREEN_CHANNEL, USER_CHANNEL, SessionStore, channel
+from live.wsconn import Conn
+
+log = logging.getLogger("newretail.live")
+
+
+@dataclass(frozen=True)
+class OpContext:
+    """Who sent an op, on which session and connection."""
+
+    session_id: str
+    user: str
+    role: str
+    member_id: str | None
+    conn_id: str
+
+
+OpHandler = Callable[[OpContext, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+SnapshotProvider = Callable[[str, str | None], Awaitable[Any]]
+
+# The process re-resyncs a session's viewers (close 4002, they resume) when events it
+# missed are no longer in history.
+CLOSE_RESYNC = 4002
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    history: int = 1000
+    coalesce_interval: float = 0.25
+    viewers_interval: float = 1.0
+    send_buffer: int = 256 * 1024
+
+    @classmethod
+    def from_env(cls, send_buffer: int) -> HubConfig:
+        return cls(
+            history=int(os.environ.get("NEWRETAIL_LIVE_HISTORY", "1000")),
+            coalesce_interval=float(os.environ.get("NEWRETAIL_LIVE_COALESCE", "0.25")),
+            viewers_interval=float(os.environ.get("NEWRETAIL_LIVE_VIEWERS_EVERY", "1.0")),
+            send_buffer=send_buffer,
+        )
+
+
+class Room:
+    """The local connections to one session."""
+
+    __slots__ = ("sid", "live", "joining", "last_seq", "ready")
+
+    def __init__(self, sid: str) -> None:
+        self.sid = sid
+        self.live: dict[ConnId, Conn] = {}
+        self.joining: dict[ConnId, Conn] = {}
+        self.last_seq = 0
+        self.ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self.live) + len(self.joining)
+
+
+@dataclass(frozen=True)
+class Op:
+    handler: OpHandler
+    roles: frozenset[str]
+
+
+class Hub:
+    """The hub of this process (see the module docstring). Call ``start`` before use."""
+
+    def __init__(self, redis: aredis.Redis, config: HubConfig | None = None) -> None:
+        self.redis = redis
+        self.config = config or HubConfig()
+        self.store = SessionStore(redis, self.config.history)
+        self.proc = secrets.token_hex(6)
+        self.ops: dict[str, Op] = {}
+        self.snapshot_parts: dict[str, SnapshotProvider] = {}
+        self.rooms: dict[str, Room] = {}
+        self.by_user: dict[str, set[Conn]] = {}
+        self.screens: dict[str, set[Conn]] = {}
+        self.coalescer = Coalescer(self.config.coalesce_interval)
+        self._pubsub: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ids = itertools.count(1)
+        self._subscribed: dict[str, asyncio.Event] = {}
+        self._viewer_totals: dict[str, int] = {}
+        self._rooms_lock = asyncio.Lock()
+        # Joins read the store a few times each; a burst of them must not exhaust the
+        # client's connection pool.
+        self._join_gate = asyncio.Semaphore(64)
+
+    # Public API ---------------------------------------------------------------------
+
+    def register_op(self, op: str, handler: OpHandler, roles: frozenset[str]) -> None:
+        """Serve client op ``op`` with ``handler`` for the given roles."""
+        if op == "hello":
+            raise ValueError("hello is the hub's own")
+        self.ops[op] = Op(handler, frozenset(roles))
+
+    def add_snapshot_part(self, name: str, provider: SnapshotProvider) -> None:
+        """Put ``await provider(session_id, user)`` under ``state[name]`` in each welcome."""
+        self.snapshot_parts[name] = provider
+
+    async def publish(self, session_id: str, event: dict[str, Any]) -> int:
+        """A session event to every viewer on every process, in seq order; returns its seq."""
+        return await self.store.publish(session_id, event)
+
+    async def publish_coalesced(self, session_id: str, kind: str, key: str, value: Any) -> None:
+        """High-rate state: the latest value per key (reactions: the sum) goes out as one
+        ``kind`` event per session at most every ``coalesce_interval`` seconds."""
+        await self.store.stage(session_id, kind, key, value)
+        self.coalescer.mark(session_id, kind)
+
+    async def send_to_user(self, user: str, message: dict[str, Any]) -> None:
+        """A personal message to every connection of ``user`` on every process."""
+        await self.redis.publish(USER_CHANNEL, orjson.dumps({"to": user, "m": message}))
+
+    async def send_to_screen(self, screen_id: str, message: dict[str, Any]) -> None:
+        """A personal message to every connection of store screen ``screen_id``."""
+        await self.redis.publish(SCREEN_CHANNEL, orjson.dumps({"to": screen_id, "m": message}))
+
+    async def viewers(self, session_id: str) -> list[str]:
+        """Users connected to the session now on any process (refreshed every few seconds)."""
+        return await self.store.present(session_id)
+
+    # Lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._pubsub = self.redis.pubsub()
+        await self._pubsub.subscribe(USER_CHANNEL, SCREEN_CHANNEL)
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="hub-listen"),
+            asyncio.create_task(self._flush_loop(), name="hub-flush"),
+            asyncio.create_task(self._viewers_loop(), name="hub-viewers"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+
+    def new_conn_id(self) -> ConnId:
+        return ConnId(f"{self.proc}-{next(self._ids)}")
+
+    async def run_op(self, conn: Conn, op: ClientOp) -> None:
+        """Check the op and the caller's role, run its handler, send its reply and ack."""
+        if op.op == "hello":
+            raise LiveError("bad_frame", "already joined: hello comes once")
+        spec = self.ops.get(op.op)
+        if spec is None:
+            raise LiveError("unknown_op", f"unknown op {op.op!r}")
+        check_role(op.op, spec.roles, conn.role)
+        ctx = OpContext(conn.session_id, conn.user, conn.role, conn.member_id, conn.id)
+        try:
+            reply = await spec.handler(ctx, op.payload)
+        except (LiveError, IdentityError):
+            raise
+        except Exception:
+            log.exception("conn %s: op %s failed", conn.id, op.op)
+            raise LiveError("internal", f"{op.op} failed on the server", 500) from None
+        if reply is not None:
+            conn.send_message(reply)
+        if op.ref is not None:
+            conn.send_message({"type": "ack", "ref": op.ref})
+
+    # Joining and leaving ---------------------------------------------------------------
+
+    async def _room(self, sid: str) -> Room:
+        room = self.rooms.get(sid)
+        if room is not None and room.ready.is_set():
+            return room
+        async with self._rooms_lock:
+            room = self.rooms.get(sid)
+            if room is None:
+                room = self.rooms[sid] = Room(sid)
+                event = self._subscribed[channel(sid)] = asyncio.Event()
+                await self._pubsub.subscribe(channel(sid))
+                await asyncio.wait_for(event.wait(), 10)
+                room.last_seq = max(room.last_seq, await self.store.current_seq(sid))
+                room.ready.set()
+        return room
+
+    async def join(self, conn: Conn, sid: str, since: Since | None) -> None:
+        """Welcome ``conn`` to session ``sid``: snapshot, replay of what it missed (or
+        ``recovered: false``), then live events with no gap and no repeat."""
+        async with self._join_gate:
+            await self.store.get(sid)
+            room = await self._room(sid)
+            room.joining[conn.id] = conn
+            self.by_user.setdefault(conn.user, set()).add(conn)
+            snap = await self.store.snapshot(sid)
+            info, current = snap.info, snap.seq
+            plan = plan_replay(since, info.epoch, current, snap.oldest)
+            replay: list[tuple[int, bytes]] = []
+            if plan.kind is ReplayKind.REPLAY:
+                replay = await self.store.history_range(sid, plan.first, plan.last)
+                if not replay_complete(plan, [seq for seq, _ in replay]):
+                    replay = []
+                    plan = plan_replay(Since("", 0), info.epoch, current, None)
+        state = {
+            **info.public(),
+            "pinned": snap.pins,
+            "chat": snap.chat,
+            "viewers": self._viewer_totals.get(sid, len(room)),
+        }
+        for name, provider in self.snapshot_parts.items():
+            try:
+                state[name] = await provider(sid, conn.user)
+            except Exception:
+                log.exception("conn %s: snapshot part %s failed", conn.id, name)
+                state[name] = None
+        welcome: dict[str, Any] = {
+            "type": "welcome", "epoch": info.epoch, "seq": current, "role": conn.role,
+            "state": state,
+        }
+        if since is not None:
+            welcome["recovered"] = plan.kind is ReplayKind.REPLAY
+        conn.send_message(welcome)
+        for _, data in replay:
+            conn.push(self._frame(data, conn.fmt))
+        conn.after_seq = current
+        conn.joined()
+        self._promote(room)
+
+    def leave(self, conn: Conn) -> None:
+        room = self.rooms.get(conn.session_id)
+        if room is not None:
+            room.live.pop(conn.id, None)
+            room.joining.pop(conn.id, None)
+        users = self.by_user.get(conn.user)
+        if users is not None:
+            users.discard(conn)
+            if not users:
+                del self.by_user[conn.user]
+
+    def add_screen(self, screen_id: str, conn: Conn) -> None:
+        self.screens.setdefault(screen_id, set()).add(conn)
+
+    def remove_screen(self, screen_id: str, conn: Conn) -> None:
+        conns = self.screens.get(screen_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.screens[screen_id]
+
+    def _promote(self, room: Room) -> None:
+        """Move welcomed connections to the live set once this process has delivered
+        every event up to their welcome seq; send what they buffered after it."""
+        for cid, conn in list(room.joining.items()):
+            if conn.after_seq < 0 or room.last_seq < conn.after_seq:
+                continue
+            pending, conn.pending = conn.pending or [], None
+            for seq, data in pending:
+                if seq > conn.after_seq:
+                    conn.push(data if conn.fmt is Format.JSON else self._reframe(data))
+            del room.joining[cid]
+            if not conn.closed:
+                room.live[cid] = conn
+
+    # Fan-out --------------------------------------------------------------------------
+
+    @staticmethod
+    def _frame(data: bytes, fmt: Format) -> bytes:
+        if fmt is Format.JSON:
+            return frame(data, Format.JSON)
+        return frame(msgpack.packb(orjson.loads(data), use_bin_type=True), Format.MSGPACK)
+
+    @staticmethod
+    def _reframe(json_frame: bytes) -> bytes:
+        n = json_frame[1] & 0x7F
+        start = 2 if n < 126 else (4 if n == 126 else 10)
+        return Hub._frame(json_frame[start:], Format.MSGPACK)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                msg = await self._pubsub.get_message(ignore_subscribe_messages=False,
+                                                     timeout=1.0)
+                if msg is None:
+                    continue
+                name = msg["channel"].decode()
+                if msg["type"] == "subscribe":
+                    self._subscribed.setdefault(name, asyncio.Event()).set()
+                elif msg["type"] == "message":
+                    await self._on_message(name, msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("hub listener failed; reconnecting")
+                await asyncio.sleep(0.5)
+
+    async def _on_message(self, name: str, data: bytes) -> None:
+        if name == USER_CHANNEL or name == SCREEN_CHANNEL:
+            body = orjson.loads(data)
+            targets = (self.by_user if name == USER_CHANNEL else self.screens).get(body["to"])
+            for conn in list(targets or ()):
+                conn.send_message(body["m"])
+            return
+        sid = name.rsplit(":", 1)[1]
+        room = self.rooms.get(sid)
+        if room is None:
+            return
+        seq = int(orjson.loads(data)["seq"])
+        arrival = classify_arrival(room.last_seq, seq)
+        if arrival is Arrival.OLD:
+            return
+        if arrival is Arrival.GAP:
+            missed = await self.store.history_range(sid, room.last_seq + 1, seq - 1)
+            if [s for s, _ in missed] != list(range(room.last_seq + 1, seq)):
+                log.warning("session %s: events %d..%d lost to this process; resyncing",
+                            sid, room.last_seq + 1, seq - 1)
+                for conn in [*room.live.values(), *room.joining.values()]:
+                    conn.close(CLOSE_RESYNC, "resync")
+            for s, d in missed:
+                self.deliver(room, s, d)
+        self.deliver(room, seq, data)
+
+    def deliver(self, room: Room, seq: int, data: bytes) -> None:
+        """Write one event to every local viewer: one frame per format, same bytes."""
+        room.last_seq = seq
+        json_frame = frame(data, Format.JSON)
+        msgpack_frame: bytes | None = None
+        sent = 0
+        for conn in room.live.values():
+            if conn.fmt is Format.JSON:
+                conn.push(json_frame)
+            else:
+                if msgpack_frame is None:
+                    msgpack_frame = self._frame(data, Format.MSGPACK)
+                conn.push(msgpack_frame)
+            sent += 1
+        for conn in room.joining.values():
+            if conn.pending is not None:
+                conn.pending.append((seq, json_frame))
+        if room.joining:
+            self._promote(room)
+        if sent:
+            WS_MESSAGES_SENT.labels("event").inc(sent)
+        if room.live and any(c.closed for c in room.live.values()):
+            room.live = {cid: c for cid, c in room.live.items() if not c.closed}
+
+    # Coalescing and viewer counts ---------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        interval_ms = int(self.config.coalesce_interval * 1000)
+        while True:
+            await asyncio.sleep(self.config.coalesce_interval / 2)
+            for sid, kind in self.coalescer.due(time.monotonic()):
+                try:
+                    values = await self.store.drain(sid, kind, interval_ms)
+                    if values is None:
+                        self.coalescer.retry(sid, kind)
+                    elif values:
+                        await self.store.publish(sid, coalesced_event(kind, values))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("session %s: flushing %s failed", sid, kind)
+                    self.coalescer.retry(sid, kind)
+
+    async def _viewers_loop(self) -> None:
+        every = self.config.viewers_interval
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.report_viewers(ttl=max(5.0, every * 5))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("viewer count update failed")
+
+    async def report_viewers(self, ttl: float) -> None:
+        """Write this process's viewers per session; publish totals that changed; forget
+        sessions with no local viewer left."""
+        counts: dict[str, int] = {}
+        users: dict[str, list[str]] = {}
+        for sid, room in list(self.rooms.items()):
+            if room.ready.is_set():
+                counts[sid] = len(room)
+                users[sid] = list({c.user for c in (*room.live.values(), *room.joining.values())})
+        if not counts:
+            return
+        totals = await self.store.report_viewers(counts, users, self.proc, ttl)
+        for sid, total in totals.items():
+            if self._viewer_totals.get(sid) != total:
+                self._viewer_totals[sid] = total
+                await self.publish_coalesced(sid, "viewers", "count", total)
+        for sid, count in counts.items():
+            if count == 0:
+                await self._drop_room(sid)
+
+    async def _drop_room(self, sid: str) -> None:
+        async with self._rooms_lock:
+            room = self.rooms.get(sid)
+            if room is None or len(room) or not room.ready.is_set():
+                return
+            del self.rooms[sid]
+            self._viewer_totals.pop(sid, None)
+            self._subscribed.pop(channel(sid), None)
+            await self._pubsub.unsubscribe(channel(sid))

@@ -1,0 +1,327 @@
+"""Live sessions in the store: the session record, its ordered history, pins, chat, mutes,
+coalesced values, viewer counts and presence. Keys live under ``nr:live:``.
+
+Publishing is one script: the next ``seq``, the history entry (stream id ``<seq>-0``, so
+the stream itself says which seqs it still holds) and the pub/sub message, atomically, so
+every process sees events in seq order.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aredis
+
+from live.errors import LiveError, not_found
+from live.keys import text
+from live.protocol import MAX_PINS, RECENT_CHAT, SessionState
+
+SESSIONS = "nr:live:sessions"  # zset of live session ids by creation time
+USER_CHANNEL = "nr:live:to-user"
+SCREEN_CHANNEL = "nr:live:to-screen"
+
+
+def session_key(sid: str) -> str:
+    return f"nr:live:session:{sid}"
+
+
+def seq_key(sid: str) -> str:
+    return f"nr:live:seq:{sid}"
+
+
+def history_key(sid: str) -> str:
+    return f"nr:live:history:{sid}"
+
+
+def channel(sid: str) -> str:
+    return f"nr:live:events:{sid}"
+
+
+_PUBLISH = """
+local seq = redis.call('INCR', KEYS[1])
+local data = '{"seq":' .. seq .. ',"ts":' .. ARGV[2] .. ',' .. ARGV[1]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], seq .. '-0', 'd', data)
+redis.call('PUBLISH', ARGV[4], data)
+return seq
+"""
+
+_PIN = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for _, item in ipairs(items) do
+  if cjson.decode(item)['sku'] == ARGV[2] then return -2 end
+end
+if #items >= tonumber(ARGV[3]) then return -1 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+return 1
+"""
+
+_REMOVE_BY_FIELD = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = #items, 1, -1 do
+  local item = items[i]
+  if ARGV[2] == '' or cjson.decode(item)[ARGV[1]] == ARGV[2] then
+    redis.call('LREM', KEYS[1], 1, item)
+    return item
+  end
+end
+return false
+"""
+
+_DRAIN = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return false end
+local values = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return values
+"""
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    id: str
+    title: str
+    products: list[str]
+    video_url: str | None
+    host: str
+    state: SessionState
+    epoch: str
+    created_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "session_id": self.id, "title": self.title, "products": self.products,
+            "video_url": self.video_url, "host": self.host, "status": self.state.value,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    info: SessionInfo
+    seq: int
+    oldest: int | None
+    pins: list[dict[str, Any]]
+    chat: list[dict[str, Any]]
+
+
+def _info(sid: str, raw: dict[Any, Any]) -> SessionInfo:
+    d = {text(k): text(v) for k, v in raw.items()}
+    return SessionInfo(
+        sid, d["title"], orjson.loads(d["products"]), d["video_url"] or None, d["host"],
+        SessionState(d["state"]), d["epoch"], float(d["created_at"]),
+    )
+
+
+class SessionStore:
+    """Store access for sessions; every method is one or two round trips.
+
+    Args:
+        redis: the shared client.
+        history: how many events each session keeps for resume.
+    """
+
+    def __init__(self, redis: aredis.Redis, history: int = 1000) -> None:
+        self.redis = redis
+        self.history = history
+        self._publish = redis.register_script(_PUBLISH)
+        self._pin = redis.register_script(_PIN)
+        self._remove = redis.register_script(_REMOVE_BY_FIELD)
+        self._drain = redis.register_script(_DRAIN)
+
+    async def create(
+        self, title: str, products: list[str], video_url: str | None, host: str
+    ) -> SessionInfo:
+        sid = "s" + secrets.token_hex(6)
+        now = time.time()
+        info = SessionInfo(sid, title, products, video_url, host, SessionState.LIVE,
+                           secrets.token_hex(6), now)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(session_key(sid), mapping={
+                "title": title, "products": orjson.dumps(products), "video_url": video_url or "",
+                "host": host, "state": info.state.value, "epoch": info.epoch,
+                "created_at": repr(now),
+            })
+            pipe.zadd(SESSIONS, {sid: now})
+            await pipe.execute()
+        return info
+
+    async def get(self, sid: str) -> SessionInfo:
+        raw: Any = await self.redis.hgetall(session_key(sid))
+        if not raw:
+            raise not_found(f"session {sid}")
+        return _info(sid, raw)
+
+    async def live(self, limit: int = 100) -> list[SessionInfo]:
+        ids: Any = await self.redis.zrevrange(SESSIONS, 0, limit - 1)
+        found = []
+        for sid in ids:
+            try:
+                found.append(await self.get(text(sid)))
+            except LiveError:
+                continue
+        return [s for s in found if s.state is SessionState.LIVE]
+
+    async def end(self, sid: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(session_key(sid), "state", SessionState.ENDED.value)
+            pipe.zrem(SESSIONS, sid)
+            await pipe.execute()
+
+    async def publish(self, sid: str, event: dict[str, Any]) -> int:
+        """Append ``event`` to the session's history with the next seq and wake every
+        process; returns the seq."""
+        if not isinstance(event.get("type"), str):
+            raise ValueError("a session event needs a type")
+        body = {k: v for k, v in event.items() if k not in ("seq", "ts")}
+        rest = orjson.dumps(body)[1:].decode()
+        seq: Any = await self._publish(
+            keys=[seq_key(sid), history_key(sid)],
+            args=[rest, int(time.time() * 1000), self.history, channel(sid)],
+        )
+        return int(seq)
+
+    async def snapshot(self, sid: str) -> Snapshot:
+        """The session as of one instant: record, last seq, oldest kept seq, pins, chat."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(session_key(sid))
+            pipe.get(seq_key(sid))
+            pipe.xrange(history_key(sid), count=1)
+            pipe.lrange(f"nr:live:pins:{sid}", 0, -1)
+            pipe.lrange(f"nr:live:chat:{sid}", 0, -1)
+            raw, seq, first, pins, chat = await pipe.execute()
+        if not raw:
+            raise not_found(f"session {sid}")
+        return Snapshot(
+            info=_info(sid, raw), seq=int(seq) if seq else 0,
+            oldest=int(text(first[0][0]).split("-")[0]) if first else None,
+            pins=[orjson.loads(p) for p in pins], chat=[orjson.loads(c) for c in chat],
+        )
+
+    async def current_seq(self, sid: str) -> int:
+        raw: Any = await self.redis.get(seq_key(sid))
+        return int(raw) if raw else 0
+
+    async def oldest_kept(self, sid: str) -> int | None:
+        first: Any = await self.redis.xrange(history_key(sid), count=1)
+        return int(text(first[0][0]).split("-")[0]) if first else None
+
+    async def history_range(self, sid: str, first: int, last: int) -> list[tuple[int, bytes]]:
+        """Events with seq in [first, last] still in history, as (seq, JSON bytes)."""
+        if last < first:
+            return []
+        rows: Any = await self.redis.xrange(history_key(sid), f"{first}-0", f"{last}-0")
+        out = []
+        for entry_id, fields in rows:
+            out.append((int(text(entry_id).split("-")[0]), bytes(fields[b"d"])))
+        return out
+
+    # Pins and chat --------------------------------------------------------------------
+
+    async def pins(self, sid: str) -> list[dict[str, Any]]:
+        raw: Any = await self.redis.lrange(f"nr:live:pins:{sid}", 0, -1)
+        return [orjson.loads(item) for item in raw]
+
+    async def add_pin(self, sid: str, product: dict[str, Any]) -> None:
+        res: Any = await self._pin(keys=[f"nr:live:pins:{sid}"],
+                                   args=[orjson.dumps(product), product["sku"], MAX_PINS])
+        if int(res) == -2:
+            raise LiveError("already_pinned", f"{product['sku']} is already pinned", 409)
+        if int(res) == -1:
+            raise LiveError("too_many_pins", f"at most {MAX_PINS} products can be pinned", 409)
+
+    async def remove_pin(self, sid: str, sku: str | None) -> dict[str, Any]:
+        """Unpin ``sku`` (the latest pin when ``None``)."""
+        res: Any = await self._remove(keys=[f"nr:live:pins:{sid}"], args=["sku", sku or ""])
+        if res is None:
+            raise not_found(f"pinned product {sku}" if sku else "a pinned product")
+        item: dict[str, Any] = orjson.loads(res)
+        return item
+
+    async def add_chat(self, sid: str, message: dict[str, Any]) -> None:
+        key = f"nr:live:chat:{sid}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, orjson.dumps(message))
+            pipe.ltrim(key, -RECENT_CHAT, -1)
+            await pipe.execute()
+
+    async def remove_chat(self, sid: str, chat_id: str) -> None:
+        res: Any = await self._remove(keys=[f"nr:live:chat:{sid}"], args=["id", chat_id])
+        if res is None:
+            raise not_found(f"chat message {chat_id}")
+
+    async def recent_chat(self, sid: str) -> list[dict[str, Any]]:
+        raw: Any = await self.redis.lrange(f"nr:live:chat:{sid}", 0, -1)
+        return [orjson.loads(item) for item in raw]
+
+    async def mute(self, sid: str, user: str) -> None:
+        await self.redis.sadd(f"nr:live:muted:{sid}", user)
+
+    async def is_muted(self, sid: str, user: str) -> bool:
+        res: Any = await self.redis.sismember(f"nr:live:muted:{sid}", user)
+        return bool(res)
+
+    async def within_rate(self, sid: str, user: str, limit: int, window: int) -> bool:
+        """Count one action in the current window; ``False`` past ``limit``."""
+        key = f"nr:live:rate:{sid}:{user}:{int(time.time()) // window}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, window * 2)
+            count, _ = await pipe.execute()
+        return int(count) <= limit
+
+    # Coalesced values, viewers, presence ---------------------------------------------
+
+    async def stage(self, sid: str, kind: str, key: str, value: Any) -> None:
+        """Keep the latest ``value`` for ``key`` (reactions add up) until the next flush."""
+        pending = f"nr:live:pending:{sid}:{kind}"
+        if kind == "reactions":
+            await self.redis.hincrby(pending, key, int(value))
+        else:
+            await self.redis.hset(pending, key, orjson.dumps(value))
+
+    async def drain(self, sid: str, kind: str, interval_ms: int) -> dict[str, Any] | None:
+        """Take the staged values, unless another process flushed this pair within
+        ``interval_ms`` (then ``None``)."""
+        res: Any = await self._drain(
+            keys=[f"nr:live:pending:{sid}:{kind}", f"nr:live:flushlock:{sid}:{kind}"],
+            args=[interval_ms],
+        )
+        if res is None:
+            return None
+        return {text(res[i]): orjson.loads(res[i + 1]) for i in range(0, len(res), 2)}
+
+    async def report_viewers(
+        self, counts: dict[str, int], users: dict[str, list[str]], proc: str, ttl: float
+    ) -> dict[str, int]:
+        """Write this process's count and users per session; return each session's total
+        over the processes that reported within ``ttl``."""
+        now_ms = int(time.time() * 1000)
+        expires = now_ms + int(ttl * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid, local in counts.items():
+                pipe.hset(f"nr:live:viewers:{sid}", proc, f"{local}:{expires}")
+                pipe.expire(f"nr:live:viewers:{sid}", int(ttl) + 60)
+                present = f"nr:live:present:{sid}"
+                if users.get(sid):
+                    pipe.zadd(present, dict.fromkeys(users[sid], expires))
+                pipe.zremrangebyscore(present, 0, now_ms)
+                pipe.hgetall(f"nr:live:viewers:{sid}")
+            replies = await pipe.execute()
+        totals: dict[str, int] = {}
+        step = [r for r in replies if isinstance(r, dict)]
+        for sid, fields in zip(counts, step, strict=True):
+            total = 0
+            for value in fields.values():
+                n, _, exp = text(value).partition(":")
+                if int(exp) > now_ms:
+                    total += int(n)
+            totals[sid] = total
+        return totals
+
+    async def present(self, sid: str) -> list[str]:
+        now_ms = int(time.time() * 1000)
+        raw: Any = await self.redis.zrangebyscore(f"nr:live:present:{sid}", now_ms, "+inf")
+        return [text(u) for u in raw]

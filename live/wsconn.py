@@ -1,0 +1,189 @@
+"""One WebSocket connection as the hub writes to it: whole frames, never awaited, bounded.
+
+Under uvicorn's sans-I/O websockets protocol the hub writes pre-encoded frames straight
+to the connection's transport: one ``transport.write`` per delivery, no task and no await
+per recipient, and the transport's buffer size is the bound. Under any other ASGI server
+(or Starlette's TestClient) a small writer task drains a bounded queue through ``send``.
+Either way a connection whose pending output passes the bound is closed with
+``CLOSE_SLOW_CONSUMER`` and the others never wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from starlette.types import Send
+
+from live.metrics import WS_DISCONNECTS
+from live.protocol import (
+    CLOSE_SLOW_CONSUMER,
+    ConnId,
+    ConnState,
+    Format,
+    conn_transition,
+    encode,
+    frame,
+)
+
+log = logging.getLogger("newretail.live")
+
+# A connection closed by the server stays open this long for the close handshake; a
+# client that does not read by then is dropped.
+CLOSE_GRACE = 5.0
+
+
+class Conn:
+    """What the hub needs of a connection. Subclasses decide how bytes reach the socket."""
+
+    __slots__ = (
+        "id", "fmt", "bound", "state", "user", "role", "member_id", "session_id",
+        "pending", "after_seq", "closed",
+    )
+
+    def __init__(self, conn_id: ConnId, fmt: Format, bound: int) -> None:
+        self.id = conn_id
+        self.fmt = fmt
+        self.bound = bound
+        self.state = ConnState.AWAITING_HELLO
+        self.user = ""
+        self.role = ""
+        self.member_id: str | None = None
+        self.session_id = ""
+        # Events that arrive while the client is being welcomed, with their seq.
+        self.pending: list[tuple[int, bytes]] | None = []
+        self.after_seq = -1
+        self.closed = False
+
+    def push(self, data: bytes) -> None:
+        """Write one complete frame; close the connection when it cannot keep up."""
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def send_message(self, message: Any) -> None:
+        """A personal message, encoded for this connection."""
+        self.push(frame(encode(message, self.fmt), self.fmt))
+
+    def joined(self) -> None:
+        self.state = conn_transition(self.state, ConnState.JOINED)
+
+    def slow(self) -> None:
+        log.info("conn %s: outgoing buffer past %d bytes; closing", self.id, self.bound)
+        WS_DISCONNECTS.labels("slow_consumer").inc()
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+
+class RawConn(Conn):
+    """A connection served by uvicorn's ``WebSocketsSansIOProtocol``: frames go straight to
+    its transport."""
+
+    __slots__ = ("proto", "transport")
+
+    def __init__(self, conn_id: ConnId, fmt: Format, bound: int, proto: Any) -> None:
+        super().__init__(conn_id, fmt, bound)
+        self.proto = proto
+        self.transport: asyncio.Transport = proto.transport
+
+    def push(self, data: bytes) -> None:
+        if self.closed:
+            return
+        transport = self.transport
+        if transport.is_closing() or self.proto.close_sent:
+            self.closed = True
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.bound:
+            self.slow()
+
+    def close(self, code: int, reason: str) -> None:
+        """Queue a close frame and hand the app its disconnect now; the transport goes
+        once the client answers, or after ``CLOSE_GRACE`` whatever it does."""
+        if self.closed:
+            return
+        self.closed = True
+        proto = self.proto
+        if proto.close_sent or self.transport.is_closing():
+            return
+        proto.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        proto.conn.send_close(code, reason)
+        self.transport.write(b"".join(proto.conn.data_to_send()))
+        proto.close_sent = True
+        if proto.read_paused:
+            proto.read_paused = False
+            self.transport.resume_reading()
+        proto.close_timer = proto.loop.call_later(CLOSE_GRACE, self.transport.abort)
+
+
+class QueuedConn(Conn):
+    """A connection under any ASGI server: a writer task drains a byte-bounded queue."""
+
+    __slots__ = ("send", "queue", "queued", "wake", "task")
+
+    def __init__(self, conn_id: ConnId, fmt: Format, bound: int, send: Send) -> None:
+        super().__init__(conn_id, fmt, bound)
+        self.send = send
+        self.queue: deque[bytes | tuple[int, str]] = deque()
+        self.queued = 0
+        self.wake = asyncio.Event()
+        self.task = asyncio.ensure_future(self._write())
+
+    def push(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.queue.append(data)
+        self.queued += len(data)
+        self.wake.set()
+        if self.queued > self.bound:
+            self.slow()
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.queue.append((code, reason))
+        self.wake.set()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while self.queue:
+                    item = self.queue.popleft()
+                    if isinstance(item, tuple):
+                        await self.send({"type": "websocket.close", "code": item[0],
+                                         "reason": item[1]})
+                        return
+                    self.queued -= len(item)
+                    await self.send(_unframe(item, self.fmt))
+        except Exception:  # the client went away; the receive loop sees the disconnect
+            self.closed = True
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
+def _unframe(data: bytes, fmt: Format) -> dict[str, Any]:
+    """The ASGI message for a frame built by ``protocol.frame``."""
+    n = data[1] & 0x7F
+    start = 2 if n < 126 else (4 if n == 126 else 10)
+    payload = data[start:]
+    if fmt is Format.JSON:
+        return {"type": "websocket.send", "text": payload.decode()}
+    return {"type": "websocket.send", "bytes": payload}
+
+
+def make_conn(conn_id: ConnId, fmt: Format, bound: int, send: Send) -> Conn:
+    """A raw connection when ``send`` is uvicorn's sans-I/O protocol, else a queued one."""
+    proto = getattr(send, "__self__", None)
+    if (
+        proto is not None
+        and type(proto).__name__ == "WebSocketsSansIOProtocol"
+        and hasattr(proto, "transport") and hasattr(proto, "conn")
+    ):
+        return RawConn(conn_id, fmt, bound, proto)
+    return QueuedConn(conn_id, fmt, bound, send)

@@ -1,0 +1,334 @@
+"""The live hub against two real server processes sharing one store, with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis as redis_sync
+from websockets.exceptions import ConnectionClosed
+
+from live.hub import Hub
+from live.sessions import SessionStore
+from tests.hub_support import (
+    ENV,
+    Client,
+    create_session,
+    seed_products,
+    session_events,
+    token,
+)
+from tests.utils import ServerProcess, run_server
+
+HISTORY = 40
+SEND_BUFFER = 64 * 1024
+SERVER_ENV = {
+    **ENV, "NEWRETAIL_LIVE_HISTORY": str(HISTORY), "NEWRETAIL_WS_SEND_BUFFER": str(SEND_BUFFER),
+    "NEWRETAIL_LIVE_COALESCE": "0.2", "NEWRETAIL_LIVE_VIEWERS_EVERY": "0.3",
+}
+
+
+@pytest.fixture(scope="module")
+def servers(
+    store_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    var = tmp_path_factory.mktemp("hub")
+    with run_server(store_url, var / "a", env=SERVER_ENV) as a, \
+            run_server(store_url, var / "b", env=SERVER_ENV) as b:
+        yield a, b
+
+
+@pytest.fixture
+async def session(
+    servers: tuple[ServerProcess, ServerProcess], redis: Any, sync_redis: redis_sync.Redis
+) -> str:
+    await seed_products(redis)
+    return create_session(servers[0].url)
+
+
+async def _host(server: ServerProcess, sid: str) -> Client:
+    host = await Client.open(server.ws_url, f"/ws/live/{sid}")
+    assert (await host.hello(token("host-1", "host")))["type"] == "welcome"
+    return host
+
+
+async def _viewer(server: ServerProcess, sid: str, i: int, mp: bool = False) -> Client:
+    c = await Client.open(server.ws_url, f"/ws/live/{sid}", msgpack_format=mp)
+    welcome = await c.hello(token(f"member-{i}", "member"))
+    assert welcome["type"] == "welcome" and welcome["role"] == "member"
+    return c
+
+
+def test_sessions_over_http(servers: tuple[ServerProcess, ServerProcess], session: str) -> None:
+    """Hosts open sessions, viewers may not, bad bodies are refused, live ones are listed."""
+    url = servers[1].url
+    listed = httpx.get(f"{url}/live/sessions").json()["sessions"]
+    assert [s["session_id"] for s in listed] == [session]
+    viewer = {"authorization": f"Bearer {token('anon-1', 'viewer')}"}
+    resp = httpx.post(f"{url}/live/sessions", json={"title": "x"}, headers=viewer)
+    assert resp.status_code == 403
+    host = {"authorization": f"Bearer {token('host-1', 'host')}"}
+    for body in ({"title": ""}, {"title": "x", "products": "SKU1"},
+                 {"title": "x", "products": ["NOPE"]}, {"title": "x", "video_url": "ftp://x"}):
+        resp = httpx.post(f"{url}/live/sessions", json=body, headers=host)
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_request"
+    assert httpx.get(f"{url}/live/sessions/nope").status_code == 404
+
+
+async def test_two_processes_same_events_same_order(
+    servers: tuple[ServerProcess, ServerProcess], session: str
+) -> None:
+    """Viewers on two processes (JSON and msgpack) get the same events in the same order."""
+    a, b = servers
+    host = await _host(a, session)
+    viewers = [await _viewer(a if i % 2 else b, session, i, mp=i % 3 == 0) for i in range(12)]
+    start = max(v.welcome["seq"] for v in viewers)
+    for i, sku in enumerate(["SKU1", "SKU2", "SKU3"]):
+        assert (await host.op("pin", f"p{i}", sku=sku))["type"] == "ack"
+    assert (await host.op("unpin", "u1", sku="SKU2"))["type"] == "ack"
+    assert (await host.op("chat", "c1", text="welcome all"))["type"] == "ack"
+    last = await host.until(lambda m: m.get("type") == "chat")
+    for v in viewers:
+        await v.until(lambda m, s=last["seq"]: m.get("seq") == s)
+    reference = session_events(viewers[0], start)
+    assert [t for _, t in reference if t in ("pinned", "unpinned", "chat")] == [
+        "pinned", "pinned", "pinned", "unpinned", "chat"]
+    seqs = [s for s, _ in reference]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    for v in viewers[1:]:
+        assert session_events(v, start) == reference
+    assert viewers[3].events[-1]["text"] == "welcome all"
+    for c in [host, *viewers]:
+        await c.close()
+
+
+async def test_resume_replays_exactly_what_was_missed(
+    servers: tuple[ServerProcess, ServerProcess], session: str
+) -> None:
+    """A viewer that drops and comes back with since gets the missed events, in order."""
+    a, b = servers
+    host = await _host(a, session)
+    viewer = await _viewer(b, session, 1)
+    await host.op("pin", "p1", sku="SKU1")
+    seen = await viewer.until(lambda m: m.get("type") == "pinned")
+    epoch = viewer.welcome["epoch"]
+    await viewer.close()
+    await host.op("unpin", "u1")
+    await host.op("pin", "p2", sku="SKU2")
+    await host.op("chat", "c1", text="you missed this")
+    back = await Client.open(b.ws_url, f"/ws/live/{session}")
+    welcome = await back.hello(token("member-1", "member"), {"epoch": epoch, "seq": seen["seq"]})
+    assert welcome["recovered"] is True
+    missed = await back.until(lambda m: m.get("seq") == welcome["seq"])
+    got = [(e["seq"], e["type"]) for e in back.events]
+    assert got[0][0] == seen["seq"] + 1 and got[-1] == (welcome["seq"], missed["type"])
+    assert [s for s, _ in got] == list(range(seen["seq"] + 1, welcome["seq"] + 1))
+    assert [t for _, t in got if t != "viewers"] == ["unpinned", "pinned", "chat"]
+    await host.op("chat", "c2", text="live again")
+    live = await back.until(lambda m: m.get("type") == "chat")
+    assert live["seq"] > welcome["seq"] and live["text"] == "live again"
+    await host.close()
+    await back.close()
+
+
+async def test_stale_epoch_or_trimmed_history_is_not_recovered(
+    servers: tuple[ServerProcess, ServerProcess], session: str, redis: Any
+) -> None:
+    """An unknown epoch or a since older than the kept history gets recovered false and
+    no replay at all (never a partial one)."""
+    a, _ = servers
+    viewer = await _viewer(a, session, 1)
+    epoch, seq = viewer.welcome["epoch"], viewer.welcome["seq"]
+    await viewer.close()
+    stale = await Client.open(a.ws_url, f"/ws/live/{session}")
+    welcome = await stale.hello(token("member-1", "member"), {"epoch": "other", "seq": seq})
+    assert welcome["recovered"] is False
+    await stale.close()
+    store = SessionStore(redis, HISTORY)
+    for i in range(HISTORY + 5):
+        await store.publish(session, {"type": "note", "n": i})
+    late = await Client.open(a.ws_url, f"/ws/live/{session}")
+    welcome = await late.hello(token("member-1", "member"), {"epoch": epoch, "seq": seq})
+    assert welcome["recovered"] is False and welcome["seq"] >= seq + HISTORY + 5
+    await store.publish(session, {"type": "note", "n": "next"})
+    nxt = await late.until(lambda m: m.get("type") == "note")
+    assert nxt["n"] == "next" and [e["n"] for e in late.events if e["type"] == "note"] == ["next"]
+    await late.close()
+
+
+async def test_every_bad_frame_gets_an_error_and_the_connection_goes_on(
+    servers: tuple[ServerProcess, ServerProcess], session: str
+) -> None:
+    """Malformed frames, unknown ops, bad payloads and wrong roles each get a clear error."""
+    a, _ = servers
+    c = await Client.open(a.ws_url, f"/ws/live/{session}")
+    await c.ws.send("not json")
+    assert (await c.recv())["code"] == "bad_frame"
+    await c.send({"op": "chat", "text": "before hello"})
+    assert (await c.recv())["code"] == "bad_frame"
+    err = await c.hello("not-a-token")
+    assert err["type"] == "error" and err["code"] == "unauthorized"
+    await c.hello(token("member-7", "member"))
+    await c.ws.send("[1, 2]")
+    assert (await c.until(lambda m: m.get("type") == "error"))["code"] == "bad_frame"
+    cases = [
+        ({"op": "fly", "ref": "r1"}, "unknown_op"),
+        ({"op": "chat", "ref": "r2"}, "bad_request"),
+        ({"op": "chat", "ref": "r3", "text": "x" * 281}, "bad_request"),
+        ({"op": "react", "ref": "r4", "kind": "meh"}, "bad_request"),
+        ({"op": "pin", "ref": "r5", "sku": "SKU1"}, "forbidden"),
+        ({"op": "end", "ref": "r6"}, "forbidden"),
+        ({"op": "mute", "ref": "r7", "member_id": "member-8"}, "forbidden"),
+        ({"op": "hello", "ref": "r8", "token": "x"}, "bad_frame"),
+        ({"op": "chat", "ref": ["r"], "text": "hi"}, "bad_frame"),
+    ]
+    for frame, code in cases:
+        await c.send(frame)
+        err = await c.until(lambda m: m.get("type") == "error")
+        assert err["code"] == code, frame
+        assert err["ref"] == (frame["ref"] if isinstance(frame["ref"], str) else None)
+    assert (await c.op("chat", "ok", text="still here"))["type"] == "ack"
+    viewer = await Client.open(a.ws_url, f"/ws/live/{session}")
+    await viewer.hello(token("anon-1", "viewer"))
+    assert (await viewer.op("chat", "v1", text="hi"))["code"] == "forbidden"
+    assert (await viewer.op("react", "v2", kind="heart"))["type"] == "ack"
+    await c.close()
+    await viewer.close()
+
+
+async def test_frame_over_the_limit_closes_1009(
+    servers: tuple[ServerProcess, ServerProcess], session: str
+) -> None:
+    """A frame over the size limit closes the connection with 1009."""
+    c = await Client.open(servers[0].ws_url, f"/ws/live/{session}", max_size=None)
+    await c.hello(token("member-1", "member"))
+    await c.ws.send("x" * (64 * 1024 + 10))
+    with pytest.raises(ConnectionClosed):
+        await c.until(lambda m: False)
+    assert c.ws.close_code == 1009
+
+
+async def test_host_moderation_and_end(
+    servers: tuple[ServerProcess, ServerProcess], session: str
+) -> None:
+    """Hosts remove chat messages and mute members; ending is final and unlisted."""
+    a, b = servers
+    host = await _host(a, session)
+    member = await _viewer(b, session, 5)
+    assert (await member.op("chat", "m1", text="spam spam"))["type"] == "ack"
+    chat = await host.until(lambda m: m.get("type") == "chat")
+    assert chat["from"]["id"] == "member-5"
+    assert (await host.op("chat.remove", "h1", id=chat["id"]))["type"] == "ack"
+    removed = await member.until(lambda m: m.get("type") == "chat_removed")
+    assert removed["id"] == chat["id"]
+    assert (await host.op("chat.remove", "h2", id=chat["id"]))["code"] == "not_found"
+    assert (await host.op("mute", "h3", member_id="member-5"))["type"] == "ack"
+    assert (await member.op("chat", "m2", text="again"))["code"] == "muted"
+    fresh = await Client.open(b.ws_url, f"/ws/live/{session}")
+    welcome = await fresh.hello(token("member-6", "member"))
+    assert welcome["state"]["chat"] == []
+    for i in range(5):
+        assert (await fresh.op("chat", f"f{i}", text=f"msg {i}"))["type"] == "ack"
+    assert (await fresh.op("chat", "f5", text="one too many"))["code"] == "rate_limited"
+    assert (await host.op("end", "e1"))["type"] == "ack"
+    await member.until(lambda m: m.get("type") == "ended")
+    assert (await host.op("end", "e2"))["code"] == "session_ended"
+    assert (await host.op("pin", "e3", sku="SKU1"))["code"] == "session_ended"
+    assert httpx.get(f"{a.url}/live/sessions").json()["sessions"] == []
+    for c in (host, member, fresh):
+        await c.close()
+
+
+async def test_reactions_and_viewer_counts_are_coalesced(
+    servers: tuple[ServerProcess, ServerProcess], session: str
+) -> None:
+    """Many reactions become a few events with the summed counts; the viewer count covers
+    both processes."""
+    a, b = servers
+    viewers = [await _viewer(a if i % 2 else b, session, i) for i in range(6)]
+    counted = await viewers[0].until(lambda m: m.get("type") == "viewers" and m["count"] == 6)
+    assert counted["count"] == 6
+    for _ in range(10):
+        for i, v in enumerate(viewers):
+            await v.send({"op": "react", "kind": "heart" if i % 2 else "fire"})
+    total: dict[str, int] = {}
+    deadline = time.monotonic() + 15
+    while total.get("heart", 0) + total.get("fire", 0) < 60 and time.monotonic() < deadline:
+        msg = await viewers[0].until(lambda m: m.get("type") == "reactions")
+        for k, n in msg["counts"].items():
+            total[k] = total.get(k, 0) + n
+    assert total == {"heart": 30, "fire": 30}
+    reaction_events = [e for e in viewers[0].events if e["type"] == "reactions"]
+    assert len(reaction_events) < 20
+    for v in viewers:
+        await v.close()
+
+
+async def test_personal_messages_reach_users_and_screens(
+    servers: tuple[ServerProcess, ServerProcess], session: str, redis: Any
+) -> None:
+    """send_to_user reaches every connection of that user on any process; screens get
+    theirs after hello with a screen token, and other tokens are refused."""
+    a, b = servers
+    phone = await _viewer(a, session, 9)
+    laptop = await _viewer(b, session, 9)
+    screen = await Client.open(b.ws_url, "/ws/screen/screen-1")
+    assert (await screen.hello(token("member-9", "member")))["code"] == "forbidden"
+    assert (await screen.hello(token("screen-2", "screen")))["code"] == "forbidden"
+    assert (await screen.hello(token("screen-1", "screen")))["type"] == "welcome"
+    hub = Hub(redis)
+    await hub.send_to_user("member-9", {"type": "cart", "items": []})
+    await hub.send_to_screen("screen-1", {"type": "idle", "offers": []})
+    for c in (phone, laptop):
+        assert (await c.until(lambda m: m.get("type") == "cart"))["items"] == []
+    assert (await screen.until(lambda m: m.get("type") == "idle"))["offers"] == []
+    for c in (phone, laptop, screen):
+        await c.close()
+
+
+async def test_a_client_that_does_not_read_is_cut_off_and_others_go_on(
+    servers: tuple[ServerProcess, ServerProcess], session: str, redis: Any
+) -> None:
+    """Past the outgoing bound a non-reading client is closed with 4001; a reading client
+    on the same process gets every event."""
+    a, _ = servers
+    stuck = await Client.open(a.ws_url, f"/ws/live/{session}", max_queue=1)
+    await stuck.hello(token("member-1", "member"))
+    reader = await _viewer(a, session, 2)
+    store = SessionStore(redis, HISTORY)
+    pad = "x" * 30_000
+    last = 0
+    received = 0
+
+    async def read_all() -> None:
+        nonlocal received
+        while True:
+            msg = await reader.recv()
+            if msg.get("type") == "note":
+                received += 1
+                if msg["n"] == "end":
+                    return
+
+    reading = asyncio.create_task(read_all())
+    deadline = time.monotonic() + 60
+    while stuck.ws.state.name == "OPEN" and time.monotonic() < deadline:
+        metrics = httpx.get(f"{a.url}/metrics").text
+        if 'newretail_ws_disconnects_total{reason="slow_consumer"}' in metrics:
+            break
+        for i in range(20):
+            last = await store.publish(session, {"type": "note", "n": i, "pad": pad})
+    await store.publish(session, {"type": "note", "n": "end"})
+    await asyncio.wait_for(reading, 30)
+    assert received == len([e for e in reader.events if e["type"] == "note"])
+    assert reader.events[-1]["n"] == "end" and reader.events[-1]["seq"] > last
+    seqs = [e["seq"] for e in reader.events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await stuck.recv(timeout=10)
+    assert stuck.ws.close_code == 4001
+    await reader.close()
