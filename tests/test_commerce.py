@@ -314,3 +314,16 @@ async def test_a_second_sale_waits_for_the_first(redis: aredis.Redis) -> None:
     assert err.value.code == "flash_sale_active"
     await commerce.stop_flash(HOST, "s1")
     assert await _flash(commerce, 5) != first
+
+
+async def test_presenter_search_by_word_starts_and_sku(redis: aredis.Redis) -> None:
+    """Search matches whole words or word starts, every query word must match, a sku typed
+    in full comes first, and nothing matches nonsense."""
+    catalog = await seed(redis)
+    assert [p.sku for p in await catalog.search("enam mu")] == ["mug"]
+    assert [p.sku for p in await catalog.search("co")] == ["pot"]
+    assert [p.sku for p in await catalog.search("kite")] == ["kite"]
+    assert [p.sku for p in await catalog.search("lamp oak")] == ["lamp"]
+    assert await catalog.search("racing lamp") == []
+    assert await catalog.search("zzz") == []
+    assert len(await catalog.search("", limit=3)) == 3
