@@ -23,8 +23,7 @@ from typing import Any, Protocol, TypedDict
 
 import redis.asyncio as aredis
 
-from identity.errors import IdentityError
-from identity.members import Members
+from identity.members import MEMBER, Members
 from live.carts import CartLine, Carts, parse_idempotency_key, parse_qty, parse_sku
 from live.catalog import Catalog
 from live.errors import LiveError, not_found
@@ -222,12 +221,6 @@ class Commerce:
 
     # checkout ------------------------------------------------------------------------
 
-    async def _home_store(self, member_id: str) -> str | None:
-        try:
-            return (await self.members.get(member_id)).home_store
-        except IdentityError:
-            return None
-
     async def checkout(
         self, caller: Caller, idempotency_key: object, session_id: str | None = None,
         tell_buyer: bool = True,
@@ -248,10 +241,10 @@ class Commerce:
         self, caller: Caller, key: str, session_id: str | None, tell_buyer: bool,
     ) -> Checkout:
         lines = await self.carts.lines(caller.user)
-        home = await self._home_store(caller.user)
         now = self.clock()
         res = await self.inventory.reserve_order(
-            "o_" + secrets.token_hex(8), caller.user, lines, key, now, home, session_id,
+            "o_" + secrets.token_hex(8), caller.user, lines, key, now, None, session_id,
+            member_key=MEMBER.format(id=caller.user),
         )
         for ended in res.ended:
             await self._announce_end(ended)
@@ -264,19 +257,24 @@ class Commerce:
                 message = "the cart is empty"
             raise LiveError(code, message, _STATUS.get(code, 400))
         order = normalise(res.order)
-        await self.record([
+        # The purchase events, the buyer's other devices and the session's stock are
+        # independent of each other: sent together, they delay the acknowledgement once.
+        work: list[Awaitable[Any]] = [self.record([
             Event(caller.user, line["sku"], "purchase", now, session_id,
                   line["location"] if line["location"] != "warehouse" else None, line["qty"])
             for line in order["lines"]
-        ])
+        ])]
         if self.notifier is not None:
             if tell_buyer:
-                await self.notifier.send_to_user(caller.user, {"type": "order", "order": order})
-            await self._cart_changed(caller.user)
+                work.append(self.notifier.send_to_user(
+                    caller.user, {"type": "order", "order": order}))
+            work.append(self._cart_changed(caller.user))
             if session_id:
                 for left in res.left:
                     units = left.flash_left if left.flash_left >= 0 else left.pool
-                    await self.notifier.publish_coalesced(session_id, "stock", left.sku, units)
+                    work.append(self.notifier.publish_coalesced(
+                        session_id, "stock", left.sku, units))
+        await asyncio.gather(*work)
         if session_id:
             self._push_figures(session_id)
         return Checkout(order, False)

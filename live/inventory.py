@@ -84,6 +84,7 @@ if existing then return {'dup', existing} end
 local n = tonumber(ARGV[8])
 if n == 0 then return {'err', 'empty_cart', '', '', ''} end
 local member, home, now, session, only = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[7]
+if home == '' then home = redis.call('HGET', KEYS[8], 'home_store') or '' end
 local ended = {}
 local function end_sale(fkey, sid, reason)
   redis.call('HSET', fkey, 'state', 'ended', 'reason', reason, 'ended_at', ARGV[4])
@@ -92,7 +93,7 @@ local function end_sale(fkey, sid, reason)
 end
 local plan = {}
 for i = 1, n do
-  local a, k = 8 + (i - 1) * 3, 7 + (i - 1) * 4
+  local a, k = 8 + (i - 1) * 3, 8 + (i - 1) * 4
   local sku, qty, sale = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
   local pkey, skey, fkey, bkey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local price = redis.call('HGET', pkey, 'price')
@@ -264,12 +265,17 @@ class Inventory:
         home_store: str | None = None,
         session_id: str | None = None,
         only_location: str | None = None,
+        member_key: str | None = None,
     ) -> Reservation:
-        """Reserve every line and write the order, or nothing (see the module doc)."""
+        """Reserve every line and write the order, or nothing (see the module doc).
+
+        Without ``home_store`` the script reads it from the member record at
+        ``member_key`` (one round trip less on the hot path).
+        """
         script_keys = [
             idempotency_key(user, idempotency), cart_key(user), order_key(order_id), ORDERS,
             member_orders_key(user), figures_key(session_id) if session_id else NO_KEY,
-            FLASH_ACTIVE,
+            FLASH_ACTIVE, member_key or NO_KEY,
         ]
         args: list[Any] = [
             order_id, user, home_store or "", f"{now:.3f}", session_id or "",
