@@ -18,71 +18,40 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol, TypedDict
+from typing import Any
 
 import redis.asyncio as aredis
 
 from identity.members import MEMBER, Members
 from live.carts import CartLine, Carts, parse_idempotency_key, parse_qty, parse_sku
 from live.catalog import Catalog
+from live.commerce_types import (
+    BUYER_ROLES,
+    CART_ROLES,
+    HOST_ROLES,
+    Caller,
+    CartItem,
+    CartView,
+    Checkout,
+    Notifier,
+)
 from live.errors import LiveError, not_found
 from live.flash import FlashSale, FlashSales, parse_flash_start
 from live.inventory import Inventory, figures_key
 from live.keys import text
-from live.orders import Order, Orders, normalise
+from live.orders import Orders, normalise
 from live.types import Sku
 from recommender.events import EventLog
 from recommender.types import Event
 
 log = logging.getLogger("newretail.live")
 
-CART_ROLES = frozenset({"viewer", "member"})
-BUYER_ROLES = frozenset({"member"})
-HOST_ROLES = frozenset({"host", "admin"})
 FIGURES_DELAY = 0.25  # host figures are pushed at most this often per session and process
 EXPIRY_SWEEP = 0.25
 # Checkouts and cart changes in flight per process: past this they queue here rather than
 # exhaust the store client's connection pool (a burst of buyers at a flash sale).
 STORE_CONCURRENCY = 64
 _STATUS = {"not_found": 404, "out_of_stock": 409, "limit_exceeded": 409, "empty_cart": 409}
-
-
-class Notifier(Protocol):
-    """What the commerce service needs of the live hub."""
-
-    async def publish(self, session_id: str, event: dict[str, Any]) -> int: ...
-    async def publish_coalesced(
-        self, session_id: str, kind: str, key: str, value: Any) -> None: ...
-    async def send_to_user(self, user: str, message: dict[str, Any]) -> None: ...
-
-
-class CartItem(TypedDict):
-    sku: str
-    title: str
-    qty: int
-    price: float
-    flash_sale: str | None
-
-
-class CartView(TypedDict):
-    lines: list[CartItem]
-    count: int
-    total: float
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who asks: the token's ``sub`` and ``role``."""
-
-    user: str
-    role: str
-
-
-@dataclass(frozen=True)
-class Checkout:
-    order: Order
-    replayed: bool
 
 
 def _check_role(caller: Caller, roles: frozenset[str], what: str) -> None:

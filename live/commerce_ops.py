@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from live.commerce import BUYER_ROLES, CART_ROLES, HOST_ROLES, Caller, Commerce
+from live.commerce import Commerce
+from live.commerce_types import BUYER_ROLES, CART_ROLES, HOST_ROLES, Caller
 from live.errors import LiveError
 from live.hub import Hub, OpContext
 from live.protocol import SessionState

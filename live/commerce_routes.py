@@ -15,7 +15,8 @@ from starlette.routing import Route
 
 from identity.auth import require
 from identity.types import Claims
-from live.commerce import Caller, Commerce
+from live.commerce import Commerce
+from live.commerce_types import Caller
 from live.errors import LiveError, bad_request
 from live.routes import _int_param, json_response, read_json, services
 

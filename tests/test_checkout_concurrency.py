@@ -13,7 +13,7 @@ import pytest
 import redis as redis_sync
 import redis.asyncio as aredis
 
-from live.commerce import Caller
+from live.commerce_types import Caller
 from live.errors import LiveError
 from live.store import EmbeddedStore, connect
 from tests.commerce_helpers import JWT_SPEC, keyring, make_commerce, make_members, seed

@@ -13,7 +13,8 @@ import pytest
 import redis.asyncio as aredis
 
 from live.carts import MAX_LINE_QTY, CartLine, parse_idempotency_key, parse_qty, parse_sku
-from live.commerce import Caller, Commerce
+from live.commerce import Commerce
+from live.commerce_types import Caller
 from live.errors import LiveError
 from live.flash import parse_flash_start
 from live.inventory import choose_location, parse_reply
