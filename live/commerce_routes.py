@@ -18,6 +18,7 @@ from identity.types import Claims
 from live.commerce import Commerce
 from live.commerce_types import Caller
 from live.errors import LiveError, bad_request
+from live.protocol import SessionState
 from live.routes import _int_param, json_response, read_json, services
 
 
@@ -42,11 +43,23 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _session(body: dict[str, Any]) -> str | None:
+async def _session(request: Request, body: dict[str, Any]) -> str | None:
+    """The ``session_id`` of the body, when given: a session that exists."""
     session = body.get("session_id")
-    if session is not None and (not isinstance(session, str) or not 0 < len(session) <= 64):
+    if session is None:
+        return None
+    if not isinstance(session, str) or not 0 < len(session) <= 64:
         raise bad_request("session_id must be a string of 1 to 64 characters")
+    await services(request).hub.store.get(session)  # not_found for an unknown session
     return session
+
+
+async def _live_session(request: Request) -> str:
+    session_id: str = request.path_params["session_id"]
+    info = await services(request).hub.store.get(session_id)
+    if info.state is not SessionState.LIVE:
+        raise LiveError("session_ended", "the session has ended", 409)
+    return session_id
 
 
 async def get_cart(request: Request) -> Response:
@@ -61,7 +74,7 @@ async def add_cart_item(request: Request) -> Response:
         raise LiveError("forbidden", "admins may read carts, not fill them", 403)
     body = await _body(request)
     cart = await commerce(request).add_to_cart(
-        caller, body.get("sku"), body.get("qty", 1), _session(body))
+        caller, body.get("sku"), body.get("qty", 1), await _session(request, body))
     return json_response({"user_id": caller.user, "cart": cart})
 
 
@@ -79,7 +92,8 @@ async def checkout(request: Request) -> Response:
         raise LiveError("forbidden", "you can only check out your own cart", 403)
     body = await _body(request)
     result = await commerce(request).checkout(
-        Caller(claims.sub, claims.role), body.get("idempotency_key"), _session(body))
+        Caller(claims.sub, claims.role), body.get("idempotency_key"),
+        await _session(request, body))
     return json_response({"order": result.order, "replayed": result.replayed},
                          200 if result.replayed else 201)
 
@@ -103,15 +117,15 @@ async def get_order(request: Request) -> Response:
 
 
 async def start_flash(request: Request) -> Response:
-    claims = require(request)
+    claims = require(request, "host", "admin")
     body = await _body(request)
-    sale = await commerce(request).start_flash(
-        Caller(claims.sub, claims.role), request.path_params["session_id"], body)
+    session_id = await _live_session(request)
+    sale = await commerce(request).start_flash(Caller(claims.sub, claims.role), session_id, body)
     return json_response(sale.message(), 201)
 
 
 async def stop_flash(request: Request) -> Response:
-    claims = require(request)
+    claims = require(request, "host", "admin")
     await commerce(request).stop_flash(
         Caller(claims.sub, claims.role), request.path_params["session_id"])
     return json_response({"stopped": True})

@@ -92,7 +92,9 @@ def _headers(sub: str, role: str = "member") -> dict[str, str]:
     return {"authorization": f"Bearer {keyring().issue(sub, role, ttl=600)}"}  # type: ignore[arg-type]
 
 
-async def _buy_through(servers: list[ServerProcess], buyers: list[str]) -> dict[str, Any]:
+async def _buy_through(
+    servers: list[ServerProcess], buyers: list[str], sid: str,
+) -> dict[str, Any]:
     """Each buyer adds a kite and checks out on one server, then retries on the other."""
     limits = httpx.Limits(max_connections=64)
     clients = [httpx.AsyncClient(base_url=s.url, limits=limits, timeout=30) for s in servers]
@@ -103,9 +105,9 @@ async def _buy_through(servers: list[ServerProcess], buyers: list[str]) -> dict[
         one, other = clients[i % 2], clients[(i + 1) % 2]
         async with gate:
             r = await one.post(f"/carts/{user}/items", headers=h,
-                               json={"sku": "kite", "qty": 1, "session_id": "s1"})
+                               json={"sku": "kite", "qty": 1, "session_id": sid})
             assert r.status_code == 200, r.text
-            body = {"idempotency_key": f"k-{user}", "session_id": "s1"}
+            body = {"idempotency_key": f"k-{user}", "session_id": sid}
             first = (await one.post(f"/carts/{user}/checkout", headers=h, json=body)).json()
             second = (await other.post(f"/carts/{user}/checkout", headers=h, json=body)).json()
         return user, (first, second)
@@ -128,10 +130,12 @@ def test_two_web_processes_never_oversell(
     env = {"NEWRETAIL_JWT_KEYS": JWT_SPEC}
     with run_server(store_url, tmp_path / "a", env) as a, \
             run_server(store_url, tmp_path / "b", env) as b:
-        r = httpx.post(f"{a.url}/live/sessions/s1/flash-sale", json=SALE,
+        sid = httpx.post(f"{a.url}/live/sessions", json={"title": "Rush", "products": ["kite"]},
+                         headers=_headers("host", "host")).json()["session_id"]
+        r = httpx.post(f"{a.url}/live/sessions/{sid}/flash-sale", json=SALE,
                        headers=_headers("host", "host"))
         assert r.status_code == 201, r.text
-        results = asyncio.run(_buy_through([a, b], [f"m_{i:05d}" for i in range(1200)]))
+        results = asyncio.run(_buy_through([a, b], [f"m_{i:05d}" for i in range(1200)], sid))
         admin = _headers("ops", "admin")
         stored = httpx.get(f"{b.url}/orders?limit=500", headers=admin).json()["orders"]
         product = httpx.get(f"{a.url}/catalog/products/kite").json()

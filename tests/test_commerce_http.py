@@ -97,25 +97,32 @@ def test_viewers_are_asked_to_sign_in_to_buy(client: TestClient, store_url: str)
 
 
 def test_host_runs_a_flash_sale(client: TestClient, store_url: str) -> None:
-    """A host starts a sale (201), anyone reads it, a second start is 409, stop ends it,
-    and figures are for hosts only."""
+    """A host starts a sale (201) in a session that exists, anyone reads it, a second start
+    is 409, stop ends it, and figures are for hosts only."""
     [a, _] = _seed(store_url)
     hh = _auth(client, "host_1", "host")
     body = {"sku": "kite", "price": 5, "qty": 10, "seconds": 30, "limit": 2}
-    r = client.post("/live/sessions/s1/flash-sale", json=body, headers=hh)
+    unknown = client.post("/live/sessions/nope/flash-sale", json=body, headers=hh)
+    assert unknown.status_code == 404
+    s1 = client.post("/live/sessions", json={"title": "Drop", "products": ["kite"]},
+                     headers=hh).json()["session_id"]
+    r = client.post(f"/live/sessions/{s1}/flash-sale", json=body, headers=hh)
     assert r.status_code == 201 and r.json()["qty_left"] == 10
-    assert client.get("/live/sessions/s1/flash-sale").json()["flash_sale"]["price"] == 5.0
-    assert client.post("/live/sessions/s1/flash-sale", json=body,
+    assert client.get(f"/live/sessions/{s1}/flash-sale").json()["flash_sale"]["price"] == 5.0
+    assert client.post(f"/live/sessions/{s1}/flash-sale", json=body,
                        headers=hh).json()["error"]["code"] == "flash_sale_active"
     ha = _auth(client, a, "member")
-    client.post(f"/carts/{a}/items", json={"sku": "kite", "qty": 2, "session_id": "s1"},
+    stray = client.post(f"/carts/{a}/items", json={"sku": "kite", "qty": 2,
+                                                    "session_id": "nope"}, headers=ha)
+    assert stray.status_code == 404
+    client.post(f"/carts/{a}/items", json={"sku": "kite", "qty": 2, "session_id": s1},
                 headers=ha)
     order = client.post(f"/carts/{a}/checkout", json={"idempotency_key": "f",
-                                                      "session_id": "s1"}, headers=ha)
+                                                      "session_id": s1}, headers=ha)
     assert order.json()["order"]["total"] == 10.0
-    figures = client.get("/live/sessions/s1/figures", headers=hh).json()
+    figures = client.get(f"/live/sessions/{s1}/figures", headers=hh).json()
     assert (figures["orders"], figures["revenue"], figures["stock"]["kite"]) == (1, 10.0, 8)
-    assert client.get("/live/sessions/s1/figures", headers=ha).status_code == 403
-    assert client.delete("/live/sessions/s1/flash-sale", headers=hh).status_code == 200
-    assert client.get("/live/sessions/s1/flash-sale").json()["flash_sale"] is None
-    assert client.delete("/live/sessions/s1/flash-sale", headers=hh).status_code == 404
+    assert client.get(f"/live/sessions/{s1}/figures", headers=ha).status_code == 403
+    assert client.delete(f"/live/sessions/{s1}/flash-sale", headers=hh).status_code == 200
+    assert client.get(f"/live/sessions/{s1}/flash-sale").json()["flash_sale"] is None
+    assert client.delete(f"/live/sessions/{s1}/flash-sale", headers=hh).status_code == 404
