@@ -64,6 +64,8 @@ SnapshotProvider = Callable[[str, str | None], Awaitable[Any]]
 # The process re-resyncs a session's viewers (close 4002, they resume) when events it
 # missed are no longer in history.
 CLOSE_RESYNC = 4002
+# Seconds between full rewrites of a session's presence (it expires after three).
+PRESENCE_REFRESH = 20.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ class HubConfig:
 class Room:
     """The local connections to one session."""
 
-    __slots__ = ("sid", "live", "joining", "last_seq", "ready")
+    __slots__ = ("sid", "live", "joining", "last_seq", "ready", "arrived", "departed",
+                 "presence_at")
 
     def __init__(self, sid: str) -> None:
         self.sid = sid
@@ -94,6 +97,13 @@ class Room:
         self.joining: dict[ConnId, Conn] = {}
         self.last_seq = 0
         self.ready = asyncio.Event()
+        # Presence is written as it changes; all of it only every PRESENCE_REFRESH.
+        self.arrived: set[str] = set()
+        self.departed: set[str] = set()
+        self.presence_at = 0.0
+
+    def users(self) -> set[str]:
+        return {c.user for c in (*self.live.values(), *self.joining.values())}
 
     def __len__(self) -> int:
         return len(self.live) + len(self.joining)
@@ -232,6 +242,8 @@ class Hub:
             await self.store.get(sid)
             room = await self._room(sid)
             room.joining[conn.id] = conn
+            room.arrived.add(conn.user)
+            room.departed.discard(conn.user)
             self.by_user.setdefault(conn.user, set()).add(conn)
             snap = await self.store.snapshot(sid)
             info, current = snap.info, snap.seq
@@ -272,6 +284,10 @@ class Hub:
         if room is not None:
             room.live.pop(conn.id, None)
             room.joining.pop(conn.id, None)
+            if not any(c.user == conn.user for c in self.by_user.get(conn.user, ())
+                       if c is not conn and c.session_id == conn.session_id):
+                room.departed.add(conn.user)
+                room.arrived.discard(conn.user)
         users = self.by_user.get(conn.user)
         if users is not None:
             users.discard(conn)
@@ -415,17 +431,22 @@ class Hub:
                 log.exception("viewer count update failed")
 
     async def report_viewers(self, ttl: float) -> None:
-        """Write this process's viewers per session; publish totals that changed; forget
-        sessions with no local viewer left."""
+        """Write this process's viewer count per session and who arrived or left; publish
+        totals that changed; forget sessions with no local viewer left."""
         counts: dict[str, int] = {}
-        users: dict[str, list[str]] = {}
+        now = time.monotonic()
         for sid, room in list(self.rooms.items()):
-            if room.ready.is_set():
-                counts[sid] = len(room)
-                users[sid] = list({c.user for c in (*room.live.values(), *room.joining.values())})
+            if not room.ready.is_set():
+                continue
+            counts[sid] = len(room)
+            if now - room.presence_at > PRESENCE_REFRESH:
+                room.presence_at, room.arrived = now, room.users()
+            arrived, room.arrived = room.arrived, set()
+            departed, room.departed = room.departed, set()
+            await self.store.update_presence(sid, arrived, departed, PRESENCE_REFRESH * 3)
         if not counts:
             return
-        totals = await self.store.report_viewers(counts, users, self.proc, ttl)
+        totals = await self.store.report_viewers(counts, self.proc, ttl)
         for sid, total in totals.items():
             if self._viewer_totals.get(sid) != total:
                 self._viewer_totals[sid] = total

@@ -23,6 +23,7 @@ from live.protocol import MAX_PINS, RECENT_CHAT, SessionState
 SESSIONS = "nr:live:sessions"  # zset of live session ids by creation time
 USER_CHANNEL = "nr:live:to-user"
 SCREEN_CHANNEL = "nr:live:to-screen"
+PRESENCE_CHUNK = 1000
 
 
 def session_key(sid: str) -> str:
@@ -294,25 +295,20 @@ class SessionStore:
         return {text(res[i]): orjson.loads(res[i + 1]) for i in range(0, len(res), 2)}
 
     async def report_viewers(
-        self, counts: dict[str, int], users: dict[str, list[str]], proc: str, ttl: float
+        self, counts: dict[str, int], proc: str, ttl: float
     ) -> dict[str, int]:
-        """Write this process's count and users per session; return each session's total
-        over the processes that reported within ``ttl``."""
+        """Write this process's count per session; return each session's total over the
+        processes that reported within ``ttl``."""
         now_ms = int(time.time() * 1000)
         expires = now_ms + int(ttl * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid, local in counts.items():
                 pipe.hset(f"nr:live:viewers:{sid}", proc, f"{local}:{expires}")
                 pipe.expire(f"nr:live:viewers:{sid}", int(ttl) + 60)
-                present = f"nr:live:present:{sid}"
-                if users.get(sid):
-                    pipe.zadd(present, dict.fromkeys(users[sid], expires))
-                pipe.zremrangebyscore(present, 0, now_ms)
                 pipe.hgetall(f"nr:live:viewers:{sid}")
             replies = await pipe.execute()
         totals: dict[str, int] = {}
-        step = [r for r in replies if isinstance(r, dict)]
-        for sid, fields in zip(counts, step, strict=True):
+        for sid, fields in zip(counts, replies[2::3], strict=True):
             total = 0
             for value in fields.values():
                 n, _, exp = text(value).partition(":")
@@ -320,6 +316,21 @@ class SessionStore:
                     total += int(n)
             totals[sid] = total
         return totals
+
+    async def update_presence(
+        self, sid: str, arrived: set[str], departed: set[str], ttl: float
+    ) -> None:
+        """Who is watching: arrivals (re)written with an expiry, departures removed,
+        expired entries dropped; written in chunks so a large audience never blocks."""
+        key = f"nr:live:present:{sid}"
+        now_ms = int(time.time() * 1000)
+        expires = now_ms + int(ttl * 1000)
+        users = list(arrived)
+        for i in range(0, len(users), PRESENCE_CHUNK):
+            await self.redis.zadd(key, dict.fromkeys(users[i:i + PRESENCE_CHUNK], expires))
+        if departed:
+            await self.redis.zrem(key, *departed)
+        await self.redis.zremrangebyscore(key, 0, now_ms)
 
     async def present(self, sid: str) -> list[str]:
         now_ms = int(time.time() * 1000)

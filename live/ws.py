@@ -31,7 +31,7 @@ from live.protocol import (
     parse_hello,
     parse_op,
 )
-from live.wsconn import Conn, QueuedConn, make_conn
+from live.wsconn import Conn, QueuedConn, RawConn, make_conn
 
 log = logging.getLogger("newretail.live")
 
@@ -80,9 +80,12 @@ class Socket:
         first = await receive()
         if first["type"] != "websocket.connect":
             return
+        del first
         fmt, subprotocol = choose_format(scope.get("subprotocols") or ())
         await send({"type": "websocket.accept", "subprotocol": subprotocol})
         conn = make_conn(self.hub.new_conn_id(), fmt, self.bound, send)
+        if isinstance(conn, RawConn):
+            scope["headers"] = ()  # read above; no one needs them for the connection's life
         kind = "screen" if screen else "live"
         WS_CONNECTIONS.labels(kind).inc()
         try:
@@ -122,24 +125,28 @@ class Socket:
                 WS_DISCONNECTS.labels("too_big").inc()
                 conn.close(CLOSE_TOO_BIG, "frame too big")
                 return
-            ref: Any = None
-            try:
-                obj = decode_frame(data, conn.fmt)
-                ref = obj.get("ref") if isinstance(obj.get("ref"), str | int) else None
-                if conn.state is ConnState.AWAITING_HELLO:
-                    await self._hello(conn, obj, target, screen)
-                elif screen:
-                    raise LiveError("unknown_op", "screens send no ops after hello")
-                else:
-                    await self.hub.run_op(conn, parse_op(obj))
-            except (LiveError, IdentityError) as exc:
-                conn.send_message(error_message(exc.code, exc.message, ref))
-            except Exception:
-                log.exception("conn %s: frame failed", conn.id)
-                conn.send_message(error_message("internal", "the server failed on this frame",
-                                                ref))
+            await self._handle(conn, data, target, screen)
+            del msg, data  # an idle connection keeps no frame alive
             if conn.closed:
                 return
+
+    async def _handle(self, conn: Conn, data: str | bytes, target: str, screen: bool) -> None:
+        """One client frame: hello first, then ops; any refusal is an error message."""
+        ref: Any = None
+        try:
+            obj = decode_frame(data, conn.fmt)
+            ref = obj.get("ref") if isinstance(obj.get("ref"), str | int) else None
+            if conn.state is ConnState.AWAITING_HELLO:
+                await self._hello(conn, obj, target, screen)
+            elif screen:
+                raise LiveError("unknown_op", "screens send no ops after hello")
+            else:
+                await self.hub.run_op(conn, parse_op(obj))
+        except (LiveError, IdentityError) as exc:
+            conn.send_message(error_message(exc.code, exc.message, ref))
+        except Exception:
+            log.exception("conn %s: frame failed", conn.id)
+            conn.send_message(error_message("internal", "the server failed on this frame", ref))
 
     async def _hello(self, conn: Conn, obj: dict[str, Any], target: str, screen: bool) -> None:
         hello = parse_hello(obj)

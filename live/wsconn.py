@@ -87,14 +87,19 @@ class RawConn(Conn):
         super().__init__(conn_id, fmt, bound)
         self.proto = proto
         self.transport: asyncio.Transport = proto.transport
+        # The handshake's headers are not used once the connection is open and are a
+        # good part of an idle connection's memory (the parser keeps the request alive).
+        for message in (getattr(proto, "request", None), getattr(proto, "response", None)):
+            if message is not None:
+                message.headers.clear()
+        proto.request = None
+        proto.response = None
 
     def push(self, data: bytes) -> None:
-        if self.closed:
+        # The fan-out hot path: one write and one size check per delivery.
+        if self.closed or self.proto.close_sent:
             return
         transport = self.transport
-        if transport.is_closing() or self.proto.close_sent:
-            self.closed = True
-            return
         transport.write(data)
         if transport.get_write_buffer_size() > self.bound:
             self.slow()

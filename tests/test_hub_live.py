@@ -244,14 +244,15 @@ async def test_host_moderation_and_end(
 
 
 async def test_reactions_and_viewer_counts_are_coalesced(
-    servers: tuple[ServerProcess, ServerProcess], session: str
+    servers: tuple[ServerProcess, ServerProcess], session: str, redis: Any
 ) -> None:
-    """Many reactions become a few events with the summed counts; the viewer count covers
-    both processes."""
+    """Many reactions become a few events with the summed counts; the viewer count and the
+    list of viewers cover both processes."""
     a, b = servers
     viewers = [await _viewer(a if i % 2 else b, session, i) for i in range(6)]
     counted = await viewers[0].until(lambda m: m.get("type") == "viewers" and m["count"] == 6)
     assert counted["count"] == 6
+    assert sorted(await Hub(redis).viewers(session)) == sorted(f"member-{i}" for i in range(6))
     for _ in range(10):
         for i, v in enumerate(viewers):
             await v.send({"op": "react", "kind": "heart" if i % 2 else "fire"})
@@ -264,7 +265,14 @@ async def test_reactions_and_viewer_counts_are_coalesced(
     assert total == {"heart": 30, "fire": 30}
     reaction_events = [e for e in viewers[0].events if e["type"] == "reactions"]
     assert len(reaction_events) < 20
-    for v in viewers:
+    for v in viewers[3:]:
+        await v.close()
+    await viewers[0].until(lambda m: m.get("type") == "viewers" and m["count"] == 3)
+    deadline = time.monotonic() + 10
+    while len(await Hub(redis).viewers(session)) != 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert sorted(await Hub(redis).viewers(session)) == ["member-0", "member-1", "member-2"]
+    for v in viewers[:3]:
         await v.close()
 
 
