@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +15,7 @@ from starlette.routing import BaseRoute
 
 from identity.errors import IdentityError
 from identity.routes import ROUTES as IDENTITY_ROUTES
+from live.commerce_routes import ROUTES as COMMERCE_ROUTES
 from live.config import Settings
 from live.errors import LiveError, handle_error, handle_http_error, handle_unexpected
 from live.metrics import RequestTimer
@@ -48,14 +51,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.keyring = services.keyring
             app.state.model_version = None
             await services.hub.start()
+            expiry = asyncio.create_task(services.commerce.run_expiry())
             try:
                 yield
             finally:
+                expiry.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await expiry
+                await services.commerce.close()
                 await services.hub.stop()
                 await services.identity.drain()
 
     routes: list[BaseRoute] = [
-        *ROUTES, *IDENTITY_ROUTES, *LIVE_ROUTES, *page_routes(settings.static_dir),
+        *ROUTES, *IDENTITY_ROUTES, *LIVE_ROUTES, *COMMERCE_ROUTES,
+        *page_routes(settings.static_dir),
     ]
     app = Starlette(
         routes=routes,

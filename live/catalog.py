@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import orjson
 import redis.asyncio as aredis
@@ -19,6 +20,8 @@ from live.types import WAREHOUSE, Product, Sku, Store
 
 _WORD = re.compile(r"[a-z0-9]+")
 MAX_QTY = 1_000_000_000
+WORDS = "nr:catalog:words"  # zset of every title word (score 0), for prefix lookups
+PREFIX_WORDS = 50  # title words a prefix may expand to
 
 
 def title_words(title: str) -> set[str]:
@@ -59,6 +62,7 @@ class Catalog:
             pipe.zadd(keys.CATALOG, {product.sku: base + count}, nx=True)
             for w in title_words(product.title):
                 pipe.sadd(keys.word(w), product.sku)
+                pipe.zadd(WORDS, {w: 0})
             count += 1
             if count % 500 == 0:
                 await pipe.execute()
@@ -81,14 +85,37 @@ class Catalog:
         every: list[bytes] = await self.redis.zrange(keys.CATALOG, 0, -1)  # type: ignore[assignment]
         return [Sku(text(s)) for s in every]
 
+    async def _matching(self, word: str) -> set[str]:
+        """Skus whose title has ``word`` or, as the presenter types, a word starting so."""
+        found: set[str] = {text(s) for s in await self.redis.smembers(keys.word(word))}
+        if len(word) >= 2:
+            words: list[Any] = await self.redis.zrangebylex(
+                WORDS, b"[" + word.encode(), b"[" + word.encode() + b"\xff", start=0,
+                num=PREFIX_WORDS)
+            if words:
+                union: Any = await self.redis.sunion([keys.word(text(w)) for w in words])
+                found |= {text(s) for s in union}
+        return found
+
     async def search(self, query: str, limit: int = 20) -> list[Product]:
-        """Products whose title holds every word of ``query`` (all products for none)."""
+        """Products whose title holds every word of ``query``, each word whole or as the
+        start of a title word ("enam mu" finds "Enamel Mug"); a sku typed in full comes
+        first; all products for an empty query."""
         if not 1 <= limit <= 200:
             raise bad_request("limit must be between 1 and 200")
         words = title_words(query)
         if words:
-            skus = sorted(text(s) for s in await self.redis.sinter(
-                [keys.word(w) for w in words]))[:limit]
+            matched: set[str] | None = None
+            for w in sorted(words, key=len, reverse=True):
+                hits = await self._matching(w)
+                matched = hits if matched is None else matched & hits
+                if not matched:
+                    break
+            skus = sorted(matched or ())
+            exact = query.strip()
+            if exact and await self.redis.exists(keys.product(exact)):
+                skus = [exact] + [s for s in skus if s != exact]
+            skus = skus[:limit]
         else:
             first: list[bytes] = await self.redis.zrange(keys.CATALOG, 0, limit - 1)  # type: ignore[assignment]
             skus = [text(s) for s in first]

@@ -16,6 +16,8 @@ from identity.members import Members
 from identity.service import IdentityConfig, IdentityService
 from identity.tokens import KeyRing
 from live.catalog import Catalog
+from live.commerce import Commerce
+from live.commerce_ops import register_commerce_ops
 from live.config import Settings
 from live.hub import Hub, HubConfig
 from live.session_ops import SessionOps
@@ -66,6 +68,7 @@ class Services:
     events: EventLog
     catalog: Catalog
     identity: IdentityService
+    commerce: Commerce
     hub: Hub
     embedded: EmbeddedStore | None = None
 
@@ -89,17 +92,23 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             config=IdentityConfig(region=os.environ.get("NEWRETAIL_PHONE_REGION", "GB").upper(),
                                   dev_outbox=settings.mode != "prod"),
         )
+        events = EventLog(redis)
         catalog = Catalog(redis)
         hub = Hub(redis, HubConfig.from_env(settings.ws_send_buffer))
         SessionOps(hub, catalog)
+        commerce = Commerce(redis, catalog, identity.members, events, notifier=hub)
+        register_commerce_ops(hub, commerce)
+        identity.on_stitch.append(commerce.stitch)
+        identity.on_erase.append(commerce.erase_users)
         yield Services(
             settings=settings,
             redis=redis,
             keyring=keyring,
             members=identity.members,
             identity=identity,
-            events=EventLog(redis),
+            events=events,
             catalog=catalog,
+            commerce=commerce,
             hub=hub,
             embedded=embedded,
         )

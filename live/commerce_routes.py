@@ -1,0 +1,155 @@
+"""HTTP routes of carts, checkout, flash sales and orders: a thin layer over ``Commerce``.
+
+The WebSocket ops do the same things inside a live session; these routes serve pages
+outside one, scripts and load tests. A cart is addressed by its user id: your own, or
+anyone's for an admin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from identity.auth import require
+from identity.types import Claims
+from live.commerce import Commerce
+from live.commerce_types import Caller
+from live.errors import LiveError, bad_request
+from live.protocol import SessionState
+from live.routes import _int_param, json_response, read_json, services
+
+
+def commerce(request: Request) -> Commerce:
+    svc: Commerce = services(request).commerce
+    return svc
+
+
+def _cart_owner(request: Request) -> tuple[Claims, Caller]:
+    """The caller when the cart in the path is theirs (or they are an admin)."""
+    claims = require(request)
+    owner = request.path_params["user_id"]
+    if claims.sub != owner and claims.role != "admin":
+        raise LiveError("forbidden", "this is another user's cart", 403)
+    return claims, Caller(owner, claims.role if claims.sub == owner else "member")
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    return body
+
+
+async def _session(request: Request, body: dict[str, Any]) -> str | None:
+    """The ``session_id`` of the body, when given: a session that exists."""
+    session = body.get("session_id")
+    if session is None:
+        return None
+    if not isinstance(session, str) or not 0 < len(session) <= 64:
+        raise bad_request("session_id must be a string of 1 to 64 characters")
+    await services(request).hub.store.get(session)  # not_found for an unknown session
+    return session
+
+
+async def _live_session(request: Request) -> str:
+    session_id: str = request.path_params["session_id"]
+    info = await services(request).hub.store.get(session_id)
+    if info.state is not SessionState.LIVE:
+        raise LiveError("session_ended", "the session has ended", 409)
+    return session_id
+
+
+async def get_cart(request: Request) -> Response:
+    _, caller = _cart_owner(request)
+    cart = await commerce(request).cart(caller.user)
+    return json_response({"user_id": caller.user, "cart": cart})
+
+
+async def add_cart_item(request: Request) -> Response:
+    claims, caller = _cart_owner(request)
+    if claims.role == "admin" and claims.sub != caller.user:
+        raise LiveError("forbidden", "admins may read carts, not fill them", 403)
+    body = await _body(request)
+    cart = await commerce(request).add_to_cart(
+        caller, body.get("sku"), body.get("qty", 1), await _session(request, body))
+    return json_response({"user_id": caller.user, "cart": cart})
+
+
+async def remove_cart_item(request: Request) -> Response:
+    claims, caller = _cart_owner(request)
+    if claims.role == "admin" and claims.sub != caller.user:
+        raise LiveError("forbidden", "admins may read carts, not change them", 403)
+    cart = await commerce(request).remove_from_cart(caller, request.path_params["sku"])
+    return json_response({"user_id": caller.user, "cart": cart})
+
+
+async def checkout(request: Request) -> Response:
+    claims = require(request)
+    if claims.sub != request.path_params["user_id"]:
+        raise LiveError("forbidden", "you can only check out your own cart", 403)
+    body = await _body(request)
+    result = await commerce(request).checkout(
+        Caller(claims.sub, claims.role), body.get("idempotency_key"),
+        await _session(request, body))
+    return json_response({"order": result.order, "replayed": result.replayed},
+                         200 if result.replayed else 201)
+
+
+async def list_orders(request: Request) -> Response:
+    claims = require(request, "member", "admin")
+    limit = _int_param(request, "limit", 50, 1, 500)
+    orders = commerce(request).orders
+    if claims.role == "admin":
+        return json_response({"orders": await orders.recent(limit)})
+    return json_response({"orders": await orders.of_member(claims.sub, limit)})
+
+
+async def get_order(request: Request) -> Response:
+    claims = require(request, "member", "admin")
+    order = await commerce(request).orders.get(request.path_params["order_id"])
+    if claims.role != "admin" and order["member_id"] != claims.sub:
+        # Someone else's order reads as missing: ids are not confirmed to strangers.
+        raise LiveError("not_found", "order not found", 404)
+    return json_response(order)
+
+
+async def start_flash(request: Request) -> Response:
+    claims = require(request, "host", "admin")
+    body = await _body(request)
+    session_id = await _live_session(request)
+    sale = await commerce(request).start_flash(Caller(claims.sub, claims.role), session_id, body)
+    return json_response(sale.message(), 201)
+
+
+async def stop_flash(request: Request) -> Response:
+    claims = require(request, "host", "admin")
+    await commerce(request).stop_flash(
+        Caller(claims.sub, claims.role), request.path_params["session_id"])
+    return json_response({"stopped": True})
+
+
+async def get_flash(request: Request) -> Response:
+    sale = await commerce(request).flash_sale(request.path_params["session_id"])
+    return json_response({"flash_sale": sale})
+
+
+async def get_figures(request: Request) -> Response:
+    require(request, "host", "admin")
+    return json_response(await commerce(request).figures(request.path_params["session_id"]))
+
+
+ROUTES = [
+    Route("/carts/{user_id}", get_cart),
+    Route("/carts/{user_id}/items", add_cart_item, methods=["POST"]),
+    Route("/carts/{user_id}/items/{sku}", remove_cart_item, methods=["DELETE"]),
+    Route("/carts/{user_id}/checkout", checkout, methods=["POST"]),
+    Route("/orders", list_orders),
+    Route("/orders/{order_id}", get_order),
+    Route("/live/sessions/{session_id}/flash-sale", get_flash),
+    Route("/live/sessions/{session_id}/flash-sale", start_flash, methods=["POST"]),
+    Route("/live/sessions/{session_id}/flash-sale", stop_flash, methods=["DELETE"]),
+    Route("/live/sessions/{session_id}/figures", get_figures),
+]

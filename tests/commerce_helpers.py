@@ -1,0 +1,72 @@
+"""Shared set-up of the commerce tests: a small catalog with stock, members, a clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aredis
+
+from identity.members import Members
+from identity.tokens import KeyRing
+from live.catalog import Catalog
+from live.commerce import Commerce
+from live.types import Product, Sku, Store
+from recommender.events import EventLog
+
+PEPPER = b"p" * 32
+JWT_SPEC = "kt:" + "s" * 40
+STORES = (Store("store-a", "A", "London"), Store("store-b", "B", "Leeds"))
+PRODUCTS = (
+    Product(Sku("mug"), "Enamel Mug", "kitchen", 12.5, "/i/mug.svg"),
+    Product(Sku("pot"), "Copper Teapot", "kitchen", 40.0, "/i/pot.svg"),
+    Product(Sku("kite"), "Racing Kite", "toys", 19.99, "/i/kite.svg"),
+    Product(Sku("lamp"), "Oak Lamp", "home", 75.0, "/i/lamp.svg"),
+)
+STOCK = {
+    "mug": {"warehouse": 50, "store-a": 5, "store-b": 2},
+    "pot": {"warehouse": 3, "store-a": 1},
+    "kite": {"warehouse": 1000},
+    "lamp": {"warehouse": 0, "store-b": 1},
+}
+
+
+@dataclass
+class Clock:
+    """A clock the test moves by hand."""
+
+    now: float = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def keyring() -> KeyRing:
+    return KeyRing.from_spec(JWT_SPEC)
+
+
+async def seed(redis: aredis.Redis, flash_units: int = 0) -> Catalog:
+    """The catalog above; ``flash_units`` puts that many kites in the warehouse instead."""
+    catalog = Catalog(redis)
+    await catalog.put_stores(STORES)
+    await catalog.put_products(PRODUCTS)
+    for sku, shelf in STOCK.items():
+        for location, qty in shelf.items():
+            if sku == "kite" and flash_units:
+                qty = flash_units
+            await catalog.set_stock(sku, location, qty)
+    return catalog
+
+
+async def make_members(redis: aredis.Redis, count: int, home: str | None = None) -> list[str]:
+    members = Members(redis, PEPPER)
+    ids = []
+    for i in range(count):
+        member = await members.create(f"Buyer {i}", home_store=home, member_id=f"m_{i:05d}")
+        ids.append(member.id)
+    return ids
+
+
+async def make_commerce(redis: aredis.Redis, clock: Clock | None = None) -> Commerce:
+    catalog = Catalog(redis)
+    kwargs = {"clock": clock} if clock is not None else {}
+    return Commerce(redis, catalog, Members(redis, PEPPER), EventLog(redis), **kwargs)

@@ -1,0 +1,330 @@
+"""Commerce core: validation, allocation, carts, flash sales and atomic checkout.
+
+Pure tests first (no store), then the service on a real store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from live.carts import MAX_LINE_QTY, CartLine, parse_idempotency_key, parse_qty, parse_sku
+from live.commerce import Commerce
+from live.commerce_types import Caller
+from live.errors import LiveError
+from live.flash import parse_flash_start
+from live.inventory import choose_location, parse_reply
+from live.keys import stock as stock_key
+from recommender.events import EventLog
+from tests.commerce_helpers import Clock, make_commerce, make_members, seed
+
+VIEWER = Caller("anon_1", "viewer")
+HOST = Caller("host_1", "host")
+
+
+def member(mid: str) -> Caller:
+    return Caller(mid, "member")
+
+
+# pure -------------------------------------------------------------------------------
+
+
+def test_home_store_wins_when_it_has_the_units() -> None:
+    """An order line ships from the member's home store when it holds the whole qty."""
+    assert choose_location({"warehouse": 90, "store-a": 2}, 2, "store-a") == "store-a"
+
+
+def test_most_stock_wins_otherwise_ties_by_name() -> None:
+    """Without enough at home the location with most units wins; ties go to the first name."""
+    assert choose_location({"warehouse": 90, "store-a": 2}, 3, "store-a") == "warehouse"
+    assert choose_location({"store-b": 7, "store-a": 7}, 1, None) == "store-a"
+
+
+def test_no_single_location_means_none() -> None:
+    """A line is never split: a pool of 6 over two shelves of 3 cannot ship 4 from one place."""
+    assert choose_location({"store-a": 3, "store-b": 3}, 4, None) is None
+
+
+@pytest.mark.parametrize("bad", [0, -1, MAX_LINE_QTY + 1, 10**12, 1.5, "2", None, True])
+def test_bad_quantities_are_refused(bad: object) -> None:
+    """qty is a whole number from 1 to 99: zero, negative, huge, fractional, text, bool fail."""
+    with pytest.raises(LiveError) as err:
+        parse_qty(bad)
+    assert err.value.code == "invalid_qty"
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "x" * 65, 7, None, "../etc"])
+def test_bad_skus_and_keys_are_refused(bad: object) -> None:
+    """Malformed skus and idempotency keys are bad requests, not store lookups."""
+    with pytest.raises(LiveError, match="sku"):
+        parse_sku(bad)
+    with pytest.raises(LiveError, match="idempotency_key"):
+        parse_idempotency_key(bad if bad != "../etc" else "a/b")
+
+
+@pytest.mark.parametrize(("payload", "code"), [
+    ({"sku": "mug", "price": 5, "qty": 10, "seconds": 9}, "invalid_duration"),
+    ({"sku": "mug", "price": 5, "qty": 10, "seconds": 1201}, "invalid_duration"),
+    ({"sku": "mug", "price": 5, "qty": 10, "seconds": 30.5}, "invalid_duration"),
+    ({"sku": "mug", "price": 0, "qty": 10, "seconds": 60}, "invalid_price"),
+    ({"sku": "mug", "price": float("nan"), "qty": 10, "seconds": 60}, "invalid_price"),
+    ({"sku": "mug", "price": "5", "qty": 10, "seconds": 60}, "invalid_price"),
+    ({"sku": "mug", "price": 5, "qty": 0, "seconds": 60}, "invalid_qty"),
+    ({"sku": "mug", "price": 5, "qty": 10, "seconds": 60, "limit": 11}, "invalid_qty"),
+])
+def test_flash_start_validation(payload: dict[str, Any], code: str) -> None:
+    """A flash sale lasts 10 s to 20 min, has a positive price, units, a limit within them."""
+    with pytest.raises(LiveError) as err:
+        parse_flash_start(payload)
+    assert err.value.code == code
+
+
+def test_flash_start_accepts_the_bounds() -> None:
+    """10 s and 20 min are both allowed; the price is kept to cents."""
+    req = parse_flash_start({"sku": "mug", "price": 4.999, "qty": 5, "seconds": 10, "limit": 5})
+    assert (req.price, req.seconds, req.limit) == (5.0, 10, 5)
+    assert parse_flash_start({"sku": "mug", "price": 1, "qty": 1, "seconds": 1200}).limit is None
+
+
+def test_cart_line_round_trip_and_reply_parsing() -> None:
+    """Cart lines keep their flash sale; script replies map to reservations."""
+    line = CartLine.decode("mug", CartLine(parse_sku("mug"), 3, "s1", "fs_1").encode())
+    assert (line.qty, line.session, line.sale) == (3, "s1", "fs_1")
+    assert parse_reply([b"dup", b"o_1"]).replayed
+    err = parse_reply([b"err", b"out_of_stock", b"mug", b"sold out", b"s1,s2"])
+    assert (err.code, err.sku, err.ended) == ("out_of_stock", "mug", ("s1", "s2"))
+
+
+# store ------------------------------------------------------------------------------
+
+
+async def test_allocation_in_the_script_matches_the_rule(redis: aredis.Redis) -> None:
+    """Over random shelves the checkout script picks the location ``choose_location`` names."""
+    commerce = await make_commerce(redis)
+    await seed(redis)
+    [mid] = await make_members(redis, 1, home="store-a")
+    rng = random.Random(5)
+    for i in range(60):
+        shelf = {loc: rng.choice((0, 1, 2, 5, 9)) for loc in ("warehouse", "store-a", "store-b")}
+        await redis.delete(stock_key("lamp"))
+        await redis.hset(stock_key("lamp"), mapping=shelf)  # type: ignore[arg-type]
+        qty = rng.randint(1, 6)
+        await commerce.add_to_cart(member(mid), "lamp", qty)
+        expected = choose_location(shelf, qty, "store-a")
+        if expected is None:
+            with pytest.raises(LiveError, match="not enough units"):
+                await commerce.checkout(member(mid), f"k{i}")
+            await commerce.remove_from_cart(member(mid), "lamp")
+            continue
+        order = (await commerce.checkout(member(mid), f"k{i}")).order
+        assert order["lines"][0]["location"] == expected
+        assert int(await redis.hget(stock_key("lamp"), expected)) == shelf[expected] - qty
+
+
+async def test_checkout_is_all_or_nothing(redis: aredis.Redis) -> None:
+    """One line short of stock: no unit of any line is taken, no order, the cart stays."""
+    commerce = await make_commerce(redis)
+    await seed(redis)
+    [mid] = await make_members(redis, 1)
+    await commerce.add_to_cart(member(mid), "mug", 2)
+    await commerce.add_to_cart(member(mid), "pot", 4)  # 3 + 1 on two shelves, never 4 in one
+    before = {s: await commerce.catalog.stock(s) for s in ("mug", "pot")}
+    with pytest.raises(LiveError) as err:
+        await commerce.checkout(member(mid), "key-1")
+    assert err.value.code == "out_of_stock" and "pot" in err.value.message
+    assert {s: await commerce.catalog.stock(s) for s in ("mug", "pot")} == before
+    assert (await commerce.cart(mid))["count"] == 6
+    assert await commerce.orders.count() == 0
+
+
+async def test_order_records_lines_total_and_events(redis: aredis.Redis) -> None:
+    """A checkout writes the order (lines, prices, locations, total), empties the cart and
+    records one purchase event per line."""
+    commerce = await make_commerce(redis)
+    await seed(redis)
+    [mid] = await make_members(redis, 1, home="store-b")
+    await commerce.add_to_cart(member(mid), "mug", 2)
+    await commerce.add_to_cart(member(mid), "kite", 1)
+    result = await commerce.checkout(member(mid), "k")
+    order = result.order
+    assert not result.replayed and order["member_id"] == mid
+    assert [(x["sku"], x["qty"], x["location"]) for x in order["lines"]] == [
+        ("kite", 1, "warehouse"), ("mug", 2, "store-b")]
+    assert order["total"] == 44.99
+    assert (await commerce.cart(mid))["count"] == 0
+    assert await commerce.orders.get(order["id"]) == order
+    kinds = [e.kind async for _, e in EventLog(redis).read()]
+    assert kinds.count("purchase") == 2
+
+
+async def test_retried_idempotency_key_returns_the_first_order(redis: aredis.Redis) -> None:
+    """The same key again (even with a new cart) returns the first order, takes nothing."""
+    commerce = await make_commerce(redis)
+    await seed(redis)
+    [mid] = await make_members(redis, 1)
+    await commerce.add_to_cart(member(mid), "kite", 2)
+    first = await commerce.checkout(member(mid), "same")
+    await commerce.add_to_cart(member(mid), "kite", 5)
+    again = await asyncio.gather(*(commerce.checkout(member(mid), "same") for _ in range(5)))
+    assert all(r.replayed and r.order == first.order for r in again)
+    assert (await commerce.catalog.stock("kite"))["warehouse"] == 998
+    assert await commerce.orders.count() == 1
+
+
+async def test_bad_cart_and_checkout_requests_change_nothing(redis: aredis.Redis) -> None:
+    """Unknown sku, bad qty, empty cart, a viewer or host checking out: refused with a code."""
+    commerce = await make_commerce(redis)
+    await seed(redis)
+    [mid] = await make_members(redis, 1)
+    cases: list[tuple[Any, str]] = [
+        (commerce.add_to_cart(member(mid), "nope", 1), "not_found"),
+        (commerce.add_to_cart(member(mid), "mug", 0), "invalid_qty"),
+        (commerce.add_to_cart(member(mid), "mug", -3), "invalid_qty"),
+        (commerce.add_to_cart(member(mid), "mug", 10**9), "invalid_qty"),
+        (commerce.add_to_cart(member(mid), "mug", 2.5), "invalid_qty"),
+        (commerce.checkout(member(mid), "k"), "empty_cart"),
+        (commerce.checkout(VIEWER, "k"), "sign_in_required"),
+        (commerce.checkout(HOST, "k"), "forbidden"),
+        (commerce.add_to_cart(HOST, "mug", 1), "forbidden"),
+        (commerce.remove_from_cart(member(mid), "mug"), "not_found"),
+        (commerce.start_flash(VIEWER, "s1", {"sku": "mug", "price": 1, "qty": 1,
+                                             "seconds": 60}), "forbidden"),
+        (commerce.start_flash(member(mid), "s1", {"sku": "mug", "price": 1, "qty": 1,
+                                                  "seconds": 60}), "forbidden"),
+        (commerce.start_flash(HOST, "s1", {"sku": "mug", "price": 1, "qty": 100,
+                                           "seconds": 60}), "insufficient_stock"),
+        (commerce.stop_flash(HOST, "s1"), "no_flash_sale"),
+    ]
+    for call, code in cases:
+        with pytest.raises(LiveError) as err:
+            await call
+        assert err.value.code == code, (code, err.value.message)
+    await commerce.add_to_cart(member(mid), "mug", MAX_LINE_QTY)
+    with pytest.raises(LiveError, match="at most"):
+        await commerce.add_to_cart(member(mid), "mug", 1)
+    assert (await commerce.cart(mid))["count"] == MAX_LINE_QTY
+    assert await commerce.flash.get("s1") is None and await commerce.orders.count() == 0
+
+
+async def test_stitch_moves_the_anonymous_cart_into_the_member(redis: aredis.Redis) -> None:
+    """After sign-in the viewer's cart is the member's (quantities add up); the anon one is gone."""
+    commerce = await make_commerce(redis)
+    await seed(redis)
+    [mid] = await make_members(redis, 1)
+    await commerce.add_to_cart(VIEWER, "mug", 2)
+    await commerce.add_to_cart(VIEWER, "kite", 1)
+    await commerce.add_to_cart(member(mid), "mug", 1)
+    await commerce.stitch(VIEWER.user, mid)
+    cart = await commerce.cart(mid)
+    assert {i["sku"]: i["qty"] for i in cart["lines"]} == {"mug": 3, "kite": 1}
+    assert (await commerce.cart(VIEWER.user))["lines"] == []
+    assert (await commerce.checkout(member(mid), "after-stitch")).order["total"] == 57.49
+
+
+async def test_erasure_drops_the_cart_and_anonymises_orders(redis: aredis.Redis) -> None:
+    """An erased member's cart is gone and their orders no longer name them."""
+    commerce = await make_commerce(redis)
+    await seed(redis)
+    [mid] = await make_members(redis, 1)
+    await commerce.add_to_cart(member(mid), "kite", 1)
+    order = (await commerce.checkout(member(mid), "k")).order
+    await commerce.add_to_cart(member(mid), "mug", 1)
+    await commerce.erase_users(mid, [mid, "anon_x"])
+    assert (await commerce.cart(mid))["lines"] == []
+    assert (await commerce.orders.get(order["id"]))["member_id"] == "erased"
+    assert await commerce.orders.of_member(mid) == []
+
+
+async def _flash(commerce: Commerce, qty: int, limit: int | None = None,
+                 seconds: int = 60) -> str:
+    payload: dict[str, Any] = {"sku": "kite", "price": 9.99, "qty": qty, "seconds": seconds}
+    if limit:
+        payload["limit"] = limit
+    return (await commerce.start_flash(HOST, "s1", payload)).id
+
+
+async def test_flash_sale_price_limit_and_sell_out(redis: aredis.Redis) -> None:
+    """Flash lines pay the sale price, respect the per-member limit, and the last unit ends
+    the sale (sold out) so later flash lines are out of stock."""
+    commerce = await make_commerce(redis)
+    await seed(redis)
+    a, b = await make_members(redis, 2)
+    await _flash(commerce, 3, limit=2)
+    with pytest.raises(LiveError, match="per member"):
+        await commerce.add_to_cart(member(a), "kite", 3, "s1")
+    await commerce.add_to_cart(member(a), "kite", 2, "s1")
+    order = (await commerce.checkout(member(a), "a1", "s1")).order
+    assert order["lines"][0]["price"] == 9.99 and order["total"] == 19.98
+    await commerce.add_to_cart(member(a), "kite", 1, "s1")
+    with pytest.raises(LiveError) as err:
+        await commerce.checkout(member(a), "a2", "s1")
+    assert err.value.code == "limit_exceeded"
+    await commerce.add_to_cart(member(b), "kite", 1, "s1")
+    await commerce.checkout(member(b), "b1", "s1")
+    sale = await commerce.flash.get("s1")
+    assert sale is not None and (sale.state, sale.reason, sale.qty_left) == ("ended", "sold_out", 0)
+    await commerce.add_to_cart(member(b), "kite", 1, "s1")  # no sale now: a regular line
+    assert (await commerce.checkout(member(b), "b2", "s1")).order["total"] == 19.99
+    figures = await commerce.figures("s1")
+    assert (figures["orders"], figures["revenue"], figures["carts"]) == (3, 49.96, 2)
+
+
+async def test_flash_line_after_the_sale_is_out_of_stock(redis: aredis.Redis) -> None:
+    """A line put in the cart during a sale is not silently charged full price once it ended."""
+    clock = Clock()
+    commerce = await make_commerce(redis, clock)
+    await seed(redis)
+    [mid] = await make_members(redis, 1)
+    await _flash(commerce, 5, seconds=10)
+    await commerce.add_to_cart(member(mid), "kite", 1, "s1")
+    clock.now += 10
+    with pytest.raises(LiveError, match="has ended") as err:
+        await commerce.checkout(member(mid), "k", "s1")
+    assert err.value.code == "out_of_stock"
+    sale = await commerce.flash.get("s1")
+    assert sale is not None and sale.reason == "expired"
+    assert (await commerce.catalog.stock("kite"))["warehouse"] == 1000
+
+
+async def test_expiry_is_handled_exactly_once(redis: aredis.Redis) -> None:
+    """Many processes noticing the same expiry at once: exactly one of them ends the sale."""
+    clock = Clock()
+    services = [await make_commerce(redis, clock) for _ in range(4)]
+    await seed(redis)
+    await _flash(services[0], 5, seconds=10)
+    assert await services[0].expire_due() == 0 and await services[0].flash_sale("s1")
+    clock.now += 10.001
+    ended = await asyncio.gather(*(s.expire_due() for s in services for _ in range(5)))
+    assert sum(ended) == 1
+    assert await services[1].flash_sale("s1") is None
+    with pytest.raises(LiveError, match="no flash sale"):
+        await services[2].stop_flash(HOST, "s1")
+
+
+async def test_a_second_sale_waits_for_the_first(redis: aredis.Redis) -> None:
+    """One sale per session: a second start is refused until the first is stopped."""
+    commerce = await make_commerce(redis)
+    await seed(redis)
+    first = await _flash(commerce, 5)
+    with pytest.raises(LiveError) as err:
+        await _flash(commerce, 5)
+    assert err.value.code == "flash_sale_active"
+    await commerce.stop_flash(HOST, "s1")
+    assert await _flash(commerce, 5) != first
+
+
+async def test_presenter_search_by_word_starts_and_sku(redis: aredis.Redis) -> None:
+    """Search matches whole words or word starts, every query word must match, a sku typed
+    in full comes first, and nothing matches nonsense."""
+    catalog = await seed(redis)
+    assert [p.sku for p in await catalog.search("enam mu")] == ["mug"]
+    assert [p.sku for p in await catalog.search("co")] == ["pot"]
+    assert [p.sku for p in await catalog.search("kite")] == ["kite"]
+    assert [p.sku for p in await catalog.search("lamp oak")] == ["lamp"]
+    assert await catalog.search("racing lamp") == []
+    assert await catalog.search("zzz") == []
+    assert len(await catalog.search("", limit=3)) == 3
