@@ -15,8 +15,10 @@ from identity.errors import IdentityError
 from live.config import Settings
 from live.errors import LiveError, handle_error, handle_http_error, handle_unexpected
 from live.metrics import RequestTimer
+from live.offers import ROUTES as OFFER_ROUTES
 from live.routes import ROUTES
 from live.services import open_services
+from recommender.types import RecommenderError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -43,9 +45,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.services = services
             app.state.keyring = services.keyring
             app.state.model_version = None
-            yield
+            await services.recommender.refresh()
+            services.recommender.start()
+            try:
+                yield
+            finally:
+                await services.recommender.stop()
 
-    routes: list[BaseRoute] = [*ROUTES]
+    routes: list[BaseRoute] = [*ROUTES, *OFFER_ROUTES]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -53,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={
             LiveError: handle_error,
             IdentityError: handle_error,
+            RecommenderError: handle_error,
             HTTPException: handle_http_error,
             Exception: handle_unexpected,
         },

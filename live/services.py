@@ -16,8 +16,10 @@ from identity.members import Members
 from identity.tokens import KeyRing
 from live.catalog import Catalog
 from live.config import Settings
+from live.offers import OfferService, session_products_from
 from live.store import EmbeddedStore, connect
 from recommender.events import EventLog
+from recommender.service import Recommender
 
 log = logging.getLogger("newretail.live")
 
@@ -62,6 +64,8 @@ class Services:
     members: Members
     events: EventLog
     catalog: Catalog
+    recommender: Recommender
+    offers: OfferService
     embedded: EmbeddedStore | None = None
 
 
@@ -78,13 +82,23 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     try:
         await redis.ping()
         keyring = load_keyring(settings)
+        catalog = Catalog(redis)
+        members = Members(redis, load_pepper(settings))
+
+        async def is_erased(user: str) -> bool:
+            # identity's tombstones; the recommender also keeps its own erased set
+            return bool(await redis.exists(f"nr:tomb:{user}"))
+
+        recommender = Recommender(redis, settings.model_dir, is_erased)
         yield Services(
             settings=settings,
             redis=redis,
             keyring=keyring,
-            members=Members(redis, load_pepper(settings)),
+            members=members,
             events=EventLog(redis),
-            catalog=Catalog(redis),
+            catalog=catalog,
+            recommender=recommender,
+            offers=OfferService(recommender, catalog, members, session_products_from(redis)),
             embedded=embedded,
         )
     finally:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from implicit.cpu.als import AlternatingLeastSquares
 from scipy.sparse import csr_matrix
 from threadpoolctl import threadpool_limits
 
@@ -54,7 +55,7 @@ def event_weight(kind: str, ts: float, now: float, qty: int = 1) -> float:
     if base == 0.0:
         return 0.0
     age_days = max(0.0, (now - ts) / DAY)
-    return base * 0.5 ** (age_days / HALF_LIFE_DAYS) * (1.0 + math.log(max(1, qty)))
+    return float(base * 0.5 ** (age_days / HALF_LIFE_DAYS) * (1.0 + math.log(max(1, qty))))
 
 
 def confidence_matrix(
@@ -71,8 +72,6 @@ def confidence_matrix(
 
 def new_als(params: AlsParams) -> object:
     """An implicit CPU ALS model with its own threads off (BLAS is limited around it)."""
-    from implicit.cpu.als import AlternatingLeastSquares
-
     return AlternatingLeastSquares(
         factors=params.factors, regularization=params.regularization, alpha=params.alpha,
         iterations=params.iterations, random_state=params.seed, num_threads=1,
