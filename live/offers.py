@@ -75,6 +75,10 @@ class OfferService:
                 out.add(sku)
         return out
 
+    async def _catalog_head(self, k: int) -> list[Candidate]:
+        first: Any = await self.catalog.redis.zrange("nr:catalog", 0, k)
+        return [Candidate(text(s), 0.0, "trending") for s in first]
+
     async def _products(self, skus: list[str]) -> dict[str, ProductInfo]:
         found = await self.catalog.get_many(skus)
         return {p.sku: ProductInfo(p.title, p.category, p.price) for p in found if p}
@@ -101,6 +105,8 @@ class OfferService:
             if user is not None:
                 pool += await self.recommender.personal(user, want, out_of_stock)
             pool += await self.recommender.trending(want + len(out_of_stock))
+            if len(pool) < want + len(out_of_stock):  # a new shop: nothing trends yet
+                pool += await self._catalog_head(want + len(out_of_stock))
             skus = list(dict.fromkeys(c.sku for c in pool))
             in_stock = await self._in_stock(skus, store_id)
             offers = compose_offers(pool, await self._products(skus), in_stock, n, tier)
@@ -118,13 +124,18 @@ class OfferService:
                           n: int) -> list[dict[str, Any]]:
         """What the viewers now in the session want most, pinned products left out."""
         wants = await self.recommender.audience_wants(viewer_ids, exclude, n * OVERFETCH)
+        if len(wants) < n:
+            wants += [c for c in await self._catalog_head(n * OVERFETCH + len(exclude))
+                      if c.sku not in exclude]
         skus = [c.sku for c in wants]
         products = await self._products(skus)
         in_stock = await self._in_stock(skus, None)
-        return [
-            {"sku": c.sku, "title": products[c.sku].title, "score": round(c.score, 4)}
-            for c in wants if c.sku in products and c.sku in in_stock
-        ][:n]
+        out: dict[str, dict[str, Any]] = {}
+        for c in wants:
+            if c.sku in products and c.sku in in_stock and c.sku not in out:
+                out[c.sku] = {"sku": c.sku, "title": products[c.sku].title,
+                              "score": round(c.score, 4)}
+        return list(out.values())[:n]
 
 
 # routes ---------------------------------------------------------------------------------
