@@ -24,6 +24,8 @@ from recommender.types import EVENT_KINDS, Event
 
 SkuList = Callable[[str], Awaitable[list[str]]]
 OVERFETCH = 4
+PRODUCT_TTL = 30.0
+PRODUCT_CACHE_MAX = 200_000
 MAX_EVENTS = 500
 
 
@@ -55,11 +57,14 @@ class OfferService:
     """Offers for a member at a place, and suggestions for a host."""
 
     def __init__(self, recommender: Recommender, catalog: Catalog, members: Members,
-                 session_products: SkuList) -> None:
+                 session_products: SkuList, product_ttl: float = PRODUCT_TTL) -> None:
         self.recommender = recommender
         self.catalog = catalog
         self.members = members
         self.session_products = session_products
+        self.product_ttl = product_ttl
+        # titles, categories and prices change rarely; stock is always read fresh
+        self._product_cache: dict[str, tuple[float, ProductInfo | None]] = {}
 
     async def _in_stock(self, skus: list[str], store_id: str | None) -> set[str]:
         pipe = self.catalog.redis.pipeline(transaction=False)
@@ -80,8 +85,21 @@ class OfferService:
         return [Candidate(text(s), 0.0, "trending") for s in first]
 
     async def _products(self, skus: list[str]) -> dict[str, ProductInfo]:
-        found = await self.catalog.get_many(skus)
-        return {p.sku: ProductInfo(p.title, p.category, p.price) for p in found if p}
+        now = time.monotonic()
+        cache = self._product_cache
+        missing = [s for s in skus if s not in cache or cache[s][0] < now]
+        if missing:
+            if len(cache) > PRODUCT_CACHE_MAX:
+                cache.clear()
+            for sku, p in zip(missing, await self.catalog.get_many(missing), strict=True):
+                info = ProductInfo(p.title, p.category, p.price) if p else None
+                cache[sku] = (now + self.product_ttl, info)
+        out = {}
+        for sku in skus:
+            info = cache[sku][1]
+            if info is not None:
+                out[sku] = info
+        return out
 
     async def offers(self, member_id: str | None, n: int, store_id: str | None,
                      session_id: str | None) -> dict[str, Any]:
@@ -104,13 +122,20 @@ class OfferService:
             pool = list(candidates)
             if user is not None:
                 pool += await self.recommender.personal(user, want, out_of_stock)
-            pool += await self.recommender.trending(want + len(out_of_stock))
+            short = max(n, want - len(pool))  # trending fills what personal left short
+            pool += await self.recommender.trending(short + len(out_of_stock))
             if len(pool) < want + len(out_of_stock):  # a new shop: nothing trends yet
                 pool += await self._catalog_head(want + len(out_of_stock))
             skus = list(dict.fromkeys(c.sku for c in pool))
-            in_stock = await self._in_stock(skus, store_id)
-            offers = compose_offers(pool, await self._products(skus), in_stock, n, tier)
-            out_of_stock |= set(skus) - in_stock
+            in_stock: set[str] = set()
+            for start in range(0, len(skus), 2 * n):  # stock of the best first, fresh
+                chunk = skus[start:start + 2 * n]
+                in_stock |= await self._in_stock(chunk, store_id)
+                out_of_stock |= set(chunk) - in_stock
+                offers = compose_offers(pool, await self._products(sorted(in_stock)),
+                                        in_stock, n, tier)
+                if len(offers) >= n:
+                    break
             if len(offers) >= n:
                 break
             want *= 2

@@ -19,6 +19,7 @@ from recommender.types import RecommenderError
 
 CURRENT = "current"
 KEEP_VERSIONS = 3
+TRENDING_KEEP = 2000
 
 
 @dataclass
@@ -35,10 +36,15 @@ class Model:
     index: ItemIndex
     item_pos: dict[str, int] = field(init=False)
     user_pos: dict[str, int] = field(init=False)
+    trending: list[tuple[str, float]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.item_pos = {s: i for i, s in enumerate(self.item_ids)}
         self.user_pos = {u: i for i, u in enumerate(self.user_ids)}
+        order = np.argsort(-self.popularity, kind="stable")[:TRENDING_KEEP]
+        top = float(self.popularity[order[0]]) if len(order) else 1.0
+        self.trending = [(self.item_ids[i], float(self.popularity[i]) / (top or 1.0))
+                         for i in order]
 
     def forget_users(self, users: set[str]) -> None:
         """Drop the factors of erased users from this process's copy."""

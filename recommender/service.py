@@ -200,12 +200,15 @@ class Recommender:
 
     # serving ------------------------------------------------------------------------------
 
-    async def user_vector(self, user: str) -> np.ndarray[Any, np.dtype[np.float32]] | None:
+    async def user_vector(
+        self, user: str, hist: list[tuple[str, str, float, int]] | None = None,
+    ) -> np.ndarray[Any, np.dtype[np.float32]] | None:
         """Fresh from the user's recent events (fold-in), else the trained one, else none."""
         model, fold = self.model, self._fold
         if model is None or fold is None or user in self._erased:
             return None
-        hist = await self.history(user)
+        if hist is None:
+            hist = await self.history(user)
         now = time.time()
         weights: dict[int, float] = {}
         for sku, kind, ts, qty in hist:
@@ -220,11 +223,9 @@ class Recommender:
 
     async def trending(self, k: int) -> list[Candidate]:
         model = self.model
-        if model is not None and len(model.popularity):
-            order = np.argsort(-model.popularity)[: k * 2]
-            top = float(model.popularity[order[0]]) or 1.0
-            return [Candidate(model.item_ids[i], float(model.popularity[i]) / top, "trending")
-                    for i in order if is_offerable(model.item_ids[i])][:k]
+        if model is not None and model.trending:
+            return [Candidate(s, v, "trending") for s, v in model.trending[: k * 2]
+                    if is_offerable(s)][:k]
         raw: Any = await self.redis.zrevrange(TRENDING, 0, k - 1, withscores=True)
         top = float(raw[0][1]) if raw else 1.0
         return [Candidate(s.decode(), float(w) / top, "trending") for s, w in raw]
@@ -233,8 +234,8 @@ class Recommender:
                        ) -> list[Candidate]:
         """buy_again and for_you candidates, best first (the engine's blend)."""
         model = self.model
-        vec = await self.user_vector(user)
         hist = await self.history(user)
+        vec = await self.user_vector(user, hist)
         days: dict[str, set[int]] = {}
         recent: dict[str, float] = {}
         now = time.time()

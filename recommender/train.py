@@ -97,12 +97,20 @@ def train_als(
 
 
 class FoldIn:
-    """A fresh user vector from their events and fixed item factors (no retraining)."""
+    """A fresh user vector from their events and fixed item factors (no retraining).
+
+    Serving limits BLAS to one thread for the whole process once (entering threadpoolctl's
+    context per request costs more than the fold-in itself)."""
+
+    _blas_limited = False
 
     def __init__(self, item_factors: FloatArray, params: AlsParams) -> None:
-        with threadpool_limits(limits=1, user_api="blas"):
-            self._model = new_als(params)
+        if not FoldIn._blas_limited:
+            threadpool_limits(limits=1, user_api="blas")
+            FoldIn._blas_limited = True
+        self._model = new_als(params)
         self._model.item_factors = item_factors  # type: ignore[attr-defined]
+        self._model.YtY  # type: ignore[attr-defined]  # noqa: B018  (computed once here)
         self.n_items = item_factors.shape[0]
 
     def user_vector(self, items: Sequence[int], weights: Sequence[float]) -> FloatArray:
@@ -111,6 +119,5 @@ class FoldIn:
              (np.zeros(len(items), dtype=np.int64), np.asarray(items, dtype=np.int64))),
             shape=(1, self.n_items),
         )
-        with threadpool_limits(limits=1, user_api="blas"):
-            vec = self._model.recalculate_user(0, row)  # type: ignore[attr-defined]
+        vec = self._model.recalculate_user(0, row)  # type: ignore[attr-defined]
         return np.asarray(vec, dtype=np.float32)
