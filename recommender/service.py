@@ -16,7 +16,7 @@ import orjson
 import redis.asyncio as aredis
 
 from recommender.evaluate import BlendParams
-from recommender.events import LOG, EventLog
+from recommender.events import EventLog
 from recommender.model import Model, current_version, read_version
 from recommender.rank import Candidate, is_offerable
 from recommender.train import DAY, FoldIn, event_weight
@@ -112,15 +112,7 @@ class Recommender:
         if not ids:
             return
         await self.redis.sadd(ERASED, *ids)
-        start = "-"
-        while True:
-            rows: Any = await self.redis.xrange(LOG, min=start, max="+", count=5000)
-            if not rows:
-                break
-            doomed = [eid for eid, f in rows if f[b"u"].decode() in ids]
-            if doomed:
-                await self.redis.xdel(LOG, *doomed)
-            start = f"({rows[-1][0].decode()}"
+        await self.events.delete_users(ids)
         await self.redis.delete(*(history_key(u) for u in ids))
         await self.redis.hdel(ALIASES, *ids)
         self._forget(ids)
@@ -232,9 +224,10 @@ class Recommender:
         top = float(raw[0][1]) if raw else 1.0
         return [Candidate(s.decode(), float(w) / top, "trending") for s, w in raw]
 
-    async def personal(self, user: str, k: int, excluded: set[str] = frozenset()  # type: ignore[assignment]
+    async def personal(self, user: str, k: int, excluded: set[str] | None = None
                        ) -> list[Candidate]:
         """buy_again and for_you candidates, best first (the engine's blend)."""
+        excluded = excluded or set()
         model = self.model
         hist = await self.history(user)
         vec = await self.user_vector(user, hist)

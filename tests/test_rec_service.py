@@ -219,3 +219,19 @@ async def test_swap_under_concurrent_requests(setup: Setup, redis: aredis.Redis)
     assert rec.model_version == second
     assert first in served or second in served
     assert len(served) > 8
+
+
+async def test_session_filter_on_hnsw(redis: aredis.Redis, tmp_path: Path) -> None:
+    """With an HNSW index, a session's products are all ranked (the narrow filter is topped
+    up exactly) and the member's group comes first."""
+    catalog, members = await seed(redis, time.time())
+    await train_from_log(redis, tmp_path / "m", PARAMS, hnsw_threshold=10)
+    rec = Recommender(redis, tmp_path / "m", never_erased)
+    await rec.refresh()
+    assert rec.model is not None and rec.model.index.kind == "hnsw"
+    mid = await member(members)
+    await rec.record([Event(mid, sku(2, i), "purchase", time.time()) for i in range(4)])
+    live = [sku(0, 1), sku(3, 2), sku(2, 7), sku(1, 4)]
+    ranked = await rec.rank_within(mid, live)
+    assert sorted(c.sku for c in ranked) == sorted(live)
+    assert ranked[0].sku == sku(2, 7)
