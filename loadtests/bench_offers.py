@@ -37,8 +37,8 @@ async def no_one_erased(user: str) -> bool:
     return False
 
 
-async def bench_offers(url: str, model_dir: Path, products: int, requests: int
-                       ) -> list[tuple[str, str]]:
+async def bench_offers(url: str, model_dir: Path, products: int, requests: int,
+                       members_out: list[str]) -> list[tuple[str, str]]:
     rng = np.random.default_rng(0)
     redis = connect(url)
     await redis.flushdb()
@@ -82,7 +82,7 @@ async def bench_offers(url: str, model_dir: Path, products: int, requests: int
         t0 = time.perf_counter()
         await rec.personal(mid, 40)
         inproc.append(time.perf_counter() - t0)
-    await redis.flushdb()
+    members_out.extend(mids)
     await redis.aclose()
     kind = rec.model.index.kind if rec.model else "?"
     return [
@@ -95,6 +95,61 @@ async def bench_offers(url: str, model_dir: Path, products: int, requests: int
 
 async def _no_products() -> list[str]:
     return []
+
+
+async def bench_http(url: str, var_dir: Path, mids: list[str], rate: int, seconds: float
+                     ) -> list[tuple[str, str]]:
+    """Open-loop load on ``GET /offers`` of a ``newretail serve`` process: one request
+    every 1/rate s whatever the answers, latency seen by the client and the server."""
+    import httpx
+
+    from identity.tokens import KeyRing
+    from tests.utils import run_server
+
+    ring = KeyRing.load_or_create(var_dir / "secrets" / "jwt-keys.json")
+    headers = {"authorization": f"Bearer {ring.issue('bench', 'admin', ttl=3600)}"}
+    client_ms: list[float] = []
+    server_ms: list[float] = []
+    failed = 0
+    with run_server(url, var_dir) as server:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, limits=limits,
+                                     timeout=30) as http:
+            for mid in mids[:50]:
+                await http.get("/offers", params={"member_id": mid})
+
+            async def one(mid: str) -> None:
+                nonlocal failed
+                t0 = time.perf_counter()
+                try:
+                    r = await http.get("/offers", params={"member_id": mid, "n": 10})
+                except httpx.HTTPError:
+                    failed += 1
+                    return
+                client_ms.append((time.perf_counter() - t0) * 1000)
+                if r.status_code != 200:
+                    failed += 1
+                else:
+                    server_ms.append(r.json()["took_ms"])
+
+            tasks = []
+            start = time.perf_counter()
+            total = int(rate * seconds)
+            for k in range(total):
+                delay = start + k / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(mids[k % len(mids)])))
+            await asyncio.gather(*tasks)
+            achieved = total / (time.perf_counter() - start)
+    c, s_ = np.array(client_ms), np.array(server_ms)
+    return [
+        (f"HTTP /offers at {rate}/s offered ({achieved:.0f}/s sent), failed", str(failed)),
+        ("HTTP /offers client-side p50 / p99",
+         f"{np.percentile(c, 50):.2f} / {np.percentile(c, 99):.2f} ms"),
+        ("HTTP /offers server-side (took_ms) p50 / p99",
+         f"{np.percentile(s_, 50):.2f} / {np.percentile(s_, 99):.2f} ms"),
+    ]
 
 
 def bench_training(data: Path) -> list[tuple[str, str]]:
@@ -140,7 +195,11 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/online_retail_dev.csv.gz")
     parser.add_argument("--products", type=int, default=50_000)
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--redis-url", default=None, help="default: an embedded store")
+    parser.add_argument("--rate", type=int, default=0,
+                        help="HTTP requests per second on a served process (0: skip)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="HTTP load duration")
+    parser.add_argument("--redis-url", default=None,
+                        help="a database of its own (it is flushed); default: an embedded store")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = None
@@ -149,8 +208,11 @@ def main() -> None:
             store = EmbeddedStore(Path(tmp) / "store")
             url = store.start()
         try:
+            mids: list[str] = []
             rows = asyncio.run(bench_offers(url, Path(tmp) / "models", args.products,
-                                            args.requests))
+                                            args.requests, mids))
+            if args.rate > 0:
+                rows += asyncio.run(bench_http(url, Path(tmp), mids, args.rate, args.seconds))
         finally:
             if store is not None:
                 store.stop()
