@@ -19,11 +19,13 @@ from live.commerce_routes import ROUTES as COMMERCE_ROUTES
 from live.config import Settings
 from live.errors import LiveError, handle_error, handle_http_error, handle_unexpected
 from live.metrics import RequestTimer
+from live.offers import ROUTES as OFFER_ROUTES
 from live.pages import page_routes
 from live.routes import ROUTES
 from live.services import open_services
 from live.session_routes import LIVE_ROUTES
 from live.ws import LiveSockets
+from recommender.types import RecommenderError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -50,6 +52,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.services = services
             app.state.keyring = services.keyring
             app.state.model_version = None
+            await services.recommender.refresh()
+            services.recommender.start()
             await services.hub.start()
             expiry = asyncio.create_task(services.commerce.run_expiry())
             try:
@@ -61,9 +65,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await services.commerce.close()
                 await services.hub.stop()
                 await services.identity.drain()
+                await services.recommender.stop()
 
+    # Offer routes before the session routes: /live/sessions/{id}/suggestions is theirs.
     routes: list[BaseRoute] = [
-        *ROUTES, *IDENTITY_ROUTES, *LIVE_ROUTES, *COMMERCE_ROUTES,
+        *ROUTES, *IDENTITY_ROUTES, *OFFER_ROUTES, *LIVE_ROUTES, *COMMERCE_ROUTES,
         *page_routes(settings.static_dir),
     ]
     app = Starlette(
@@ -73,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={
             LiveError: handle_error,
             IdentityError: handle_error,
+            RecommenderError: handle_error,
             HTTPException: handle_http_error,
             Exception: handle_unexpected,
         },

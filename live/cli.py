@@ -92,6 +92,94 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def void(_: object) -> None:
+    """Drop a value (tqdm's update returns one; the callbacks return nothing)."""
+
+
+async def _train(settings: Settings, watch: bool, min_new: int, interval: float) -> None:
+    from tqdm import tqdm
+
+    from recommender.trainer import train_from_log, watch_and_train
+
+    async with open_services(settings) as svc:
+        async def train_once() -> None:
+            total = await svc.events.length()
+            params = svc.recommender.blend.als
+            with tqdm(total=total, unit="event", desc="read") as events_bar, \
+                    tqdm(total=params.iterations, unit="iter", desc="ALS") as iter_bar:
+                result = await train_from_log(
+                    svc.redis, settings.model_dir, params,
+                    on_events=lambda k: void(events_bar.update(k)),
+                    on_iteration=lambda _: void(iter_bar.update(1)))
+            print(f"model {result.version}: {result.events:,} events, {result.users:,} users, "
+                  f"{result.items:,} items, {result.seconds:.1f} s")
+
+        if watch:
+            await watch_and_train(svc.redis, settings.model_dir, min_new, interval, train_once)
+        else:
+            await train_once()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    asyncio.run(_train(Settings.from_env(), args.watch, args.min_new_events, args.interval))
+    return 0
+
+
+async def _import_retail(settings: Settings, path: str, stock: int) -> None:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from live.types import WAREHOUSE, Product, Sku
+    from recommender.evaluate import read_retail
+    from recommender.types import Event
+
+    rows = list(tqdm(read_retail(Path(path)), unit="row", desc="read"))
+    products: dict[str, Product] = {}
+    customers: set[str] = set()
+    for r in rows:
+        products[r.sku] = Product(Sku(r.sku), r.description or r.sku, "retail", r.price,
+                                  f"/catalog/images/{r.sku}.svg")
+        customers.add(r.customer)
+    async with open_services(settings) as svc:
+        await svc.catalog.put_products(products.values())
+        pipe = svc.redis.pipeline(transaction=False)
+        for sku in products:
+            pipe.hset(f"nr:stock:{sku}", WAREHOUSE, stock)
+        await pipe.execute()
+        ids: dict[str, str] = {}
+        for customer in tqdm(sorted(customers), unit="member", desc="members"):
+            member_id = await svc.members.resolve("loyalty_card", customer)
+            if member_id is None:
+                member = await svc.members.create(
+                    f"Customer {customer}", consent={"personalization": True})
+                await svc.members.link(member.id, "loyalty_card", customer)
+                member_id = member.id
+            ids[customer] = member_id
+        events = [Event(ids[r.customer], r.sku, "purchase", r.ts, qty=r.qty) for r in rows]
+        await svc.recommender.record(events)
+    print(f"imported {len(products):,} products, {len(customers):,} members, "
+          f"{len(rows):,} purchase events")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    asyncio.run(_import_retail(Settings.from_env(), args.path, args.stock))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from recommender.evaluate import evaluate, parse_time, read_retail
+
+    rows = list(read_retail(Path(args.data)))
+    results = evaluate(rows, parse_time(args.split))
+    print(f"{'':28}{'recall@20':>12}{'ndcg@20':>12}{'precision@10':>14}")
+    for name, m in results.items():
+        print(f"{name:28}{m['recall@20']:12.4f}{m['ndcg@20']:12.4f}{m['precision@10']:14.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="newretail", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--store", default=None)
     token.add_argument("--ttl", type=int, default=12 * 3600, help="seconds (default 12 h)")
     token.set_defaults(func=cmd_token)
+
+    train = sub.add_parser("train", help="train a model version from the event log")
+    train.add_argument("--watch", action="store_true", help="retrain as new events arrive")
+    train.add_argument("--min-new-events", type=int, default=1000)
+    train.add_argument("--interval", type=float, default=30.0, help="seconds between checks")
+    train.set_defaults(func=cmd_train)
+
+    imp = sub.add_parser("import", help="import a data set")
+    imp.add_argument("dataset", choices=["online-retail"])
+    imp.add_argument("path")
+    imp.add_argument("--stock", type=int, default=1000, help="units of each in the warehouse")
+    imp.set_defaults(func=cmd_import)
+
+    ev = sub.add_parser("eval", help="offline quality against the baselines")
+    ev.add_argument("--data", default="../shared/data/online_retail_dev.csv.gz")
+    ev.add_argument("--split", default="2011-07-01")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 

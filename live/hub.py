@@ -169,6 +169,16 @@ class Hub:
         """A personal message to every connection of store screen ``screen_id``."""
         await self.redis.publish(SCREEN_CHANNEL, orjson.dumps({"to": screen_id, "m": message}))
 
+    async def session_products(self, session_id: str) -> list[str]:
+        """The session's lineup (empty for an unknown session)."""
+        try:
+            return list((await self.store.get(session_id)).products)
+        except LiveError:
+            return []
+
+    async def pinned_skus(self, session_id: str) -> list[str]:
+        return [str(p["sku"]) for p in await self.store.pins(session_id)]
+
     async def viewers(self, session_id: str) -> list[str]:
         """Users connected to the session now on any process (refreshed every few seconds)."""
         return await self.store.present(session_id)

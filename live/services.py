@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +20,11 @@ from live.commerce import Commerce
 from live.commerce_ops import register_commerce_ops
 from live.config import Settings
 from live.hub import Hub, HubConfig
+from live.offers import OfferService
 from live.session_ops import SessionOps
 from live.store import EmbeddedStore, connect
 from recommender.events import EventLog
+from recommender.service import Recommender
 
 log = logging.getLogger("newretail.live")
 
@@ -57,6 +59,12 @@ def load_pepper(settings: Settings) -> bytes:
     return secret_file(settings.var_dir / "secrets" / "identity-pepper")
 
 
+def _erase_from(recommender: Recommender) -> Callable[[str, list[str]], Awaitable[None]]:
+    async def erase(member_id: str, user_ids: list[str]) -> None:
+        await recommender.erase_user(user_ids)
+    return erase
+
+
 @dataclass
 class Services:
     """What a web process (or a CLI command) works with."""
@@ -70,6 +78,8 @@ class Services:
     identity: IdentityService
     commerce: Commerce
     hub: Hub
+    recommender: Recommender
+    offers: OfferService
     embedded: EmbeddedStore | None = None
 
 
@@ -96,10 +106,16 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         catalog = Catalog(redis)
         hub = Hub(redis, HubConfig.from_env(settings.ws_send_buffer))
         SessionOps(hub, catalog)
-        commerce = Commerce(redis, catalog, identity.members, events, notifier=hub)
+        recommender = Recommender(redis, settings.model_dir, identity.is_erased)
+        offers = OfferService(recommender, catalog, identity.members, hub.session_products)
+        commerce = Commerce(
+            redis, catalog, identity.members, events, notifier=hub, record=recommender.record,
+        )
         register_commerce_ops(hub, commerce)
-        identity.on_stitch.append(commerce.stitch)
+        for on_stitch in (commerce.stitch, recommender.stitch):
+            identity.on_stitch.append(on_stitch)
         identity.on_erase.append(commerce.erase_users)
+        identity.on_erase.append(_erase_from(recommender))
         yield Services(
             settings=settings,
             redis=redis,
@@ -110,6 +126,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             catalog=catalog,
             commerce=commerce,
             hub=hub,
+            recommender=recommender,
+            offers=offers,
             embedded=embedded,
         )
     finally:

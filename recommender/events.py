@@ -69,3 +69,16 @@ class EventLog:
             for entry_id, fields in rows:
                 yield entry_id.decode(), _event(fields)
             start = f"({rows[-1][0].decode()}"
+
+    async def delete_users(self, users: set[str], chunk: int = 5000) -> int:
+        """Delete every event of ``users`` from the log (erasure); returns how many."""
+        deleted = 0
+        start = "-"
+        while True:
+            rows: Any = await self.redis.xrange(LOG, min=start, max="+", count=chunk)
+            if not rows:
+                return deleted
+            doomed = [eid for eid, f in rows if f[b"u"].decode() in users]
+            if doomed:
+                deleted += int(await self.redis.xdel(LOG, *doomed))
+            start = f"({rows[-1][0].decode()}"

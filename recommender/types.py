@@ -20,3 +20,13 @@ class Event:
     session_id: str | None = None
     store_id: str | None = None
     qty: int = 1
+
+
+class RecommenderError(Exception):
+    """A refused request of the recommender, with its wire code and HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status

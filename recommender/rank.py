@@ -1,0 +1,82 @@
+"""Ranking with business rules: pure functions from scored candidates to offers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypedDict
+
+Reason = Literal["buy_again", "for_you", "in_this_live", "trending"]
+
+NON_PRODUCT_CODES = frozenset({
+    "POST", "DOT", "M", "m", "C2", "D", "S", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS", "B",
+})
+NON_PRODUCT_PREFIXES = ("gift_", "DCGS")
+TIER_DISCOUNT: dict[str, float] = {"member": 0.0, "silver": 0.05, "gold": 0.10}
+CATEGORY_CAP = 3
+
+
+def is_offerable(sku: str) -> bool:
+    """Postage, fees, manual entries, samples and vouchers are never offered."""
+    return sku not in NON_PRODUCT_CODES and not sku.startswith(NON_PRODUCT_PREFIXES)
+
+
+def offer_price(price: float, tier: str) -> float:
+    """The member's price: silver 5 % off, gold 10 % off, others the list price."""
+    return round(price * (1.0 - TIER_DISCOUNT.get(tier, 0.0)), 2)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    sku: str
+    score: float
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class ProductInfo:
+    title: str
+    category: str
+    price: float
+
+
+class Offer(TypedDict):
+    sku: str
+    title: str
+    price: float
+    offer_price: float
+    reason: Reason
+    score: float
+
+
+def compose_offers(
+    candidates: Sequence[Candidate], products: Mapping[str, ProductInfo],
+    in_stock: set[str], n: int, tier: str, category_cap: int = CATEGORY_CAP,
+) -> list[Offer]:
+    """The first ``n`` candidates (in the given order) that are offerable, known, in stock,
+    not already taken, and within ``category_cap`` per category; when the cap leaves the
+    slate short, capped candidates fill it in order."""
+    chosen: list[Candidate] = []
+    spill: list[Candidate] = []
+    seen: set[str] = set()
+    per_category: dict[str, int] = {}
+    for cand in candidates:
+        info = products.get(cand.sku)
+        if (cand.sku in seen or info is None or cand.sku not in in_stock
+                or not is_offerable(cand.sku)):
+            continue
+        seen.add(cand.sku)
+        if per_category.get(info.category, 0) >= category_cap:
+            spill.append(cand)
+            continue
+        per_category[info.category] = per_category.get(info.category, 0) + 1
+        chosen.append(cand)
+        if len(chosen) == n:
+            break
+    chosen.extend(spill[: n - len(chosen)])
+    return [
+        Offer(sku=c.sku, title=products[c.sku].title, price=products[c.sku].price,
+              offer_price=offer_price(products[c.sku].price, tier), reason=c.reason,
+              score=round(c.score, 4))
+        for c in chosen
+    ]

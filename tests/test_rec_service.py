@@ -1,0 +1,237 @@
+"""The recommender service and offers against a real store: fold-in, filters, consent,
+erasure in every process, stitching, model swaps under concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aredis
+
+from identity.members import Members
+from live.catalog import Catalog
+from live.offers import OfferService
+from live.types import WAREHOUSE, Product, Sku, Store
+from recommender.model import current_version
+from recommender.service import Recommender
+from recommender.train import AlsParams
+from recommender.trainer import train_from_log
+from recommender.types import Event
+
+GROUPS, PER_GROUP = 4, 10
+PARAMS = AlsParams(factors=8, iterations=10)
+
+
+def sku(group: int, i: int) -> str:
+    return f"{group}{i:03d}"
+
+
+async def never_erased(user: str) -> bool:
+    return False
+
+
+async def seed(redis: aredis.Redis, now: float) -> tuple[Catalog, Members]:
+    """4 categories of 10 products, all in the warehouse, store s1 holds only group 0;
+    shopper u{g}-{k} bought 6 products of group g."""
+    catalog = Catalog(redis)
+    await catalog.put_stores([Store("s1", "One", "Town")])
+    await catalog.put_products(
+        Product(Sku(sku(g, i)), f"Item {g} {i}", f"cat{g}", 10.0 + i, "")
+        for g in range(GROUPS) for i in range(PER_GROUP))
+    for g in range(GROUPS):
+        for i in range(PER_GROUP):
+            await catalog.set_stock(sku(g, i), WAREHOUSE, 5)
+            if g == 0:
+                await catalog.set_stock(sku(g, i), "s1", 2)
+    rec = Recommender(redis, Path("unused"), never_erased)
+    events = []
+    for g in range(GROUPS):
+        for k in range(25):
+            for i in range(6):
+                events.append(Event(f"u{g}-{k}", sku(g, (k + i) % PER_GROUP), "purchase",
+                                    now - 86400 * (i + 1)))
+    await rec.record(events)
+    return catalog, Members(redis, b"pepper-for-tests-0123456789")
+
+
+Setup = Callable[..., Awaitable[tuple[Recommender, OfferService, Members]]]
+
+
+@pytest.fixture
+def setup(redis: aredis.Redis, tmp_path: Path) -> Setup:
+    async def make(is_erased: Callable[[str], Awaitable[bool]] = never_erased
+                   ) -> tuple[Recommender, OfferService, Members]:
+        catalog, members = await seed(redis, time.time())
+        await train_from_log(redis, tmp_path / "models", PARAMS)
+        rec = Recommender(redis, tmp_path / "models", is_erased)
+        await rec.refresh()
+
+        async def session_products(sid: str) -> list[str]:
+            return [sku(3, 0), sku(3, 1), sku(2, 5)] if sid == "live1" else []
+        return rec, OfferService(rec, catalog, members, session_products), members
+    return make
+
+
+async def member(members: Members, consent: bool = True, spend: float = 0.0) -> str:
+    m = await members.create("Ann Lee", consent={"personalization": consent}, spend=spend)
+    return m.id
+
+
+async def test_fold_in_changes_next_offer(setup: Setup) -> None:
+    """A new member's clicks on group 1 make group 1 their top offers at once (for_you), and
+    a purchase comes back as buy_again."""
+    rec, svc, members = await setup()
+    mid = await member(members)
+    before = await svc.offers(mid, 5, None, None)
+    assert all(o["reason"] == "trending" for o in before["offers"])
+    now = time.time()
+    await rec.record([Event(mid, sku(1, i), "click", now) for i in range(4)])
+    after = await svc.offers(mid, 3, None, None)
+    assert after["personalized"] is True and after["model_version"]
+    assert [(o["sku"][0], o["reason"]) for o in after["offers"]] == [("1", "for_you")] * 3
+    await rec.record([Event(mid, sku(2, 9), "purchase", now)])
+    again = await svc.offers(mid, 3, None, None)
+    assert again["offers"][0]["sku"] == sku(2, 9)
+    assert again["offers"][0]["reason"] == "buy_again"
+
+
+async def test_consent_off_uses_no_history(setup: Setup) -> None:
+    """Without personalization consent: personalized false, only trending offers."""
+    rec, svc, members = await setup()
+    mid = await member(members, consent=False)
+    await rec.record([Event(mid, sku(1, i), "purchase", time.time()) for i in range(4)])
+    body = await svc.offers(mid, 6, None, None)
+    assert body["personalized"] is False
+    assert {o["reason"] for o in body["offers"]} == {"trending"}
+
+
+async def test_store_filter_and_tier_price(setup: Setup) -> None:
+    """At store s1 only its in-stock products come; a gold member pays 10 % less."""
+    rec, svc, members = await setup()
+    mid = await member(members, spend=5000)
+    await rec.record([Event(mid, sku(1, i), "purchase", time.time()) for i in range(4)])
+    body = await svc.offers(mid, 5, "s1", None)
+    assert body["offers"] and {o["sku"][0] for o in body["offers"]} == {"0"}
+    for o in body["offers"]:
+        assert o["offer_price"] == round(o["price"] * 0.9, 2)
+
+
+async def test_in_this_live_ranked_for_member(setup: Setup) -> None:
+    """With a session, its products come first as in_this_live, the member's taste first."""
+    rec, svc, members = await setup()
+    mid = await member(members)
+    await rec.record([Event(mid, sku(2, i), "purchase", time.time()) for i in range(4)])
+    body = await svc.offers(mid, 6, None, "live1")
+    assert body["offers"][0] == {**body["offers"][0], "sku": sku(2, 5), "reason": "in_this_live"}
+    assert {o["sku"] for o in body["offers"] if o["reason"] == "in_this_live"} <= {
+        sku(3, 0), sku(3, 1), sku(2, 5)}
+
+
+async def test_suggestions_follow_audience(setup: Setup) -> None:
+    """Viewers who like group 3 get group 3 suggested, pinned products left out."""
+    _, svc, _ = await setup()
+    viewers = [f"u3-{k}" for k in range(5)]
+    out = await svc.suggestions("live1", viewers, {sku(3, 0)}, 4)
+    assert len(out) == 4 and {s["sku"][0] for s in out} == {"3"}
+    assert sku(3, 0) not in {s["sku"] for s in out}
+
+
+async def test_erasure_everywhere(setup: Setup, redis: aredis.Redis) -> None:
+    """Erasing forgets events, history and factors here and in another process, late events
+    are refused, and the next model has no trace of the user."""
+    rec, svc, _ = await setup()
+    peer = Recommender(redis, rec.model_dir, never_erased)
+    await peer.refresh()
+    peer.start()
+    try:
+        assert await peer.user_vector("u2-0") is not None
+        await rec.erase_user(["u2-0"])
+        deadline = time.monotonic() + 10
+        while await peer.user_vector("u2-0") is not None:
+            assert time.monotonic() < deadline, "the other process kept the factors"
+            await asyncio.sleep(0.02)
+        assert await rec.record([Event("u2-0", sku(2, 1), "view", time.time())]) == 0
+        assert await peer.record([Event("u2-0", sku(2, 1), "view", time.time())]) == 0
+        assert await rec.history("u2-0") == []
+        async for _, e in rec.events.read():
+            assert e.user != "u2-0"
+        await train_from_log(redis, rec.model_dir, PARAMS)
+        await rec.refresh()
+        assert rec.model is not None and "u2-0" not in rec.model.user_ids
+    finally:
+        await peer.stop()
+
+
+async def test_erased_callable_refuses(setup: Setup) -> None:
+    """Events of a user the identity service reports erased are refused."""
+    async def erased(user: str) -> bool:
+        return user == "gone"
+    rec, _, _ = await setup(erased)
+    assert await rec.record([Event("gone", sku(0, 1), "view", time.time()),
+                             Event("here", sku(0, 1), "view", time.time())]) == 1
+
+
+async def test_stitch_moves_history(setup: Setup, redis: aredis.Redis) -> None:
+    """An anonymous viewer's events follow the member into offers and training."""
+    rec, svc, members = await setup()
+    mid = await member(members)
+    await rec.record([Event("anon1", sku(1, i), "click", time.time()) for i in range(4)])
+    await rec.stitch("anon1", mid)
+    assert await rec.history("anon1") == []
+    body = await svc.offers(mid, 3, None, None)
+    assert [(o["sku"][0], o["reason"]) for o in body["offers"]] == [("1", "for_you")] * 3
+    await train_from_log(redis, rec.model_dir, PARAMS)
+    await rec.refresh()
+    assert rec.model is not None and mid in rec.model.user_ids
+    assert "anon1" not in rec.model.user_ids
+
+
+async def test_swap_under_concurrent_requests(setup: Setup, redis: aredis.Redis) -> None:
+    """Requests running while new versions are loaded, and a corrupt one tried, all
+    succeed; the corrupt version leaves the previous model serving."""
+    rec, svc, members = await setup()
+    mid = await member(members)
+    await rec.record([Event(mid, sku(1, i), "purchase", time.time()) for i in range(3)])
+    first = rec.model_version
+    stop = asyncio.Event()
+    served: list[str | None] = []
+
+    async def load() -> None:
+        while not stop.is_set():
+            body = await svc.offers(mid, 5, None, None)
+            assert len(body["offers"]) == 5
+            served.append(body["model_version"])
+
+    workers = [asyncio.create_task(load()) for _ in range(8)]
+    second = (await train_from_log(redis, rec.model_dir, PARAMS)).version
+    await rec.refresh()
+    third = (await train_from_log(redis, rec.model_dir, PARAMS)).version
+    shutil.rmtree(rec.model_dir / third)
+    await rec.refresh()
+    await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.gather(*workers)
+    assert current_version(rec.model_dir) == third
+    assert rec.model_version == second
+    assert first in served or second in served
+    assert len(served) > 8
+
+
+async def test_session_filter_on_hnsw(redis: aredis.Redis, tmp_path: Path) -> None:
+    """With an HNSW index, a session's products are all ranked (the narrow filter is topped
+    up exactly) and the member's group comes first."""
+    catalog, members = await seed(redis, time.time())
+    await train_from_log(redis, tmp_path / "m", PARAMS, hnsw_threshold=10)
+    rec = Recommender(redis, tmp_path / "m", never_erased)
+    await rec.refresh()
+    assert rec.model is not None and rec.model.index.kind == "hnsw"
+    mid = await member(members)
+    await rec.record([Event(mid, sku(2, i), "purchase", time.time()) for i in range(4)])
+    live = [sku(0, 1), sku(3, 2), sku(2, 7), sku(1, 4)]
+    ranked = await rec.rank_within(mid, live)
+    assert sorted(c.sku for c in ranked) == sorted(live)
+    assert ranked[0].sku == sku(2, 7)
