@@ -51,7 +51,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         async with open_services(settings) as services:
             app.state.services = services
             app.state.keyring = services.keyring
-            app.state.model_version = None
             await services.recommender.refresh()
             services.recommender.start()
             await services.hub.start()

@@ -61,8 +61,8 @@ async def readyz(request: Request) -> Response:
         checks["store"] = "ok"
     except Exception as exc:  # any store failure means not ready
         checks["store"] = f"down: {type(exc).__name__}"
-    model = getattr(request.app.state, "model_version", None)
-    checks["model"] = model or "none"
+    # Offers fall back to trending until a model is trained, so no model is not "not ready".
+    checks["model"] = svc.recommender.model_version or "none"
     ready = checks["store"] == "ok"
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
 

@@ -1,7 +1,8 @@
 """``make bench``: every benchmark of the project, one after the other.
 
 Each benchmark prints its own table and writes its results under ``loadtests/results/``.
-Arguments are passed to each (``make bench BENCH_ARGS="--ns 1000 --reps 1"``).
+Arguments go to the fan-out benchmark (``make bench BENCH_ARGS="--ns 1000 --reps 1"``);
+the others run with their defaults.
 """
 
 from __future__ import annotations
@@ -9,10 +10,20 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from loadtests import bench_fanout
+from loadtests import bench_checkin, bench_checkout, bench_fanout, bench_offers
+
+
+def _offers(argv: list[str] | None) -> int:
+    sys.argv = [sys.argv[0]]
+    bench_offers.main()
+    return 0
+
 
 BENCHES: list[tuple[str, Callable[[list[str] | None], int]]] = [
     ("fan-out", bench_fanout.main),
+    ("checkout", lambda argv: bench_checkout.main([])),
+    ("check-in", lambda argv: bench_checkin.main([])),
+    ("offers", _offers),
 ]
 
 
