@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from identity.types import ROLES
 from live.config import Settings
+from live.demo_script import DemoUrls, start_in_thread
 from live.services import load_keyring, open_services
 from live.store import EmbeddedStore
 
@@ -71,19 +72,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, redis_url=embedded.start())
     try:
         asyncio.run(_prepare_demo(settings))
+        if not (settings.model_dir / "current").exists():
+            asyncio.run(_train(settings, watch=False, min_new=0, interval=0))
         ring = load_keyring(settings)
-        host_token = ring.issue("demo-host", "host", ttl=12 * 3600)
         base = f"http://{args.host}:{args.port}"
-        print(f"\nnewretail demo on {base}")
-        print(f"  health        {base}/healthz")
-        print(f"  catalog       {base}/catalog/products?q=mug")
-        print(f"  metrics       {base}/metrics")
-        print(f"  host token    {host_token}\n", flush=True)
+        _, urls, ready = start_in_thread(
+            base, ring, [f"m_demo{i:05d}" for i in range(8)], DEMO_LINEUP, on_ready=_print_urls,
+        )
         run_uvicorn(settings, args.host, args.port, 1)
     finally:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+DEMO_LINEUP = ["1003", "2001", "2010", "3002", "5004", "7003"]
+
+
+def _print_urls(urls: DemoUrls) -> None:
+    base = urls.viewer.split("/live/")[0]
+    print(f"\nnewretail demo on {base}")
+    print(f"  viewer        {urls.viewer}")
+    print(f"  presenter     {urls.host}")
+    print(f"  store screen  {urls.screen}")
+    print(f"  member phone  {urls.me}   (demo phones +447700900000 to +447700900999;")
+    print(f"                codes appear in the log and at {base}/identity/dev/outbox)")
+    print(f"  health        {base}/healthz   metrics {base}/metrics")
+    print(f"  host token    {urls.host.split('token=')[1]}\n", flush=True)
 
 
 def cmd_token(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +144,7 @@ async def _script_loop(
 
 def start_in_thread(
     base: str, ring: KeyRing, member_ids: list[str], lineup: list[str],
+    on_ready: Callable[[DemoUrls], None] | None = None,
 ) -> tuple[threading.Thread, list[DemoUrls], threading.Event]:
     """Run the script in a thread of its own once the server answers /healthz."""
     urls: list[DemoUrls] = []
@@ -156,6 +158,12 @@ def start_in_thread(
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
+        def announce() -> None:
+            ready.wait()
+            if urls and on_ready is not None:
+                on_ready(urls[0])
+
+        threading.Thread(target=announce, daemon=True).start()
         try:
             asyncio.run(run_script(base, ring, member_ids, lineup, ready=ready, urls=urls))
         except Exception:
