@@ -40,6 +40,9 @@ def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
             "live.app:create_app", factory=True, host=host, port=port, workers=workers,
             ws=WS_IMPL, ws_max_size=settings.ws_max_frame, ws_per_message_deflate=False,
             log_level=settings.log_level.lower(), access_log=False, lifespan="on",
+            # Longer than clients' and proxies' idle pools, so the server is not the one
+            # closing a kept-alive connection just as a client reuses it.
+            timeout_keep_alive=75,
         )
     finally:
         if embedded is not None:

@@ -19,7 +19,7 @@ from live.commerce import Commerce
 from live.commerce_types import Caller
 from live.errors import LiveError, bad_request
 from live.protocol import SessionState
-from live.routes import _int_param, json_response, read_json, services
+from live.routes import int_param, json_response, read_json, services
 
 
 def commerce(request: Request) -> Commerce:
@@ -100,7 +100,7 @@ async def checkout(request: Request) -> Response:
 
 async def list_orders(request: Request) -> Response:
     claims = require(request, "member", "admin")
-    limit = _int_param(request, "limit", 50, 1, 500)
+    limit = int_param(request, "limit", 50, 1, 500)
     orders = commerce(request).orders
     if claims.role == "admin":
         return json_response({"orders": await orders.recent(limit)})

@@ -7,7 +7,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,6 +16,7 @@ from identity.members import Members
 from live.catalog import Catalog
 from live.errors import LiveError, bad_request
 from live.keys import text
+from live.routes import int_param, json_response, read_json
 from recommender.rank import Candidate, Offer, ProductInfo, compose_offers
 from recommender.service import Recommender
 from recommender.types import EVENT_KINDS, Event
@@ -140,20 +140,9 @@ class OfferService:
 
 # routes ---------------------------------------------------------------------------------
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
 def _service(request: Request) -> OfferService:
     svc: OfferService = request.app.state.services.offers
     return svc
-
-
-def _int(request: Request, name: str, default: int, hi: int) -> int:
-    raw = request.query_params.get(name, str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= hi:
-        raise bad_request(f"{name} must be a whole number from 1 to {hi}")
-    return int(raw)
 
 
 async def get_offers(request: Request) -> Response:
@@ -163,9 +152,9 @@ async def get_offers(request: Request) -> Response:
     if claims.role == "member" and member_id != claims.sub:
         raise LiveError("forbidden", "members see their own offers only", 403)
     body = await _service(request).offers(
-        member_id, _int(request, "n", 10, 50), request.query_params.get("store_id") or None,
+        member_id, int_param(request, "n", 10, 1, 50), request.query_params.get("store_id") or None,
         request.query_params.get("session_id") or None)
-    return _json(body)
+    return json_response(body)
 
 
 def parse_events(body: Any, now: float) -> list[Event]:
@@ -196,15 +185,12 @@ def parse_events(body: Any, now: float) -> list[Event]:
 
 async def post_events(request: Request) -> Response:
     claims = require(request, "viewer", "member", "host", "screen", "admin")
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise bad_request("the body must be JSON") from None
+    body = await read_json(request)
     events = parse_events(body, time.time())
     if claims.role in ("viewer", "member") and any(e.user != claims.sub for e in events):
         raise LiveError("forbidden", "you may record your own events only", 403)
     recorded = await _service(request).recommender.record(events)
-    return _json({"recorded": recorded, "refused": len(events) - recorded}, 202)
+    return json_response({"recorded": recorded, "refused": len(events) - recorded}, 202)
 
 
 async def suggestions(request: Request) -> Response:
@@ -212,12 +198,12 @@ async def suggestions(request: Request) -> Response:
     most, pinned products left out."""
     require(request, "host", "admin")
     sid = request.path_params["session_id"]
-    n = _int(request, "n", 5, 50)
+    n = int_param(request, "n", 5, 1, 50)
     hub = request.app.state.services.hub
     who = await hub.viewers(sid)
     exclude = set(await hub.pinned_skus(sid))
     body = await _service(request).suggestions(sid, who, exclude, n)
-    return _json({"session_id": sid, "suggestions": body})
+    return json_response({"session_id": sid, "suggestions": body})
 
 
 ROUTES = [

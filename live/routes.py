@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
@@ -15,7 +15,9 @@ from identity.auth import require
 from live.catalog import Catalog
 from live.errors import bad_request
 from live.metrics import metrics_endpoint
-from live.services import Services
+
+if TYPE_CHECKING:
+    from live.services import Services
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -36,7 +38,7 @@ def services(request: Request) -> Services:
     return svc
 
 
-def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -76,7 +78,7 @@ def _product_json(p: Any, stock: dict[str, int]) -> dict[str, Any]:
 
 async def list_products(request: Request) -> Response:
     catalog: Catalog = services(request).catalog
-    limit = _int_param(request, "limit", 20, 1, 200)
+    limit = int_param(request, "limit", 20, 1, 200)
     products = await catalog.search(request.query_params.get("q", ""), limit)
     stocks = await catalog.stock_many([p.sku for p in products])
     return json_response(

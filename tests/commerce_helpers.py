@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import redis.asyncio as aredis
@@ -10,6 +11,7 @@ from identity.members import Members
 from identity.tokens import KeyRing
 from live.catalog import Catalog
 from live.commerce import Commerce
+from live.store import connect
 from live.types import Product, Sku, Store
 from recommender.events import EventLog
 
@@ -70,3 +72,15 @@ async def make_commerce(redis: aredis.Redis, clock: Clock | None = None) -> Comm
     catalog = Catalog(redis)
     kwargs = {"clock": clock} if clock is not None else {}
     return Commerce(redis, catalog, Members(redis, PEPPER), EventLog(redis), **kwargs)
+
+
+def seed_sync(store_url: str, members: int = 0, flash_units: int = 0) -> list[str]:
+    """``seed`` and ``make_members`` from synchronous tests that run real servers."""
+    async def run() -> list[str]:
+        redis = connect(store_url)
+        try:
+            await seed(redis, flash_units)
+            return await make_members(redis, members, home="store-a")
+        finally:
+            await redis.aclose()
+    return asyncio.run(run())

@@ -16,7 +16,7 @@ import redis.asyncio as aredis
 from live.commerce_types import Caller
 from live.errors import LiveError
 from live.store import EmbeddedStore, connect
-from tests.commerce_helpers import JWT_SPEC, keyring, make_commerce, make_members, seed
+from tests.commerce_helpers import JWT_SPEC, keyring, make_commerce, seed, seed_sync
 from tests.utils import ServerProcess, run_server
 
 UNITS = 100
@@ -77,17 +77,6 @@ async def test_many_buyers_in_one_process_get_exactly_the_units(
     await _stock_never_negative(redis)
 
 
-def _seed_sync(store_url: str, members: int = 0, flash_units: int = 0) -> list[str]:
-    async def run() -> list[str]:
-        redis = connect(store_url)
-        try:
-            await seed(redis, flash_units)
-            return await make_members(redis, members, home="store-a")
-        finally:
-            await redis.aclose()
-    return asyncio.run(run())
-
-
 def _headers(sub: str, role: str = "member") -> dict[str, str]:
     return {"authorization": f"Bearer {keyring().issue(sub, role, ttl=600)}"}  # type: ignore[arg-type]
 
@@ -126,7 +115,7 @@ def test_two_web_processes_never_oversell(
     """1,200 buyers checking out twice each (2,400 attempts) through two web processes on
     one store, 100 units on sale and in stock: 100 orders, no negative stock, every answer
     true, retries give the same order."""
-    _seed_sync(store_url, flash_units=UNITS)
+    seed_sync(store_url, flash_units=UNITS)
     env = {"NEWRETAIL_JWT_KEYS": JWT_SPEC}
     with run_server(store_url, tmp_path / "a", env) as a, \
             run_server(store_url, tmp_path / "b", env) as b:
@@ -162,7 +151,7 @@ def test_acknowledged_orders_survive_restarts(tmp_path: Path) -> None:
     url = store.start()
     env = {"NEWRETAIL_JWT_KEYS": JWT_SPEC}
     try:
-        [mid] = _seed_sync(url, 1)
+        [mid] = seed_sync(url, 1)
         h = _headers(mid)
         with run_server(url, tmp_path / "web", env) as server:
             httpx.post(f"{server.url}/carts/{mid}/items", headers=h,

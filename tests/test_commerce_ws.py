@@ -11,8 +11,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from live.store import connect
-from tests.commerce_helpers import JWT_SPEC, keyring, make_members, seed
+from tests.commerce_helpers import JWT_SPEC, keyring, seed_sync
 from tests.hub_support import Client
 from tests.utils import ServerProcess, run_server
 
@@ -22,17 +21,6 @@ HOST = "host-1"
 
 def token(sub: str, role: str) -> str:
     return keyring().issue(sub, role, ttl=600)  # type: ignore[arg-type]
-
-
-def _seed(store_url: str, members: int = 0, flash_units: int = 0) -> list[str]:
-    async def run() -> list[str]:
-        redis = connect(store_url)
-        try:
-            await seed(redis, flash_units)
-            return await make_members(redis, members, home="store-a")
-        finally:
-            await redis.aclose()
-    return asyncio.run(run())
 
 
 def _session(server: ServerProcess) -> str:
@@ -118,7 +106,7 @@ def test_commerce_ops_over_the_socket(
     """Welcome carries cart, flash sale, stock (and figures for the host); every bad op gets
     its error code; a sale, a cart, a checkout with order before ack, a retried key, coalesced
     stock, host figures and the stop all reach the right people."""
-    [mid] = _seed(store_url, 1)
+    [mid] = seed_sync(store_url, 1)
     with run_server(store_url, tmp_path, ENV) as server:
         asyncio.run(_ops_scenario(server, _session(server), mid))
 
@@ -148,7 +136,7 @@ def test_cart_follows_the_user_across_devices_and_processes(
 ) -> None:
     """A cart is restored in the welcome on another device (on another process), and a
     change on one device reaches the other."""
-    [mid] = _seed(store_url, 1)
+    [mid] = seed_sync(store_url, 1)
     with run_server(store_url, tmp_path / "a", ENV) as a, \
             run_server(store_url, tmp_path / "b", ENV) as b:
         asyncio.run(_devices(a, b, _session(a), mid))
@@ -195,7 +183,7 @@ def test_flash_sale_rush_over_sockets_on_two_processes(
     """600 buyers on sockets spread over two processes try checkout three times each
     (1,800 attempts) on 100 units: exactly 100 orders, each retry gets the same order or
     out_of_stock again, every viewer sees one flash_sale_ended (sold out)."""
-    _seed(store_url, flash_units=100)
+    seed_sync(store_url, flash_units=100)
     with run_server(store_url, tmp_path / "a", ENV) as a, \
             run_server(store_url, tmp_path / "b", ENV) as b:
         out = asyncio.run(_rush([a, b], _session(a), 600))
@@ -233,7 +221,7 @@ def test_expiry_is_announced_once_across_processes(
 ) -> None:
     """A 10 s sale ends by itself: both processes sweep, viewers on each see exactly one
     flash_sale_ended (expired) with one seq, and a late joiner sees no sale."""
-    _seed(store_url)
+    seed_sync(store_url)
     with run_server(store_url, tmp_path / "a", ENV) as a, \
             run_server(store_url, tmp_path / "b", ENV) as b:
         watchers = asyncio.run(_expiry([a, b], _session(a)))
