@@ -37,6 +37,7 @@ KIND_LIMITS: dict[str, int] = {
 }
 JUNK_VALUES = frozenset({"", "0", "-1", "null", "none", "nil", "undefined", "nan", "anonymous"})
 _ZEROS = re.compile(r"[0\s\-.]+")
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a stream entry id; anything else is no entry
 
 
 def _text(value: bytes | str) -> str:
@@ -306,6 +307,8 @@ class Members:
 
     async def undo(self, entry_id: str, actor: str) -> LinkEntry:
         """Reverse one log entry: a link is unlinked, an unlink is linked again."""
+        if not _ENTRY_ID.fullmatch(entry_id):
+            raise not_found(f"link log entry {entry_id!r}")
         found = await self.redis.xrange(LINKLOG, entry_id, entry_id)
         if not found:
             raise not_found(f"link log entry {entry_id!r}")

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -63,6 +64,13 @@ class OutboxSender:
         pipe.ltrim(OUTBOX, 0, self.keep - 1)
         pipe.expire(OUTBOX, 86400)
         await pipe.execute()
+
+    async def forget(self, is_theirs: Callable[[str], bool]) -> None:
+        """Erasure: drop the messages sent to phones ``is_theirs`` says are the member's."""
+        sent: Any = await self.redis.lrange(OUTBOX, 0, -1)
+        for raw in sent:
+            if is_theirs(str(orjson.loads(raw).get("phone", ""))):
+                await self.redis.lrem(OUTBOX, 0, raw)
 
     async def messages(self, limit: int = 50) -> list[dict[str, Any]]:
         raw = await self.redis.lrange(OUTBOX, 0, limit - 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any
 
@@ -125,8 +126,12 @@ async def member_code_svg(request: Request) -> Response:
     claims = require(request, "member")
     code = await identity(request).member_code(claims)
     # A full QR symbol: store scanners often cannot read the Micro QR segno would pick.
-    svg = segno.make_qr(code["code"], error="m").svg_inline(scale=6, border=4)
-    return Response(svg, media_type="image/svg+xml", headers={"cache-control": "no-store"})
+    out = io.BytesIO()
+    # A standalone document (namespace included), so an <img> can draw it as it is.
+    segno.make_qr(code["code"], error="m").save(out, kind="svg", scale=6, border=4,
+                                                xmldecl=False)
+    return Response(out.getvalue(), media_type="image/svg+xml",
+                    headers={"cache-control": "no-store"})
 
 
 async def list_devices(request: Request) -> Response:

@@ -347,6 +347,9 @@ class IdentityService:
                     "erasure_incomplete",
                     "erasure could not finish everywhere; nothing of the member is back, "
                     "retry the request", 503) from exc
+        if self.outbox is not None:
+            phones = {d for k, d in await self.members.identifiers(member_id) if k == "phone"}
+            await self.outbox.forget(lambda p: self.members.digest("phone", p) in phones)
         devices = await self.devices.revoke_all(member_id)
         await self.refresh_tokens.revoke_member(member_id)
         identifiers = await self.members.delete(member_id)

@@ -30,7 +30,7 @@ def cart_key(user: str) -> str:
 
 def parse_sku(value: object) -> Sku:
     """A sku from a client, or ``bad_request`` (the catalog then says whether it exists)."""
-    if not isinstance(value, str) or not _SKU.match(value):
+    if not isinstance(value, str) or not _SKU.fullmatch(value):  # "$" lets "\n" through
         raise bad_request("sku must be a product code of 1 to 64 letters, digits, . _ -")
     return Sku(value)
 
@@ -45,7 +45,7 @@ def parse_qty(value: object, limit: int = MAX_LINE_QTY) -> int:
 
 
 def parse_idempotency_key(value: object) -> str:
-    if not isinstance(value, str) or not _IDEM.match(value):
+    if not isinstance(value, str) or not _IDEM.fullmatch(value):
         raise bad_request("idempotency_key must be 1 to 64 letters, digits or . _ : -")
     return value
 

@@ -22,6 +22,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 MAX_QTY = 1_000_000_000
 WORDS = "nr:catalog:words"  # zset of every title word (score 0), for prefix lookups
 PREFIX_WORDS = 50  # title words a prefix may expand to
+REVISION = "nr:catalog:rev"  # counter moved by every product write: caches of products drop
 
 
 def title_words(title: str) -> set[str]:
@@ -65,7 +66,9 @@ class Catalog:
                 pipe.zadd(WORDS, {w: 0})
             count += 1
             if count % 500 == 0:
+                pipe.incr(REVISION)
                 await pipe.execute()
+        pipe.incr(REVISION)
         await pipe.execute()
         return count
 

@@ -33,6 +33,7 @@ def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
     if settings.redis_url is None:
         embedded = EmbeddedStore(settings.store_dir, fsync=settings.store_fsync)
         os.environ["NEWRETAIL_REDIS_URL"] = embedded.start()
+        embedded.supervise()
     os.environ["NEWRETAIL_VAR_DIR"] = str(settings.var_dir)
     os.environ["NEWRETAIL_MODE"] = settings.mode
     try:
@@ -73,6 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if settings.redis_url is None:
         embedded = EmbeddedStore(settings.store_dir, fsync=settings.store_fsync)
         settings = dataclasses.replace(settings, redis_url=embedded.start())
+        embedded.supervise()
     try:
         asyncio.run(_prepare_demo(settings))
         if not (settings.model_dir / "current").exists():
@@ -166,7 +168,8 @@ async def _import_retail(settings: Settings, path: str, stock: int) -> None:
             pipe.hset(f"nr:stock:{sku}", WAREHOUSE, stock)
         await pipe.execute()
         ids: dict[str, str] = {}
-        for customer in tqdm(sorted(customers), unit="member", desc="members"):
+
+        async def member_for(customer: str) -> None:
             member_id = await svc.members.resolve("loyalty_card", customer)
             if member_id is None:
                 member = await svc.members.create(
@@ -174,8 +177,19 @@ async def _import_retail(settings: Settings, path: str, stock: int) -> None:
                 await svc.members.link(member.id, "loyalty_card", customer)
                 member_id = member.id
             ids[customer] = member_id
+
+        ordered = sorted(customers)
+        with tqdm(total=len(ordered), unit="member", desc="members") as bar:
+            for start in range(0, len(ordered), 64):  # 64 at a time: round trips overlap
+                part = ordered[start:start + 64]
+                await asyncio.gather(*(member_for(c) for c in part))
+                bar.update(len(part))
         events = [Event(ids[r.customer], r.sku, "purchase", r.ts, qty=r.qty) for r in rows]
-        await svc.recommender.record(events)
+        with tqdm(total=len(events), unit="event", desc="events") as bar:
+            for start in range(0, len(events), 10_000):
+                chunk = events[start:start + 10_000]
+                await svc.recommender.record(chunk)
+                bar.update(len(chunk))
     print(f"imported {len(products):,} products, {len(customers):,} members, "
           f"{len(rows):,} purchase events")
 

@@ -17,7 +17,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aredis
@@ -37,9 +38,9 @@ from live.commerce_types import (
 )
 from live.errors import LiveError, not_found
 from live.flash import FlashSale, FlashSales, parse_flash_start
-from live.inventory import Inventory, figures_key
+from live.inventory import CheckoutRequest, Inventory, Reservation, figures_key
 from live.keys import text
-from live.orders import Orders, normalise
+from live.orders import Order, Orders, normalise
 from live.types import Sku
 from recommender.events import EventLog
 from recommender.types import Event
@@ -48,9 +49,12 @@ log = logging.getLogger("newretail.live")
 
 FIGURES_DELAY = 0.25  # host figures are pushed at most this often per session and process
 EXPIRY_SWEEP = 0.25
-# Checkouts and cart changes in flight per process: past this they queue here rather than
-# exhaust the store client's connection pool (a burst of buyers at a flash sale).
+# Cart changes in flight per process: past this they queue here rather than exhaust the
+# store client's connection pool (a burst of buyers at a flash sale).
 STORE_CONCURRENCY = 64
+# Checkouts per script call: bounds how long one call holds the store (each is a few
+# microseconds of Lua).
+CHECKOUT_BATCH = 500
 _STATUS = {"not_found": 404, "out_of_stock": 409, "limit_exceeded": 409, "empty_cart": 409}
 
 
@@ -70,6 +74,28 @@ def _carts_key(session_id: str) -> str:
 
 def _skus_key(session_id: str) -> str:
     return f"nr:figures:{session_id}:skus"
+
+
+EMPTY_CART: CartView = {"lines": [], "count": 0, "total": 0}
+
+
+@dataclass
+class _Waiting:
+    """A checkout waiting for its batch."""
+
+    request: CheckoutRequest
+    tell_buyer: bool
+    future: asyncio.Future[Checkout]
+
+
+def _resolve(w: _Waiting, result: Checkout) -> None:
+    if not w.future.done():  # the buyer may have gone (cancelled); the order stands
+        w.future.set_result(result)
+
+
+def _fail(w: _Waiting, error: Exception) -> None:
+    if not w.future.done():
+        w.future.set_exception(error)
 
 
 class Commerce:
@@ -100,8 +126,14 @@ class Commerce:
         self._figures_due: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._gate = asyncio.Semaphore(STORE_CONCURRENCY)
+        self._queue: list[_Waiting] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._stock_due: dict[tuple[str, str], int] = {}
+        self._stager: asyncio.Task[None] | None = None
         # (products, host) of a live session, when a hub knows its sessions.
         self.session_info: Callable[[str], Awaitable[tuple[list[str], str | None]]] | None = None
+        # Whether a user id was erased (identity's tombstones): their carts stay gone.
+        self.is_erased: Callable[[str], Awaitable[bool]] | None = None
 
     # carts ---------------------------------------------------------------------------
 
@@ -133,6 +165,8 @@ class Commerce:
         """Add units of a product; during a flash sale on it the line carries the sale."""
         _check_role(caller, CART_ROLES, "a cart")
         sku, count = parse_sku(sku), parse_qty(qty)
+        if self.is_erased is not None and await self.is_erased(caller.user):
+            raise LiveError("forbidden", "this user was erased", 403)
         async with self._gate:
             return await self._add_to_cart(caller, sku, count, session_id)
 
@@ -187,6 +221,14 @@ class Commerce:
         """``IdentityService.on_erase`` hook: the member and every id stitched into them."""
         await self.carts.drop(*user_ids)
         await self.erase_member(member_id)
+        # Per-session traces: flash-sale purchase counts go; a session's cart count keeps
+        # its figure with a stand-in that names no one.
+        async for key in self.redis.scan_iter(match="nr:flash:*:bought", count=500):
+            await self.redis.hdel(key, *user_ids)
+        async for key in self.redis.scan_iter(match="nr:figures:*:carts", count=500):
+            for user in user_ids:
+                if await self.redis.srem(key, user):
+                    await self.redis.sadd(key, "erased-" + secrets.token_hex(8))
 
     # checkout ------------------------------------------------------------------------
 
@@ -203,50 +245,113 @@ class Commerce:
             raise LiveError("sign_in_required", "sign in to buy; your cart will follow you", 403)
         _check_role(caller, BUYER_ROLES, "checkout")
         key = parse_idempotency_key(idempotency_key)
-        async with self._gate:
-            return await self._checkout(caller, key, session_id, tell_buyer)
-
-    async def _checkout(
-        self, caller: Caller, key: str, session_id: str | None, tell_buyer: bool,
-    ) -> Checkout:
-        lines = await self.carts.lines(caller.user)
-        now = self.clock()
-        res = await self.inventory.reserve_order(
-            "o_" + secrets.token_hex(8), caller.user, lines, key, now, None, session_id,
-            member_key=MEMBER.format(id=caller.user),
+        waiting = _Waiting(
+            CheckoutRequest("o_" + secrets.token_hex(8), caller.user, key, self.clock(),
+                            session_id, None, MEMBER.format(id=caller.user)),
+            tell_buyer, asyncio.get_running_loop().create_future(),
         )
-        for ended in res.ended:
-            await self._announce_end(ended)
-        if res.replayed and res.order_id:
-            return Checkout(await self.orders.get(res.order_id), True)
-        if res.code or res.order is None:
-            code = res.code or "internal"
-            message = res.message if not res.sku else f"{res.sku}: {res.message}"
-            if code == "empty_cart":
-                message = "the cart is empty"
-            raise LiveError(code, message, _STATUS.get(code, 400))
-        order = normalise(res.order)
-        # The purchase events, the buyer's other devices and the session's stock are
-        # independent of each other: sent together, they delay the acknowledgement once.
-        work: list[Awaitable[Any]] = [self.record([
-            Event(caller.user, line["sku"], "purchase", now, session_id,
-                  line["location"] if line["location"] != "warehouse" else None, line["qty"])
-            for line in order["lines"]
-        ])]
-        if self.notifier is not None:
-            if tell_buyer:
-                work.append(self.notifier.send_to_user(
-                    caller.user, {"type": "order", "order": order}))
-            work.append(self._cart_changed(caller.user))
-            if session_id:
+        self._queue.append(waiting)
+        if self._drainer is None:
+            # Started as a task, so every checkout arriving in this tick joins the batch.
+            self._drainer = asyncio.create_task(self._drain())
+        return await waiting.future
+
+    async def _drain(self) -> None:
+        """Group commit: one script call at a time per process; checkouts that arrive
+        while it runs go together in the next one."""
+        try:
+            while self._queue:
+                batch = self._queue[:CHECKOUT_BATCH]
+                del self._queue[:CHECKOUT_BATCH]
+                try:
+                    results, ended = await self.inventory.reserve_batch(
+                        [w.request for w in batch])
+                except Exception as exc:  # the store failed: every buyer of the batch hears it
+                    for w in batch:
+                        if not w.future.done():
+                            w.future.set_exception(exc)
+                    continue
+                self._spawn(self._settle(batch, results, ended))
+        finally:
+            self._drainer = None
+
+    async def _settle(
+        self, batch: list[_Waiting], results: list[Reservation], ended: tuple[str, ...],
+    ) -> None:
+        """Answer every buyer of a batch as soon as the store has answered (an order is
+        durable by then), then record the purchase events and send the buyers' devices
+        their carts, now empty."""
+        won: list[tuple[_Waiting, Order]] = []
+        for w, res in zip(batch, results, strict=True):
+            if res.replayed:
+                if res.order is not None:
+                    _resolve(w, Checkout(normalise(res.order), True))
+                else:  # the order was removed since: say so rather than guess
+                    _fail(w, not_found(f"order {res.order_id!r}"))
+            elif res.order is None:
+                code = res.code or "internal"
+                message = f"{res.sku}: {res.message}" if res.sku else res.message
+                _fail(w, LiveError(code, message, _STATUS.get(code, 400)))
+            else:
+                order = normalise(res.order)
+                won.append((w, order))
+                _resolve(w, Checkout(order, False))
                 for left in res.left:
-                    units = left.flash_left if left.flash_left >= 0 else left.pool
-                    work.append(self.notifier.publish_coalesced(
-                        session_id, "stock", left.sku, units))
-        await asyncio.gather(*work)
-        if session_id:
+                    if w.request.session_id and self.notifier is not None:
+                        units = left.flash_left if left.flash_left >= 0 else left.pool
+                        self._stock_due[(w.request.session_id, left.sku)] = units
+        if self._stock_due and self._stager is None and self.notifier is not None:
+            self._stager = self._spawn(self._stage_stock())
+        work: list[Awaitable[Any]] = [self._announce_end(sid) for sid in ended]
+        if won:
+            # One call for the whole batch: the recommender's checks and writes are per
+            # call, not per buyer.
+            work.append(self.record([
+                Event(o["member_id"], line["sku"], "purchase", o["created_at"], o["session_id"],
+                      line["location"] if line["location"] != "warehouse" else None,
+                      line["qty"])
+                for _, o in won for line in o["lines"]
+            ]))
+        if self.notifier is not None:
+            for w, order in won:
+                work.append(self.notifier.send_to_user(
+                    order["member_id"], {"type": "cart", "cart": EMPTY_CART}))
+                if w.tell_buyer:
+                    work.append(self.notifier.send_to_user(
+                        order["member_id"], {"type": "order", "order": order}))
+        for failure in await asyncio.gather(*work, return_exceptions=True):
+            if isinstance(failure, BaseException):
+                log.error("after a checkout", exc_info=failure)
+        for session_id in {o["session_id"] for _, o in won if o["session_id"]}:
             self._push_figures(session_id)
-        return Checkout(order, False)
+
+    async def settled(self) -> None:
+        """Wait until the work that follows answered checkouts (purchase events, carts,
+        stock, figures) is done."""
+        while self._tasks or self._drainer:
+            await asyncio.gather(*self._tasks, *([self._drainer] if self._drainer else []),
+                                 return_exceptions=True)
+
+    async def _stage_stock(self) -> None:
+        """Stage the latest stock per (session, sku), one stager per process so a later
+        figure is never overwritten by an earlier one."""
+        try:
+            while self._stock_due and self.notifier is not None:
+                due, self._stock_due = self._stock_due, {}
+                for (session_id, sku), units in due.items():
+                    try:
+                        await self.notifier.publish_coalesced(session_id, "stock", sku, units)
+                    except Exception:  # advisory: the next change stages a newer figure
+                        log.exception("staging stock of %s in session %s failed", sku,
+                                      session_id)
+        finally:
+            self._stager = None
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # flash sales ---------------------------------------------------------------------
 
@@ -327,14 +432,18 @@ class Commerce:
 
     # figures -------------------------------------------------------------------------
 
-    async def session_stock(self, session_id: str) -> dict[str, int]:
-        """Units left of the products sold in this session (the flash sale's for its sku)."""
-        raw: Any = await self.redis.smembers(_skus_key(session_id))
-        products = (await self.session_info(session_id))[0] if self.session_info else []
-        skus = sorted({text(s) for s in raw} | set(products))
+    async def session_stock(
+        self, session_id: str, skus: Sequence[str] | None = None,
+    ) -> dict[str, int]:
+        """Units left of ``skus``, by default the products sold in this session (the flash
+        sale's for its sku)."""
+        if skus is None:
+            raw: Any = await self.redis.smembers(_skus_key(session_id))
+            products = (await self.session_info(session_id))[0] if self.session_info else []
+            skus = sorted({text(s) for s in raw} | set(products))
         stock = await self.inventory.available(skus)
         sale = await self.flash.get(session_id)
-        if sale is not None and sale.running(self.clock()):
+        if sale is not None and sale.running(self.clock()) and sale.sku in stock:
             stock[sale.sku] = max(0, sale.qty_left)
         return stock
 
@@ -368,9 +477,7 @@ class Commerce:
         if self.notifier is None or session_id in self._figures_due:
             return
         self._figures_due.add(session_id)
-        task = asyncio.create_task(self._send_figures(session_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._send_figures(session_id))
 
     async def _send_figures(self, session_id: str) -> None:
         await asyncio.sleep(FIGURES_DELAY)
@@ -386,7 +493,10 @@ class Commerce:
             log.exception("pushing figures of session %s failed", session_id)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        queued, self._queue = self._queue, []
+        for w in queued:  # not sent to the store: nothing was bought
+            _fail(w, LiveError("unavailable", "the server is stopping; try again", 503))
+        for task in [*self._tasks, *([self._drainer] if self._drainer else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

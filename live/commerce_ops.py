@@ -76,6 +76,9 @@ def register_commerce_ops(hub: Hub, commerce: Commerce) -> None:
     async def stock_part(session_id: str, user: str | None) -> Any:
         return await commerce.session_stock(session_id)
 
+    async def stock_now(session_id: str, values: dict[str, Any]) -> dict[str, Any]:
+        return await commerce.session_stock(session_id, sorted(values))
+
     async def figures_part(session_id: str, user: str | None) -> Any:
         if user is None or user not in await commerce.figure_watchers(session_id):
             return None
@@ -85,3 +88,4 @@ def register_commerce_ops(hub: Hub, commerce: Commerce) -> None:
     hub.add_snapshot_part("flash_sale", flash_part)
     hub.add_snapshot_part("stock", stock_part)
     hub.add_snapshot_part("figures", figures_part)
+    hub.add_refresher("stock", stock_now)

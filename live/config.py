@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +12,33 @@ from typing import Literal
 Mode = Literal["dev", "demo", "prod"]
 
 _ROOT = Path(__file__).resolve().parent.parent
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    if not value > 0:
+        raise ValueError(f"{name} must be above 0, got {raw!r}")
+    return value
+
+
+def _addresses(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated addresses or networks (``10.0.0.0/8``); set but empty means none."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    items = tuple(a.strip() for a in raw.split(",") if a.strip())
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {item!r} is not an address or network") from exc
+    return items
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -45,6 +73,13 @@ class Settings:
     ws_max_frame: int = 64 * 1024
     ws_send_buffer: int = 256 * 1024
     store_fsync: str = "always"
+    # Faults and floods (see RELIABILITY.md): how long one store command may take, and
+    # WebSocket handshakes per client address (addresses in ws_trusted are exempt).
+    store_timeout: float = 2.0
+    ws_conn_per_address: int = 256
+    ws_conn_rate: float = 20.0
+    ws_conn_burst: int = 100
+    ws_trusted: tuple[str, ...] = ("127.0.0.1", "::1")
 
     @property
     def model_dir(self) -> Path:
@@ -74,4 +109,9 @@ class Settings:
             ws_max_frame=_int(env, "NEWRETAIL_WS_MAX_FRAME", 64 * 1024),
             ws_send_buffer=_int(env, "NEWRETAIL_WS_SEND_BUFFER", 256 * 1024),
             store_fsync=fsync,
+            store_timeout=_float(env, "NEWRETAIL_STORE_TIMEOUT", 2.0),
+            ws_conn_per_address=_int(env, "NEWRETAIL_WS_CONN_PER_ADDRESS", 256),
+            ws_conn_rate=_float(env, "NEWRETAIL_WS_CONN_RATE", 20.0),
+            ws_conn_burst=_int(env, "NEWRETAIL_WS_CONN_BURST", 100),
+            ws_trusted=_addresses(env, "NEWRETAIL_WS_TRUSTED", ("127.0.0.1", "::1")),
         )

@@ -4,6 +4,7 @@ so a newcomer who opens the viewer page sees a live session at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -17,7 +18,9 @@ import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from identity.codes import member_code
 from identity.tokens import KeyRing
+from identity.types import DeviceIndex
 
 log = logging.getLogger("newretail.live")
 
@@ -33,6 +36,10 @@ VIEWER_LINES = (
     "first time here, hi all", "the price is great", "is shipping free?", "wow",
 )
 REACTIONS = ("heart", "fire", "clap", "wow")
+# Demo members who walk up to the store screen now and then (their phones are in Ofcom's
+# drama range, see live.demo); a check-in shows for a minute, then the screen idles.
+SHOPPER_PHONES = ("+447700900001", "+447700900002", "+447700900004")
+CHECKIN_EVERY = 90.0
 
 
 @dataclass(frozen=True)
@@ -103,10 +110,11 @@ async def run_script(
         for m in member_ids
     ]
     readers = [asyncio.create_task(c.drain()) for c in (host, *viewers)]
+    shoppers = asyncio.create_task(_screen_loop(base, ring, screen_token, stop))
     try:
         await _script_loop(host, viewers, lineup, rng, stop)
     finally:
-        for task in readers:
+        for task in (*readers, shoppers):
             task.cancel()
         for c in (host, *viewers):
             await c.ws.close()
@@ -140,6 +148,37 @@ async def _script_loop(
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         except TimeoutError:
             pass
+
+
+async def _screen_loop(base: str, ring: KeyRing, screen_token: str, stop: asyncio.Event) -> None:
+    """Scripted shoppers sign in once (code from the dev outbox, as a phone would get it
+    by text) and then check in at the store screen in turn with their member code."""
+    admin = {"authorization": f"Bearer {ring.issue('demo-admin', 'admin', ttl=12 * 3600)}"}
+    devices: list[tuple[DeviceIndex, bytes]] = []
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            for phone in SHOPPER_PHONES:
+                (await http.post("/identity/otp/request", json={"phone": phone})).raise_for_status()
+                outbox = (await http.get("/identity/dev/outbox", headers=admin)).json()
+                code = next(m["code"] for m in outbox["messages"] if m["phone"] == phone)
+                signed = (await http.post("/identity/otp/verify", json={
+                    "phone": phone, "code": code, "device_id": "demo-shopper"})).json()
+                devices.append((DeviceIndex(signed["device_index"]),
+                                bytes.fromhex(signed["device_secret"])))
+            turn = 0
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=CHECKIN_EVERY / 3 if turn == 0
+                                           else CHECKIN_EVERY)
+                if stop.is_set():
+                    return
+                index, secret = devices[turn % len(devices)]
+                await http.post("/identity/checkin", json={
+                    "code": member_code(index, secret, time.time())},
+                    headers={"authorization": f"Bearer {screen_token}"})
+                turn += 1
+    except (httpx.HTTPError, KeyError, StopIteration, ValueError):
+        log.exception("the demo's shoppers stopped checking in")
 
 
 def start_in_thread(

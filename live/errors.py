@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, Protocol
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import Request
 from starlette.responses import Response
+
+log = logging.getLogger("newretail.live")
+
+# What the store client raises when the store is down, restarting (``LOADING`` is a
+# ``ConnectionError``) or too slow to answer within ``NEWRETAIL_STORE_TIMEOUT``.
+STORE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+STORE_UNAVAILABLE = "store_unavailable"
+STORE_MESSAGE = "the store is not reachable just now; try again in a moment"
 
 
 class LiveError(Exception):
@@ -62,3 +74,62 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     return error_response("internal", "the server failed to handle this request", 500)
+
+
+def store_unavailable() -> LiveError:
+    """The error for a request or op that needed the store while it was unreachable."""
+    return LiveError(STORE_UNAVAILABLE, STORE_MESSAGE, 503)
+
+
+class _Every:
+    """At most one log line per ``seconds``: an outage fails every request at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
+_store_log = _Every(5.0)
+
+
+class StoreOutageFilter(logging.Filter):
+    """A logging filter: during a store outage every background loop (hub flushes, viewer
+    counts, the flash-sale sweep) fails on each turn; keep one short line per ``seconds``
+    for failures the store caused instead of a traceback each time."""
+
+    def __init__(self, seconds: float = 5.0) -> None:
+        super().__init__()
+        self.every = _Every(seconds)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, STORE_ERRORS):
+            return True
+        if not self.every.due():
+            return False
+        record.msg = f"{record.getMessage()} (store unavailable: {type(exc).__name__})"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def log_store_error(exc: BaseException, where: str) -> None:
+    if _store_log.due():
+        log.warning("store unavailable (%s: %s); answering %s", where,
+                    type(exc).__name__, STORE_UNAVAILABLE)
+
+
+async def handle_store_error(request: Request, exc: Exception) -> Response:
+    """Starlette exception handler: a store outage is a 503 with a retry hint, not a 500."""
+    log_store_error(exc, request.url.path)
+    resp = error_response(STORE_UNAVAILABLE, STORE_MESSAGE, 503)
+    resp.headers["retry-after"] = "1"
+    return resp

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -24,7 +25,7 @@ import orjson
 import redis.asyncio as aredis
 
 from identity.errors import IdentityError
-from live.errors import LiveError
+from live.errors import STORE_ERRORS, LiveError, log_store_error, store_unavailable
 from live.metrics import WS_MESSAGES_SENT
 from live.protocol import (
     Arrival,
@@ -32,17 +33,18 @@ from live.protocol import (
     Coalescer,
     ConnId,
     Format,
+    GcPlan,
     ReplayKind,
     Since,
     check_role,
     classify_arrival,
-    coalesced_event,
+    coalesced_events,
     frame,
     plan_replay,
     replay_complete,
 )
 from live.sessions import SCREEN_CHANNEL, USER_CHANNEL, SessionStore, channel
-from live.wsconn import Conn
+from live.wsconn import Conn, RawConn
 
 log = logging.getLogger("newretail.live")
 
@@ -60,12 +62,15 @@ class OpContext:
 
 OpHandler = Callable[[OpContext, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 SnapshotProvider = Callable[[str, str | None], Awaitable[Any]]
+Refresher = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 # The process re-resyncs a session's viewers (close 4002, they resume) when events it
 # missed are no longer in history.
 CLOSE_RESYNC = 4002
 # Seconds between full rewrites of a session's presence (it expires after three).
 PRESENCE_REFRESH = 20.0
+# A coalesced flush holds its pair this long at most (a process that dies mid-flush).
+FLUSH_HOLD_MS = 5000
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class HubConfig:
     coalesce_interval: float = 0.25
     viewers_interval: float = 1.0
     send_buffer: int = 256 * 1024
+    pubsub: str = "auto"
 
     @classmethod
     def from_env(cls, send_buffer: int) -> HubConfig:
@@ -82,6 +88,7 @@ class HubConfig:
             coalesce_interval=float(os.environ.get("NEWRETAIL_LIVE_COALESCE", "0.25")),
             viewers_interval=float(os.environ.get("NEWRETAIL_LIVE_VIEWERS_EVERY", "1.0")),
             send_buffer=send_buffer,
+            pubsub=os.environ.get("NEWRETAIL_LIVE_PUBSUB", "auto"),
         )
 
 
@@ -121,19 +128,24 @@ class Hub:
     def __init__(self, redis: aredis.Redis, config: HubConfig | None = None) -> None:
         self.redis = redis
         self.config = config or HubConfig()
-        self.store = SessionStore(redis, self.config.history)
+        self.store = SessionStore(redis, self.config.history, self.config.pubsub)
         self.proc = secrets.token_hex(6)
         self.ops: dict[str, Op] = {}
         self.snapshot_parts: dict[str, SnapshotProvider] = {}
+        self.refreshers: dict[str, Refresher] = {}
         self.rooms: dict[str, Room] = {}
         self.by_user: dict[str, set[Conn]] = {}
         self.screens: dict[str, set[Conn]] = {}
         self.coalescer = Coalescer(self.config.coalesce_interval)
+        self.gc_plan = GcPlan()
         self._pubsub: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ids = itertools.count(1)
         self._subscribed: dict[str, asyncio.Event] = {}
+        # Session channels to catch up on once resubscribed after a store outage.
+        self._stale: set[str] = set()
         self._viewer_totals: dict[str, int] = {}
+        self._viewers_due = 0.0
         self._rooms_lock = asyncio.Lock()
         # Joins read the store a few times each; a burst of them must not exhaust the
         # client's connection pool.
@@ -154,6 +166,12 @@ class Hub:
     async def publish(self, session_id: str, event: dict[str, Any]) -> int:
         """A session event to every viewer on every process, in seq order; returns its seq."""
         return await self.store.publish(session_id, event)
+
+    def add_refresher(self, kind: str, refresh: Refresher) -> None:
+        """Coalesced ``kind`` values are re-read with ``await refresh(session_id, values)``
+        when flushed: values staged by several processes may land out of order, and the
+        flush must carry the figures as they are, not the last one staged."""
+        self.refreshers[kind] = refresh
 
     async def publish_coalesced(self, session_id: str, kind: str, key: str, value: Any) -> None:
         """High-rate state: the latest value per key (reactions: the sum) goes out as one
@@ -186,6 +204,8 @@ class Hub:
     # Lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        log.info("session channels: %s pub/sub",
+                 "sharded" if await self.store.sharded() else "plain")
         self._pubsub = self.redis.pubsub()
         await self._pubsub.subscribe(USER_CHANNEL, SCREEN_CHANNEL)
         self._tasks = [
@@ -220,6 +240,9 @@ class Hub:
             reply = await spec.handler(ctx, op.payload)
         except (LiveError, IdentityError):
             raise
+        except STORE_ERRORS as exc:
+            log_store_error(exc, f"op {op.op}")
+            raise store_unavailable() from None
         except Exception:
             log.exception("conn %s: op %s failed", conn.id, op.op)
             raise LiveError("internal", f"{op.op} failed on the server", 500) from None
@@ -240,7 +263,10 @@ class Hub:
                 room = self.rooms[sid] = Room(sid)
                 event = self._subscribed[channel(sid)] = asyncio.Event()
                 try:
-                    await self._pubsub.subscribe(channel(sid))
+                    if await self.store.sharded():
+                        await self._pubsub.ssubscribe(channel(sid))
+                    else:
+                        await self._pubsub.subscribe(channel(sid))
                     await asyncio.wait_for(event.wait(), 10)
                     room.last_seq = max(room.last_seq, await self.store.current_seq(sid))
                 except BaseException:
@@ -291,9 +317,15 @@ class Hub:
             conn.push(self._frame(data, conn.fmt))
         conn.after_seq = current
         conn.joined()
+        if isinstance(conn, RawConn):
+            # Only a server process's own sockets: an app run inside another program
+            # (a test client) leaves that program's collector alone.
+            self.gc_plan.joined(time.monotonic())
         self._promote(room)
 
     def leave(self, conn: Conn) -> None:
+        if conn.after_seq >= 0 and isinstance(conn, RawConn):
+            self.gc_plan.left()
         room = self.rooms.get(conn.session_id)
         if room is not None:
             room.live.pop(conn.id, None)
@@ -354,15 +386,34 @@ class Hub:
                 if msg is None:
                     continue
                 name = msg["channel"].decode()
-                if msg["type"] == "subscribe":
+                kind = msg["type"]
+                if kind == "subscribe" or kind == "ssubscribe":
                     self._subscribed.setdefault(name, asyncio.Event()).set()
-                elif msg["type"] == "message":
+                    if name in self._stale:
+                        self._stale.discard(name)
+                        await self._catch_up(name)
+                elif kind == "message" or kind == "smessage":
                     await self._on_message(name, msg["data"])
             except asyncio.CancelledError:
                 raise
+            except STORE_ERRORS as exc:
+                # The store went away: the client resubscribes when it reconnects, and
+                # each session then catches up on what was published in between.
+                self._stale = {channel(sid) for sid in self.rooms}
+                log_store_error(exc, "hub listener")
+                await asyncio.sleep(0.5)
             except Exception:
                 log.exception("hub listener failed; reconnecting")
                 await asyncio.sleep(0.5)
+
+    async def _catch_up(self, name: str) -> None:
+        """Deliver the events a session got while this process was not subscribed."""
+        sid = name.rsplit(":", 1)[1].strip("{}")
+        room = self.rooms.get(sid)
+        if room is not None and room.ready.is_set():
+            current = await self.store.current_seq(sid)
+            if current > room.last_seq:
+                await self._fill(room, current)
 
     async def _on_message(self, name: str, data: bytes) -> None:
         if name == USER_CHANNEL or name == SCREEN_CHANNEL:
@@ -380,15 +431,21 @@ class Hub:
         if arrival is Arrival.OLD:
             return
         if arrival is Arrival.GAP:
-            missed = await self.store.history_range(sid, room.last_seq + 1, seq - 1)
-            if [s for s, _ in missed] != list(range(room.last_seq + 1, seq)):
-                log.warning("session %s: events %d..%d lost to this process; resyncing",
-                            sid, room.last_seq + 1, seq - 1)
-                for conn in [*room.live.values(), *room.joining.values()]:
-                    conn.close(CLOSE_RESYNC, "resync")
-            for s, d in missed:
-                self.deliver(room, s, d)
+            await self._fill(room, seq - 1)
         self.deliver(room, seq, data)
+
+    async def _fill(self, room: Room, upto: int) -> None:
+        """Deliver events ``room.last_seq + 1 .. upto`` from history; when history no
+        longer holds them all, the room's viewers are told to resume (close 4002)."""
+        sid = room.sid
+        missed = await self.store.history_range(sid, room.last_seq + 1, upto)
+        if [s for s, _ in missed] != list(range(room.last_seq + 1, upto + 1)):
+            log.warning("session %s: events %d..%d lost to this process; resyncing",
+                        sid, room.last_seq + 1, upto)
+            for conn in [*room.live.values(), *room.joining.values()]:
+                conn.close(CLOSE_RESYNC, "resync")
+        for s, d in missed:
+            self.deliver(room, s, d)
 
     def deliver(self, room: Room, seq: int, data: bytes) -> None:
         """Write one event to every local viewer: one frame per format, same bytes."""
@@ -411,8 +468,6 @@ class Hub:
             self._promote(room)
         if sent:
             WS_MESSAGES_SENT.labels("event").inc(sent)
-        if room.live and any(c.closed for c in room.live.values()):
-            room.live = {cid: c for cid, c in room.live.items() if not c.closed}
 
     # Coalescing and viewer counts ---------------------------------------------------------
 
@@ -422,21 +477,43 @@ class Hub:
             await asyncio.sleep(self.config.coalesce_interval / 2)
             for sid, kind in self.coalescer.due(time.monotonic()):
                 try:
-                    values = await self.store.drain(sid, kind, interval_ms)
+                    values = await self.store.drain(sid, kind, FLUSH_HOLD_MS)
                     if values is None:
                         self.coalescer.retry(sid, kind)
-                    elif values:
-                        await self.store.publish(sid, coalesced_event(kind, values))
+                        continue
+                    refresh = self.refreshers.get(kind)
+                    if values and refresh is not None:
+                        values = await refresh(sid, values)
+                    for event in coalesced_events(kind, values):
+                        await self.store.publish(sid, event)
+                    await self.store.flushed(sid, kind, interval_ms)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("session %s: flushing %s failed", sid, kind)
                     self.coalescer.retry(sid, kind)
 
+    def _tend_gc(self) -> None:
+        step = self.gc_plan.due(time.monotonic())
+        if step == "compact":
+            started, before = time.perf_counter(), gc.get_freeze_count()
+            gc.unfreeze()
+            found = gc.collect()
+            gc.freeze()
+            log.info("gc: %d frozen objects, %d unreachable collected, in %.0f ms", before,
+                     found, (time.perf_counter() - started) * 1000)
+        elif step == "freeze":
+            gc.freeze()
+            log.info("gc: %d objects frozen after a wave of joins", gc.get_freeze_count())
+
     async def _viewers_loop(self) -> None:
         every = self.config.viewers_interval
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(min(every, self.gc_plan.settle))
+            self._tend_gc()
+            if time.monotonic() < self._viewers_due:
+                continue
+            self._viewers_due = time.monotonic() + every
             try:
                 await self.report_viewers(ttl=max(5.0, every * 5))
             except asyncio.CancelledError:
@@ -477,4 +554,7 @@ class Hub:
             del self.rooms[sid]
             self._viewer_totals.pop(sid, None)
             self._subscribed.pop(channel(sid), None)
-            await self._pubsub.unsubscribe(channel(sid))
+            if await self.store.sharded():
+                await self._pubsub.sunsubscribe(channel(sid))
+            else:
+                await self._pubsub.unsubscribe(channel(sid))

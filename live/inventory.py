@@ -5,11 +5,12 @@ Stock is one hash per sku (``location -> units``). A live session sells from the
 one location: the member's home store when it has the units (same-hour pick-up or
 delivery), else the location holding the most (ties: the first by name).
 
-Checkout is one Lua script: it checks every line (product, flash sale, per-member limit,
-a location with the units) before it writes anything, then decrements the stock, writes
-the order, its indexes and the idempotency record, and empties the bought lines from the
-cart. The server runs a script alone, so no interleaving of buyers, in any number of web
-processes, can take a count below zero, and a failed check changes nothing.
+Checkout is one Lua script: for each cart it checks every line (product, flash sale,
+per-member limit, a location with the units) before it writes anything, then decrements
+the stock, writes the order, its indexes and the idempotency record, and empties the cart.
+The server runs a script alone, so no interleaving of buyers, in any number of web
+processes, can take a count below zero, and a failed check changes nothing. One call
+takes a batch of checkouts (those that arrived together), each still all or nothing.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import orjson
 import redis.asyncio as aredis
 
 from live import keys
-from live.carts import CartLine, cart_key
+from live.carts import cart_key
 from live.keys import text
 
 IDEMPOTENCY_TTL = 7 * 86400
 FLASH_ACTIVE = "nr:flash:active"  # zset: session id -> ends_at of its running sale
-NO_KEY = "nr:flash:-"  # stands for "no flash sale / no session" in the script's KEYS
 
 
 def flash_key(session_id: str) -> str:
@@ -53,8 +53,11 @@ def member_orders_key(member_id: str) -> str:
     return f"nr:orders:member:{member_id}"
 
 
+IDEMPOTENCY_PREFIX = "nr:idem:"
+
+
 def idempotency_key(user: str, key: str) -> str:
-    return f"nr:idem:{user}:{key}"
+    return f"{IDEMPOTENCY_PREFIX}{user}:{key}"
 
 
 def choose_location(stock: Mapping[str, int], qty: int, home: str | None) -> str | None:
@@ -78,57 +81,84 @@ def pool(stock: Mapping[str, int]) -> int:
     return sum(max(0, units) for units in stock.values())
 
 
+# One call checks out a batch of carts, one after another, each all or nothing (group
+# commit: one round trip and one fsync serve every checkout that arrived together). Each
+# cart is read here, inside the script, so nothing can change it between the read and the
+# reservation; the keys of its lines follow from the cart, so they are built here from the
+# prefixes in ARGV (this needs one store, not a cluster).
+# KEYS: orders index, running flash sales.
+# ARGV: idempotency ttl, key prefixes (idempotency, cart, order, member orders, figures,
+# flash sale, product, stock), then per checkout: order id, member, idempotency key, now,
+# session ('' none), home store ('' read it from the member record), member record key.
 _CHECKOUT = """
-local existing = redis.call('GET', KEYS[1])
-if existing then return {'dup', existing} end
-local n = tonumber(ARGV[8])
-if n == 0 then return {'err', 'empty_cart', '', '', ''} end
-local member, home, now, session, only = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[7]
-if home == '' then home = redis.call('HGET', KEYS[8], 'home_store') or '' end
+local ttl = ARGV[1]
+local P_IDEM, P_CART, P_ORDER, P_MORDERS = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local P_FIG, P_FLASH, P_PRODUCT, P_STOCK = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local HEAD, STRIDE = 9, 7
 local ended = {}
-local function end_sale(fkey, sid, reason)
-  redis.call('HSET', fkey, 'state', 'ended', 'reason', reason, 'ended_at', ARGV[4])
-  redis.call('ZREM', KEYS[7], sid)
+local function end_sale(fkey, sid, reason, at)
+  redis.call('HSET', fkey, 'state', 'ended', 'reason', reason, 'ended_at', at)
+  redis.call('ZREM', KEYS[2], sid)
   table.insert(ended, sid)
 end
-local plan = {}
-for i = 1, n do
-  local a, k = 8 + (i - 1) * 3, 8 + (i - 1) * 4
-  local sku, qty, sale = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
-  local pkey, skey, fkey, bkey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local price = redis.call('HGET', pkey, 'price')
-  if not price then
-    return {'err', 'not_found', sku, 'unknown product', table.concat(ended, ',')}
+local function by_sku(a, b) return a.sku < b.sku end
+
+local function checkout(order_id, member, idem, at, session, home, mkey)
+  local ikey = P_IDEM .. member .. ':' .. idem
+  local existing = redis.call('GET', ikey)
+  if existing then
+    return {'dup', existing, redis.call('GET', P_ORDER .. existing) or ''}
   end
-  local cents = math.floor(tonumber(price) * 100 + 0.5)
-  local flash = nil
-  local f = redis.call('HMGET', fkey, 'id', 'sku', 'state', 'ends_at', 'price', 'qty_left',
-                       'limit', 'session')
-  local live = f[1] and f[2] == sku and f[3] == 'active'
-  if live and now >= tonumber(f[4]) then
-    end_sale(fkey, f[8], 'expired')
-    live = false
+  local ckey = P_CART .. member
+  local raw = redis.call('HGETALL', ckey)
+  if #raw == 0 then return {'err', 'empty_cart', '', 'the cart is empty'} end
+  local now = tonumber(at)
+  local lines = {}
+  for j = 1, #raw, 2 do
+    local qty, lsession, lsale = string.match(raw[j + 1], '^(%d+)|?([^|]*)|?(.*)$')
+    lines[#lines + 1] = {sku = raw[j], qty = tonumber(qty), session = lsession, sale = lsale}
   end
-  if live and (sale == '' or sale == f[1]) then
-    flash = {left = tonumber(f[6]), limit = tonumber(f[7]), sid = f[8]}
-    if flash.left < qty then
-      return {'err', 'out_of_stock', sku, 'the flash sale is sold out', table.concat(ended, ',')}
+  table.sort(lines, by_sku)
+  if home == '' and mkey ~= '' then home = redis.call('HGET', mkey, 'home_store') or '' end
+  local plan = {}
+  for i, line in ipairs(lines) do
+    local sku, qty, sale = line.sku, line.qty, line.sale
+    local price = redis.call('HGET', P_PRODUCT .. sku, 'price')
+    if not price then return {'err', 'not_found', sku, 'unknown product'} end
+    local cents = math.floor(tonumber(price) * 100 + 0.5)
+    local ss = session
+    if sale ~= '' then ss = line.session end
+    if sale ~= '' and ss == '' then
+      return {'err', 'out_of_stock', sku, 'the flash sale has ended'}
     end
-    if flash.limit > 0 then
-      local had = tonumber(redis.call('HGET', bkey, member) or '0')
-      if had + qty > flash.limit then
-        return {'err', 'limit_exceeded', sku, 'at most ' .. flash.limit .. ' per member',
-                table.concat(ended, ',')}
+    local fkey, bkey, flash = nil, nil, nil
+    if ss ~= '' then
+      fkey, bkey = P_FLASH .. ss, P_FLASH .. ss .. ':bought'
+      local f = redis.call('HMGET', fkey, 'id', 'sku', 'state', 'ends_at', 'price', 'qty_left',
+                           'limit', 'session')
+      local live = f[1] and f[2] == sku and f[3] == 'active'
+      if live and now >= tonumber(f[4]) then
+        end_sale(fkey, f[8], 'expired', at)
+        live = false
+      end
+      if live and (sale == '' or sale == f[1]) then
+        flash = {left = tonumber(f[6]), limit = tonumber(f[7]), sid = f[8]}
+        if flash.left < qty then
+          return {'err', 'out_of_stock', sku, 'the flash sale is sold out'}
+        end
+        if flash.limit > 0 then
+          local had = tonumber(redis.call('HGET', bkey, member) or '0')
+          if had + qty > flash.limit then
+            return {'err', 'limit_exceeded', sku, 'at most ' .. flash.limit .. ' per member'}
+          end
+        end
+        cents = math.floor(tonumber(f[5]) * 100 + 0.5)
+      elseif sale ~= '' then
+        return {'err', 'out_of_stock', sku, 'the flash sale has ended'}
       end
     end
-    cents = math.floor(tonumber(f[5]) * 100 + 0.5)
-  elseif sale ~= '' then
-    return {'err', 'out_of_stock', sku, 'the flash sale has ended', table.concat(ended, ',')}
-  end
-  local loc = nil
-  if only ~= '' then
-    if tonumber(redis.call('HGET', skey, only) or '0') >= qty then loc = only end
-  else
+    local skey = P_STOCK .. sku
+    local loc = nil
     if home ~= '' and tonumber(redis.call('HGET', skey, home) or '0') >= qty then loc = home end
     if not loc then
       local stock, best = redis.call('HGETALL', skey), -1
@@ -137,51 +167,49 @@ for i = 1, n do
         if v >= qty and (v > best or (v == best and l < loc)) then loc, best = l, v end
       end
     end
+    if not loc then return {'err', 'out_of_stock', sku, 'not enough units in stock'} end
+    plan[i] = {sku = sku, qty = qty, cents = cents, loc = loc, skey = skey, fkey = fkey,
+               bkey = bkey, flash = flash}
   end
-  if not loc then
-    return {'err', 'out_of_stock', sku, 'not enough units in stock', table.concat(ended, ',')}
-  end
-  plan[i] = {sku = sku, qty = qty, cents = cents, loc = loc, skey = skey, fkey = fkey,
-             bkey = bkey, flash = flash}
-end
-local total, lines, left = 0, {}, {}
-for i = 1, n do
-  local p = plan[i]
-  redis.call('HINCRBY', p.skey, p.loc, -p.qty)
-  local units = 0
-  local vals = redis.call('HVALS', p.skey)
-  for j = 1, #vals do units = units + math.max(0, tonumber(vals[j])) end
-  local flash_left = -1
-  if p.flash then
-    flash_left = redis.call('HINCRBY', p.fkey, 'qty_left', -p.qty)
-    redis.call('HINCRBY', p.bkey, member, p.qty)
-    if flash_left == 0 then end_sale(p.fkey, p.flash.sid, 'sold_out') end
-  end
-  total = total + p.cents * p.qty
-  lines[i] = {sku = p.sku, qty = p.qty, price = p.cents / 100, location = p.loc}
-  left[i] = {sku = p.sku, pool = units, flash_left = flash_left}
-  local cur = redis.call('HGET', KEYS[2], p.sku)
-  if cur then
-    local rest = tonumber(string.match(cur, '^(%d+)')) - p.qty
-    if rest > 0 then
-      redis.call('HSET', KEYS[2], p.sku, rest .. string.match(cur, '^%d+(.*)$'))
-    else
-      redis.call('HDEL', KEYS[2], p.sku)
+  local total, olines, left = 0, {}, {}
+  for i, p in ipairs(plan) do
+    redis.call('HINCRBY', p.skey, p.loc, -p.qty)
+    local units = 0
+    local vals = redis.call('HVALS', p.skey)
+    for j = 1, #vals do units = units + math.max(0, tonumber(vals[j])) end
+    local flash_left = -1
+    if p.flash then
+      flash_left = redis.call('HINCRBY', p.fkey, 'qty_left', -p.qty)
+      redis.call('HINCRBY', p.bkey, member, p.qty)
+      if flash_left == 0 then end_sale(p.fkey, p.flash.sid, 'sold_out', at) end
     end
+    total = total + p.cents * p.qty
+    olines[i] = {sku = p.sku, qty = p.qty, price = p.cents / 100, location = p.loc}
+    left[i] = {sku = p.sku, pool = units, flash_left = flash_left}
   end
+  -- Every line of the cart was bought whole: the cart is now empty.
+  redis.call('DEL', ckey)
+  local order = cjson.encode({id = order_id, member_id = member, lines = olines,
+    total = total / 100, status = 'confirmed', created_at = now,
+    session_id = session ~= '' and session or cjson.null})
+  redis.call('SET', P_ORDER .. order_id, order)
+  redis.call('ZADD', KEYS[1], now, order_id)
+  redis.call('ZADD', P_MORDERS .. member, now, order_id)
+  redis.call('SET', ikey, order_id, 'EX', ttl)
+  if session ~= '' then
+    redis.call('HINCRBY', P_FIG .. session, 'orders', 1)
+    redis.call('HINCRBY', P_FIG .. session, 'revenue_cents', total)
+  end
+  return {'ok', order, cjson.encode(left)}
 end
-local order = cjson.encode({id = ARGV[1], member_id = member, lines = lines,
-  total = total / 100, status = 'confirmed', created_at = now,
-  session_id = session ~= '' and session or cjson.null})
-redis.call('SET', KEYS[3], order)
-redis.call('ZADD', KEYS[4], now, ARGV[1])
-redis.call('ZADD', KEYS[5], now, ARGV[1])
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[6])
-if session ~= '' then
-  redis.call('HINCRBY', KEYS[6], 'orders', 1)
-  redis.call('HINCRBY', KEYS[6], 'revenue_cents', total)
+
+local out = {''}
+for c = HEAD, #ARGV - 1, STRIDE do
+  out[#out + 1] = checkout(ARGV[c + 1], ARGV[c + 2], ARGV[c + 3], ARGV[c + 4], ARGV[c + 5],
+                           ARGV[c + 6], ARGV[c + 7])
 end
-return {'ok', order, cjson.encode(left), table.concat(ended, ',')}
+out[1] = table.concat(ended, ',')
+return out
 """
 
 
@@ -195,13 +223,29 @@ class StockLeft:
 
 
 @dataclass(frozen=True)
-class Reservation:
-    """What the checkout script did.
+class CheckoutRequest:
+    """One checkout of a batch: the whole cart of ``user`` becomes order ``order_id``.
 
-    ``order`` is the order as stored (``replayed`` when the idempotency key had been
-    used: then it is the first order and nothing else changed); ``code``/``sku``/
-    ``message`` say why nothing was reserved; ``ended`` lists sessions whose flash
-    sale this script ended (sold out or found expired), to announce exactly once.
+    ``member_key`` names the member record the script reads the home store from when
+    ``home_store`` is not given.
+    """
+
+    order_id: str
+    user: str
+    idempotency: str
+    now: float
+    session_id: str | None = None
+    home_store: str | None = None
+    member_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What the checkout script did for one checkout.
+
+    ``order`` is the order as stored; ``replayed`` when the idempotency key had been used
+    (then ``order`` is the first order and nothing changed); ``code``/``sku``/``message``
+    say why nothing was reserved; ``left`` is the stock after an order.
     """
 
     order: dict[str, Any] | None = None
@@ -211,34 +255,53 @@ class Reservation:
     sku: str | None = None
     message: str = ""
     left: tuple[StockLeft, ...] = ()
-    ended: tuple[str, ...] = ()
 
 
-def _ended(raw: Any) -> tuple[str, ...]:
-    return tuple(s for s in text(raw).split(",") if s)
+# The key prefixes the script builds its keys from (ARGV 2-9).
+_PREFIXES = (
+    IDEMPOTENCY_PREFIX, cart_key(""), order_key(""), member_orders_key(""),
+    figures_key(""), flash_key(""), keys.product(""), keys.stock(""),
+)
 
 
-def parse_reply(reply: Sequence[Any]) -> Reservation:
-    """The checkout script's reply as a ``Reservation`` (pure; tested without a store)."""
-    kind = text(reply[0])
+def checkout_args(requests: Sequence[CheckoutRequest]) -> list[Any]:
+    """The script's ARGV for a batch (pure)."""
+    args: list[Any] = [IDEMPOTENCY_TTL, *_PREFIXES]
+    for r in requests:
+        args += [r.order_id, r.user, r.idempotency, f"{r.now:.3f}", r.session_id or "",
+                 r.home_store or "", r.member_key or ""]
+    return args
+
+
+def parse_result(result: Sequence[Any]) -> Reservation:
+    """One checkout's part of the script's reply as a ``Reservation`` (pure)."""
+    kind = text(result[0])
     if kind == "dup":
-        return Reservation(order_id=text(reply[1]), replayed=True)
+        raw = result[2]
+        return Reservation(order=orjson.loads(raw) if raw else None,
+                           order_id=text(result[1]), replayed=True)
     if kind == "err":
-        return Reservation(code=text(reply[1]), sku=text(reply[2]) or None,
-                           message=text(reply[3]), ended=_ended(reply[4]))
+        return Reservation(code=text(result[1]), sku=text(result[2]) or None,
+                           message=text(result[3]))
     if kind != "ok":
         raise ValueError(f"unexpected checkout reply {kind!r}")
-    order = orjson.loads(reply[1])
-    left = orjson.loads(reply[2])
+    order = orjson.loads(result[1])
     return Reservation(
         order=order, order_id=order["id"],
-        left=tuple(StockLeft(x["sku"], int(x["pool"]), int(x["flash_left"])) for x in left),
-        ended=_ended(reply[3]),
+        left=tuple(StockLeft(x["sku"], int(x["pool"]), int(x["flash_left"]))
+                   for x in orjson.loads(result[2])),
     )
 
 
+def parse_batch(reply: Sequence[Any]) -> tuple[list[Reservation], tuple[str, ...]]:
+    """The script's reply: one ``Reservation`` per checkout, in order, and the sessions
+    whose flash sale the batch ended (sold out or found expired), to announce once."""
+    ended = tuple(s for s in text(reply[0]).split(",") if s)
+    return [parse_result(r) for r in reply[1:]], ended
+
+
 class Inventory:
-    """Stock reads and the atomic reservation of an order."""
+    """Stock reads and the atomic reservation of orders."""
 
     def __init__(self, redis: aredis.Redis) -> None:
         self.redis = redis
@@ -255,39 +318,17 @@ class Inventory:
             out[sku] = max(0, stock.get(store, 0)) if store else pool(stock)
         return out
 
-    async def reserve_order(
-        self,
-        order_id: str,
-        user: str,
-        lines: Sequence[CartLine],
-        idempotency: str,
-        now: float,
-        home_store: str | None = None,
-        session_id: str | None = None,
-        only_location: str | None = None,
-        member_key: str | None = None,
-    ) -> Reservation:
-        """Reserve every line and write the order, or nothing (see the module doc).
+    async def reserve_batch(
+        self, requests: Sequence[CheckoutRequest],
+    ) -> tuple[list[Reservation], tuple[str, ...]]:
+        """Check out every request in one script call, one after another, each all or
+        nothing (see the module doc); returns their outcomes and the sessions whose
+        flash sale ended."""
+        reply: Any = await self._checkout(keys=[ORDERS, FLASH_ACTIVE],
+                                          args=checkout_args(requests))
+        return parse_batch(reply)
 
-        Without ``home_store`` the script reads it from the member record at
-        ``member_key`` (one round trip less on the hot path).
-        """
-        script_keys = [
-            idempotency_key(user, idempotency), cart_key(user), order_key(order_id), ORDERS,
-            member_orders_key(user), figures_key(session_id) if session_id else NO_KEY,
-            FLASH_ACTIVE, member_key or NO_KEY,
-        ]
-        args: list[Any] = [
-            order_id, user, home_store or "", f"{now:.3f}", session_id or "",
-            IDEMPOTENCY_TTL, only_location or "", len(lines),
-        ]
-        for line in lines:
-            sale_session = line.session if line.sale else session_id
-            script_keys += [
-                keys.product(line.sku), keys.stock(line.sku),
-                flash_key(sale_session) if sale_session else NO_KEY,
-                flash_bought_key(sale_session) if sale_session else NO_KEY,
-            ]
-            args += [line.sku, line.qty, line.sale or ""]
-        reply: Any = await self._checkout(keys=script_keys, args=args)
-        return parse_reply(reply)
+    async def reserve_order(self, request: CheckoutRequest) -> tuple[Reservation, tuple[str, ...]]:
+        """One checkout on its own."""
+        results, ended = await self.reserve_batch([request])
+        return results[0], ended

@@ -3,112 +3,229 @@ consent and tier, and the routes ``GET /offers``, ``POST /events`` and host sugg
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import orjson
+from prometheus_client import Gauge
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from identity.auth import require
-from identity.members import Members
-from live.catalog import Catalog
+from identity.members import Member, Members, member_from
+from live import keys
+from live.catalog import REVISION, Catalog
 from live.errors import LiveError, bad_request
 from live.keys import text
 from live.routes import int_param, json_response, read_json
-from recommender.rank import Candidate, Offer, ProductInfo, compose_offers
-from recommender.service import Recommender
+from recommender.events import erased_tag
+from recommender.rank import Candidate, Offer, ProductInfo, compose_offers, is_offerable
+from recommender.service import ERASED, History, Recommender, history_key, parse_history
 from recommender.types import EVENT_KINDS, Event
+
+log = logging.getLogger("newretail.live")
 
 SkuList = Callable[[str], Awaitable[list[str]]]
 OVERFETCH = 4
-PRODUCT_TTL = 30.0
 PRODUCT_CACHE_MAX = 200_000
 MAX_EVENTS = 500
 
+USERS_GAUGE = Gauge("newretail_rec_model_users",
+                    "Users whose trained factors this process holds (erased ones dropped)")
+PRODUCTS_GAUGE = Gauge("newretail_offers_products_cached",
+                       "Products whose title, category and price this process has cached")
+
+# One trip for what an offer needs to know about the member: their record, their recent
+# history only when they gave personalization consent (so none of it is even read
+# otherwise), whether the recommender erased them, and the catalog's revision (the
+# product cache's invalidation). KEYS: member, history, erased set, catalog revision;
+# ARGV: the member's erased tag.
+_CONTEXT = """
+local member = redis.call('HGETALL', KEYS[1])
+local hist = {}
+local consent = redis.call('HGET', KEYS[1], 'consent')
+if consent then
+  local ok, c = pcall(cjson.decode, consent)
+  if ok and type(c) == 'table' and type(c.personalization) == 'table'
+      and c.personalization.given == true then
+    hist = redis.call('LRANGE', KEYS[2], 0, -1)
+  end
+end
+return {member, hist, redis.call('SISMEMBER', KEYS[3], ARGV[1]),
+        redis.call('GET', KEYS[4]) or '0'}
+"""
+
+# Units of each product at one location (ARGV[1]) or summed over all (ARGV[1] empty), for
+# every over-fetched candidate in one trip. KEYS: the products' stock hashes.
+_STOCK = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if ARGV[1] ~= '' then
+    out[i] = tonumber(redis.call('HGET', key, ARGV[1]) or '0') or 0
+  else
+    local units = 0
+    for _, v in ipairs(redis.call('HVALS', key)) do units = units + (tonumber(v) or 0) end
+    out[i] = units
+  end
+end
+return out
+"""
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("product cache warm-up stopped (offers read products as needed)",
+                    exc_info=task.exception())
+
+
+def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
 
 class OfferService:
-    """Offers for a member at a place, and suggestions for a host."""
+    """Offers for a member at a place, and suggestions for a host.
+
+    An offer costs two store trips: the member's context (one script), then the stock of
+    every over-fetched candidate (one script). Product titles, categories and prices are
+    cached in the process and dropped whenever the catalog's revision moves."""
 
     def __init__(self, recommender: Recommender, catalog: Catalog, members: Members,
-                 session_products: SkuList, product_ttl: float = PRODUCT_TTL) -> None:
+                 session_products: SkuList) -> None:
         self.recommender = recommender
         self.catalog = catalog
         self.members = members
         self.session_products = session_products
-        self.product_ttl = product_ttl
-        # titles, categories and prices change rarely; stock is always read fresh
-        self._product_cache: dict[str, tuple[float, ProductInfo | None]] = {}
+        redis = catalog.redis
+        self._context = redis.register_script(_CONTEXT)
+        self._stock = redis.register_script(_STOCK)
+        self._product_cache: dict[str, ProductInfo | None] = {}
+        self._catalog_rev: bytes | str = b""
+        self._warming: asyncio.Task[None] | None = None
+        USERS_GAUGE.set_function(recommender.user_count)
+        PRODUCTS_GAUGE.set_function(lambda: len(self._product_cache))
 
     async def _in_stock(self, skus: list[str], store_id: str | None) -> set[str]:
-        pipe = self.catalog.redis.pipeline(transaction=False)
-        for sku in skus:
-            if store_id:
-                pipe.hget(f"nr:stock:{sku}", store_id)
-            else:
-                pipe.hvals(f"nr:stock:{sku}")
-        out = set()
-        for sku, raw in zip(skus, await pipe.execute(), strict=True):
-            units = (int(raw) if raw else 0) if store_id else sum(int(v) for v in raw)
-            if units > 0:
-                out.add(sku)
-        return out
+        if not skus:
+            return set()
+        units: Any = await self._stock(keys=[keys.stock(s) for s in skus], args=[store_id or ""])
+        return {s for s, u in zip(skus, units, strict=True) if u > 0}
 
     async def _catalog_head(self, k: int) -> list[Candidate]:
-        first: Any = await self.catalog.redis.zrange("nr:catalog", 0, k)
+        first: Any = await self.catalog.redis.zrange(keys.CATALOG, 0, k)
         return [Candidate(text(s), 0.0, "trending") for s in first]
 
-    async def _products(self, skus: list[str]) -> dict[str, ProductInfo]:
-        now = time.monotonic()
+    def _see_revision(self, rev: bytes | str) -> None:
+        if rev != self._catalog_rev:
+            self._product_cache.clear()
+            self._catalog_rev = rev
+            if self._warming is None or self._warming.done():
+                self._warming = asyncio.get_running_loop().create_task(self._warm_products())
+                self._warming.add_done_callback(_log_failure)
+
+    async def products_warmed(self) -> None:
+        """Wait until the product cache holds the whole catalog (benchmarks wait on it)."""
+        if self._warming is None:
+            self._see_revision(await self.catalog.redis.get(REVISION) or b"0")
+        if self._warming is not None:
+            await self._warming
+
+    async def _warm_products(self, chunk: int = 500) -> None:
+        """Fill the product cache with the whole catalog, a chunk at a time between
+        requests, so offers stop paying a trip for titles once a process has run a while."""
+        rev = self._catalog_rev
+        skus = await self.catalog.all_skus()
+        for start in range(0, len(skus), chunk):
+            if self._catalog_rev != rev or len(self._product_cache) > PRODUCT_CACHE_MAX:
+                return  # the catalog moved on: the next request starts a new warm-up
+            part = [s for s in skus[start:start + chunk] if s not in self._product_cache]
+            if part:
+                await self._products(part)
+
+    async def _products(self, skus: Sequence[str]) -> dict[str, ProductInfo]:
         cache = self._product_cache
-        missing = [s for s in skus if s not in cache or cache[s][0] < now]
+        out: dict[str, ProductInfo] = {}
+        missing = []
+        for sku in skus:
+            if sku in cache:
+                info = cache[sku]
+                if info is not None:
+                    out[sku] = info
+            else:
+                missing.append(sku)
         if missing:
+            rev = self._catalog_rev
+            fetched = await self.catalog.get_many(missing)
+            keep = rev == self._catalog_rev  # read under a revision since dropped: no caching
             if len(cache) > PRODUCT_CACHE_MAX:
                 cache.clear()
-            for sku, p in zip(missing, await self.catalog.get_many(missing), strict=True):
+            for sku, p in zip(missing, fetched, strict=True):
                 info = ProductInfo(p.title, p.category, p.price) if p else None
-                cache[sku] = (now + self.product_ttl, info)
-        out = {}
-        for sku in skus:
-            info = cache[sku][1]
-            if info is not None:
-                out[sku] = info
+                if keep:
+                    cache[sku] = info
+                if info is not None:
+                    out[sku] = info
         return out
+
+    async def _member_context(self, member_id: str) -> tuple[Member, History, bool]:
+        """The member, their history (empty without consent) and whether erased."""
+        rec = self.recommender
+        raw: Any = await self._context(
+            keys=[Members.key(member_id), history_key(member_id), ERASED, REVISION],
+            args=[erased_tag(member_id)])
+        member_raw, hist_raw, erased, rev = raw
+        if not member_raw:
+            raise LiveError("not_found", f"member {member_id!r} not found", 404)
+        self._see_revision(rev)
+        member = member_from(_pairs(member_raw))
+        if erased:
+            rec.forget([member_id])
+        return member, parse_history(hist_raw), bool(erased)
 
     async def offers(self, member_id: str | None, n: int, store_id: str | None,
                      session_id: str | None) -> dict[str, Any]:
         """The spec's ``/offers`` body: in stock at ``store_id`` (anywhere when none),
         personal only with the member's ``personalization`` consent."""
         started = time.perf_counter()
+        rec = self.recommender
         tier, personalized = "member", False
+        hist: History = []
         if member_id is not None:
-            member = await self.members.get(member_id)
-            tier, personalized = member.tier, member.consents_to("personalization")
+            member, hist, erased = await self._member_context(member_id)
+            tier = member.tier
+            personalized = member.consents_to("personalization") and not erased
+        else:
+            self._see_revision(await self.catalog.redis.get(REVISION) or b"0")
         user = member_id if personalized else None
+        vec = rec.vector(user, hist) if user is not None else None
         candidates: list[Candidate] = []
         if session_id:
             live = await self.session_products(session_id)
-            candidates += (await self.recommender.rank_within(user, live))[: max(1, n // 3)]
-        out_of_stock: set[str] = set()
+            candidates += rec.rank_session(vec, live)[: max(1, n // 3)]
+        checked: dict[str, bool] = {}  # sku -> in stock, read once per request
         want = n * OVERFETCH
         offers: list[Offer] = []
         for _attempt in range(3):
+            out_of_stock = {s for s, ok in checked.items() if not ok}
             pool = list(candidates)
             if user is not None:
-                pool += await self.recommender.personal(user, want, out_of_stock)
+                pool += rec.blend_personal(user, hist, vec, want, out_of_stock)
             short = max(n, want - len(pool))  # trending fills what personal left short
-            pool += await self.recommender.trending(short + len(out_of_stock))
+            pool += await rec.trending(short + len(out_of_stock))
             if len(pool) < want + len(out_of_stock):  # a new shop: nothing trends yet
                 pool += await self._catalog_head(want + len(out_of_stock))
-            skus = list(dict.fromkeys(c.sku for c in pool))
-            in_stock: set[str] = set()
-            for start in range(0, len(skus), 2 * n):  # stock of the best first, fresh
-                chunk = skus[start:start + 2 * n]
-                in_stock |= await self._in_stock(chunk, store_id)
-                out_of_stock |= set(chunk) - in_stock
-                offers = compose_offers(pool, await self._products(sorted(in_stock)),
-                                        in_stock, n, tier)
+            fresh = [s for s in dict.fromkeys(c.sku for c in pool)
+                     if s not in checked and is_offerable(s)]
+            # stock of the best 2n first (usually enough: one trip), then of the rest
+            for part in (fresh[: 2 * n], fresh[2 * n:]):
+                in_stock = await self._in_stock(part, store_id)
+                checked.update((s, s in in_stock) for s in part)
+                available = {s for s, ok in checked.items() if ok}
+                offers = compose_offers(pool, await self._products(sorted(available)),
+                                        available, n, tier)
                 if len(offers) >= n:
                     break
             if len(offers) >= n:
@@ -116,18 +233,35 @@ class OfferService:
             want *= 2
         return {
             "member_id": member_id, "personalized": personalized,
-            "model_version": self.recommender.model_version, "offers": offers,
+            "model_version": rec.model_version, "offers": offers,
             "took_ms": round((time.perf_counter() - started) * 1000, 3),
         }
 
+    async def record_checkin(self, member_id: str, screen_id: str, store_id: str | None
+                             ) -> None:
+        """An ``on_checkin`` hook: the check-in goes to the event log (it names no product,
+        so it weighs nothing in training, but it is part of the member's record)."""
+        await self.recommender.record(
+            [Event(member_id, "", "checkin", time.time(), None, store_id)])
+
     async def suggestions(self, session_id: str, viewer_ids: list[str], exclude: set[str],
                           n: int) -> list[dict[str, Any]]:
-        """What the viewers now in the session want most, pinned products left out."""
-        wants = await self.recommender.audience_wants(viewer_ids, exclude, n * OVERFETCH)
+        """What the viewers now in the session want most, pinned products left out. Members
+        without personalization consent are left out of the audience."""
+        raw: Any = []
+        if viewer_ids:
+            pipe = self.catalog.redis.pipeline(transaction=False)
+            for v in viewer_ids:
+                pipe.hget(Members.key(v), "consent")
+            raw = await pipe.execute()
+        audience = [v for v, c in zip(viewer_ids, raw, strict=True)
+                    if c is None or orjson.loads(c).get("personalization", {}).get("given")]
+        wants = await self.recommender.audience_wants(audience, exclude, n * OVERFETCH)
         if len(wants) < n:
             wants += [c for c in await self._catalog_head(n * OVERFETCH + len(exclude))
                       if c.sku not in exclude]
-        skus = [c.sku for c in wants]
+        skus = list(dict.fromkeys(c.sku for c in wants if is_offerable(c.sku)))
+        self._see_revision(await self.catalog.redis.get(REVISION) or b"0")
         products = await self._products(skus)
         in_stock = await self._in_stock(skus, None)
         out: dict[str, dict[str, Any]] = {}
@@ -146,15 +280,22 @@ def _service(request: Request) -> OfferService:
 
 
 async def get_offers(request: Request) -> Response:
-    claims = require(request, "member", "host", "screen", "admin")
+    started = time.perf_counter()
+    # Viewers (not signed in) get offers for nobody in particular: trending and the
+    # session's lineup, never anyone's history.
+    claims = require(request, "viewer", "member", "host", "screen", "admin")
     member_id = request.query_params.get("member_id") or (
         claims.sub if claims.role == "member" else None)
     if claims.role == "member" and member_id != claims.sub:
         raise LiveError("forbidden", "members see their own offers only", 403)
+    if claims.role == "viewer" and member_id is not None:
+        raise LiveError("forbidden", "sign in to see offers picked for you", 403)
     body = await _service(request).offers(
         member_id, int_param(request, "n", 10, 1, 50), request.query_params.get("store_id") or None,
         request.query_params.get("session_id") or None)
-    return json_response(body)
+    took = (time.perf_counter() - started) * 1000
+    return Response(orjson.dumps(body), media_type="application/json",
+                    headers={"server-timing": f"app;dur={took:.3f}"})
 
 
 def parse_events(body: Any, now: float) -> list[Event]:

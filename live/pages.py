@@ -27,7 +27,8 @@ SECURITY_HEADERS = {
 
 
 def page_routes(static_dir: Path) -> list[BaseRoute]:
-    """Routes for ``/live/{id}``, ``/host/{id}``, ``/screen/{id}``, ``/me`` and ``/static``."""
+    """Routes for ``/live/{id}``, ``/host/{id}``, ``/screen/{id}``, ``/me``, ``/static``
+    and ``/favicon.ico`` (browsers ask for it whatever the page says)."""
 
     def page(name: str) -> Callable[[Request], Awaitable[Response]]:
         path = static_dir / name
@@ -37,7 +38,12 @@ def page_routes(static_dir: Path) -> list[BaseRoute]:
 
         return endpoint
 
+    async def favicon(request: Request) -> Response:
+        return FileResponse(static_dir / "favicon.svg", media_type="image/svg+xml",
+                            headers={"cache-control": "public, max-age=86400"})
+
     return [
+        Route("/favicon.ico", favicon),
         Route("/live/{session_id}", page("live.html")),
         Route("/host/{session_id}", page("host.html")),
         Route("/screen/{screen_id}", page("screen.html")),

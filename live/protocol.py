@@ -7,6 +7,8 @@ store code in ``live.hub`` and ``live.sessions`` are pumps around them.
 from __future__ import annotations
 
 import enum
+import hashlib
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -202,16 +204,59 @@ def chat_text(payload: dict[str, Any]) -> str:
 
 def reaction_kind(payload: dict[str, Any]) -> str:
     kind = payload.get("kind")
-    if kind not in REACTION_KINDS:
+    if not isinstance(kind, str) or kind not in REACTION_KINDS:  # a list is unhashable
         raise LiveError("bad_request", "kind must be one of " + ", ".join(sorted(REACTION_KINDS)))
     return str(kind)
 
 
 def check_role(op: str, allowed: frozenset[str], role: str) -> None:
+    """Refuse ``op`` to ``role``: ``sign_in_required`` for an anonymous viewer when
+    members may do it (the page then offers sign-in), else ``forbidden``."""
     if role not in allowed:
+        if role == "viewer" and "member" in allowed:
+            raise LiveError("sign_in_required", f"sign in to {op}", 403)
         raise LiveError(
             "forbidden", f"{op} needs one of the roles {', '.join(sorted(allowed))}; you are {role}"
         )
+
+
+# Chat names ----------------------------------------------------------------------------
+
+MAX_NAME_CHARS = 40
+_ADJECTIVES = (
+    "Amber", "Bright", "Calm", "Clever", "Cosy", "Crisp", "Daring", "Eager", "Gentle",
+    "Golden", "Happy", "Jolly", "Keen", "Kind", "Lively", "Lucky", "Merry", "Mellow", "Nimble",
+    "Plucky", "Quick", "Quiet", "Rosy", "Sunny", "Swift", "Tidy", "Vivid", "Witty", "Zesty",
+    "Breezy", "Cheery", "Snappy",
+)
+_ANIMALS = (
+    "Badger", "Beaver", "Bison", "Crane", "Dolphin", "Falcon", "Ferret", "Finch", "Fox",
+    "Gecko", "Heron", "Koala", "Lark", "Lemur", "Lynx", "Magpie", "Marten", "Moose", "Newt",
+    "Otter", "Owl", "Panda", "Puffin", "Quail", "Robin", "Seal", "Stoat", "Swan", "Tapir",
+    "Walrus", "Wombat", "Wren",
+)
+# Seven digits or more, with the usual separators: a phone number, never shown as a name.
+_PHONE_LIKE = re.compile(r"\+?\d(?:[\s().-]*\d){6,}")
+
+
+def friendly_label(user: str) -> str:
+    """A stable label for someone without a display name: the same id gets the same
+    ``Adjective Animal NN`` everywhere; it says nothing about who they are."""
+    h = hashlib.blake2s(user.encode(), digest_size=4).digest()
+    return f"{_ADJECTIVES[h[0] % len(_ADJECTIVES)]} {_ANIMALS[h[1] % len(_ANIMALS)]} " \
+           f"{int.from_bytes(h[2:], 'big') % 100:02d}"
+
+
+def chat_name(role: str, user: str, display_name: str | None) -> str:
+    """The name shown with a chat message: ``Host`` for hosts, else the member's display
+    name when set (plain text, whitespace collapsed, at most ``MAX_NAME_CHARS``), else
+    ``friendly_label``. A name that looks like a phone number is never shown."""
+    if role in HOST_ROLES:
+        return "Host"
+    name = " ".join("".join(ch for ch in display_name or "" if ch.isprintable()).split())
+    if not name or _PHONE_LIKE.search(name):
+        return friendly_label(user)
+    return name[:MAX_NAME_CHARS].rstrip()
 
 
 # State machines ------------------------------------------------------------------------
@@ -353,6 +398,46 @@ class Coalescer:
         return len(self._dirty)
 
 
+class GcPlan:
+    """When to take connections' objects out of the cyclic collector's way.
+
+    Each connection leaves a few dozen long-lived objects; after a wave of joins the
+    collector's full pass walks all of them (about half a second at 10,000 connections)
+    and every viewer's fan-out waits. Once a wave has settled (``settle`` seconds without
+    a join, at least ``wave`` joins) the objects are frozen (``gc.freeze``) and full passes
+    skip them. Frozen objects of connections that left are only reclaimed by a full pass,
+    so after many departures (a quarter of the frozen connections, at least ``wave``) the
+    plan says ``compact``: unfreeze, collect once, freeze again.
+    """
+
+    def __init__(self, wave: int = 200, settle: float = 0.5) -> None:
+        self.wave = wave
+        self.settle = settle
+        self.fresh = 0  # joined since the last freeze
+        self.frozen = 0  # connections frozen and not known to have left
+        self.left_since = 0  # departures since the last compaction
+        self.last_join = 0.0
+
+    def joined(self, now: float) -> None:
+        self.fresh += 1
+        self.last_join = now
+
+    def left(self) -> None:
+        self.left_since += 1
+
+    def due(self, now: float) -> Literal["freeze", "compact"] | None:
+        """What to do now, if anything; the plan assumes it is done."""
+        if self.left_since >= max(self.wave, self.frozen // 4):
+            self.frozen = max(0, self.frozen + self.fresh - self.left_since)
+            self.fresh = self.left_since = 0
+            return "compact"
+        if self.fresh >= self.wave and now - self.last_join >= self.settle:
+            self.frozen += self.fresh
+            self.fresh = 0
+            return "freeze"
+        return None
+
+
 def coalesced_event(kind: str, values: dict[str, Any]) -> dict[str, Any]:
     """The event for one flush: ``viewers`` carries ``count``, ``reactions`` their
     ``counts`` since the last one, any other kind the latest ``values`` per key."""
@@ -361,3 +446,12 @@ def coalesced_event(kind: str, values: dict[str, Any]) -> dict[str, Any]:
     if kind == "reactions":
         return {"type": "reactions", "counts": {k: int(v) for k, v in values.items()}}
     return {"type": kind, "values": values}
+
+
+def coalesced_events(kind: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events of one flush: ``stock`` is one event per product that changed, each
+    ``{"sku", "left"}`` as the spec has it; any other kind is one ``coalesced_event``."""
+    if kind == "stock":
+        return [{"type": "stock", "sku": sku, "left": int(left)}
+                for sku, left in sorted(values.items())]
+    return [coalesced_event(kind, values)]

@@ -65,6 +65,8 @@ async def readyz(request: Request) -> Response:
         checks["store"] = f"down: {type(exc).__name__}"
     # Offers fall back to trending until a model is trained, so no model is not "not ready".
     checks["model"] = svc.recommender.model_version or "none"
+    if svc.recommender.load_error:  # the newest version is unreadable; the previous serves
+        checks["model_error"] = svc.recommender.load_error
     ready = checks["store"] == "ok"
     return json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
 

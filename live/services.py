@@ -21,8 +21,9 @@ from live.commerce_ops import register_commerce_ops
 from live.config import Settings
 from live.hub import Hub, HubConfig
 from live.offers import OfferService
+from live.screens import CLEAR_AFTER, ScreenGreeter
 from live.session_ops import SessionOps
-from live.store import EmbeddedStore, connect
+from live.store import EmbeddedStore, bounded, connect
 from recommender.events import EventLog
 from recommender.service import Recommender
 
@@ -92,7 +93,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     if url is None:
         embedded = EmbeddedStore(settings.store_dir, fsync=settings.store_fsync)
         url = embedded.start()
-    redis = connect(url)
+    redis = connect(url, settings.store_timeout)
     try:
         await redis.ping()
         keyring = load_keyring(settings)
@@ -105,17 +106,24 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         events = EventLog(redis)
         catalog = Catalog(redis)
         hub = Hub(redis, HubConfig.from_env(settings.ws_send_buffer))
-        SessionOps(hub, catalog)
+        session_ops = SessionOps(hub, catalog, identity.members)
         recommender = Recommender(redis, settings.model_dir, identity.is_erased)
         offers = OfferService(recommender, catalog, identity.members, hub.session_products)
         commerce = Commerce(
             redis, catalog, identity.members, events, notifier=hub, record=recommender.record,
         )
         register_commerce_ops(hub, commerce)
+        # A check-in at a store screen shows the member's offers there, then clears.
+        screens = ScreenGreeter(redis, offers, identity.members, hub, clear_after=float(
+            os.environ.get("NEWRETAIL_SCREEN_CLEAR", "") or CLEAR_AFTER))
+        identity.on_checkin.append(screens.on_checkin)
         for on_stitch in (commerce.stitch, recommender.stitch):
             identity.on_stitch.append(on_stitch)
         identity.on_erase.append(commerce.erase_users)
+        identity.on_erase.append(session_ops.erase_users)
+        commerce.is_erased = session_ops.is_erased = identity.is_erased
         identity.on_erase.append(_erase_from(recommender))
+        identity.on_checkin.append(offers.record_checkin)
         yield Services(
             settings=settings,
             redis=redis,
@@ -131,6 +139,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             embedded=embedded,
         )
     finally:
-        await redis.aclose()
+        await bounded(redis.aclose(), "store client")
         if embedded is not None:
             embedded.stop()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from identity.errors import IdentityError
+from identity.members import Members
 from live.catalog import Catalog
 from live.errors import LiveError
 from live.hub import Hub, OpContext
@@ -12,8 +15,10 @@ from live.protocol import (
     AUDIENCE_ROLES,
     CHAT_RATE,
     CHAT_ROLES,
+    CLOSE_POLICY,
     HOST_ROLES,
     SessionState,
+    chat_name,
     chat_text,
     reaction_kind,
     require_str,
@@ -23,12 +28,20 @@ from live.protocol import (
 
 class SessionOps:
     """Registers ``chat``, ``react``, ``pin``, ``unpin``, ``chat.remove``, ``mute`` and
-    ``end`` on the hub."""
+    ``end`` on the hub.
 
-    def __init__(self, hub: Hub, catalog: Catalog) -> None:
+    Args:
+        members: where chat names come from (a member's display name); without it
+            every member chats under their ``friendly_label``.
+    """
+
+    def __init__(self, hub: Hub, catalog: Catalog, members: Members | None = None) -> None:
         self.hub = hub
         self.store = hub.store
         self.catalog = catalog
+        self.members = members
+        # Whether a user id was erased (identity's tombstones): they chat no more.
+        self.is_erased: Callable[[str], Awaitable[bool]] | None = None
         hub.register_op("chat", self.chat, CHAT_ROLES)
         hub.register_op("react", self.react, AUDIENCE_ROLES)
         hub.register_op("pin", self.pin_product, HOST_ROLES)
@@ -45,16 +58,27 @@ class SessionOps:
     async def chat(self, ctx: OpContext, payload: dict[str, Any]) -> None:
         text = chat_text(payload)
         await self._live(ctx)
+        if self.is_erased is not None and await self.is_erased(ctx.user):
+            raise LiveError("forbidden", "this user was erased", 403)
         if await self.store.is_muted(ctx.session_id, ctx.user):
             raise LiveError("muted", "the host muted you in this session", 403)
         limit, window = CHAT_RATE
         if not await self.store.within_rate(ctx.session_id, ctx.user, limit, window):
             raise LiveError("rate_limited", f"at most {limit} messages per {window} s", 429)
-        name = "Host" if ctx.role in HOST_ROLES else f"Member {ctx.user[-4:]}"
+        name = chat_name(ctx.role, ctx.user, await self._display_name(ctx))
         message = {"id": "c" + secrets.token_hex(6), "from": {"id": ctx.user, "name": name},
                    "text": text}
         await self.store.add_chat(ctx.session_id, message)
         await self.hub.publish(ctx.session_id, {"type": "chat", **message})
+
+    async def _display_name(self, ctx: OpContext) -> str | None:
+        # Read at each message (chat is rate-limited), so a rename shows at once.
+        if self.members is None or ctx.member_id is None:
+            return None
+        try:
+            return (await self.members.get(ctx.member_id)).name
+        except IdentityError:
+            return None
 
     async def react(self, ctx: OpContext, payload: dict[str, Any]) -> None:
         kind = reaction_kind(payload)
@@ -77,6 +101,21 @@ class SessionOps:
 
     async def mute_member(self, ctx: OpContext, payload: dict[str, Any]) -> None:
         await self.store.mute(ctx.session_id, require_str(payload, "member_id"))
+
+    async def erase_users(self, member_id: str, user_ids: list[str]) -> None:
+        """``IdentityService.on_erase`` hook: the users' chat, mutes and presence go from
+        every session; viewers of a live one are told their messages were removed. Their
+        connections to this process are closed (a late hello is refused in any)."""
+        for uid in user_ids:
+            for conn in list(self.hub.by_user.get(uid, ())):
+                conn.close(CLOSE_POLICY, "erased")
+        for sid, chat_id in await self.store.forget_users(set(user_ids)):
+            try:
+                live = (await self.store.get(sid)).state is SessionState.LIVE
+            except LiveError:  # chat of a session whose record is gone: nobody to tell
+                live = False
+            if live:
+                await self.hub.publish(sid, {"type": "chat_removed", "id": chat_id})
 
     async def end_session(self, ctx: OpContext, payload: dict[str, Any]) -> None:
         info = await self.store.get(ctx.session_id)

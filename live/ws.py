@@ -12,13 +12,20 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from identity.errors import IdentityError
 from identity.tokens import KeyRing
-from live.errors import LiveError
+from live.errors import (
+    STORE_ERRORS,
+    STORE_MESSAGE,
+    STORE_UNAVAILABLE,
+    LiveError,
+    log_store_error,
+)
 from live.hub import Hub
 from live.metrics import WS_CONNECTIONS, WS_DISCONNECTS
 from live.protocol import (
@@ -55,7 +62,7 @@ class LiveSockets:
             if live or screen:
                 services = scope["app"].state.services
                 socket = Socket(services.hub, services.keyring, services.settings.ws_max_frame,
-                                services.settings.ws_send_buffer)
+                                services.settings.ws_send_buffer, services.identity.is_erased)
                 match = live or screen
                 assert match is not None  # for the type checker: one of the two matched
                 await socket.serve(scope, receive, send, match.group(1), bool(screen))
@@ -66,13 +73,15 @@ class LiveSockets:
 class Socket:
     """One connection's receive loop: hello, then ops, errors as messages, never a crash."""
 
-    __slots__ = ("hub", "keyring", "max_frame", "bound")
+    __slots__ = ("hub", "keyring", "max_frame", "bound", "is_erased")
 
-    def __init__(self, hub: Hub, keyring: KeyRing, max_frame: int, bound: int) -> None:
+    def __init__(self, hub: Hub, keyring: KeyRing, max_frame: int, bound: int,
+                 is_erased: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self.hub = hub
         self.keyring = keyring
         self.max_frame = max_frame
         self.bound = bound
+        self.is_erased = is_erased
 
     async def serve(
         self, scope: Scope, receive: Receive, send: Send, target: str, screen: bool
@@ -144,6 +153,9 @@ class Socket:
                 await self.hub.run_op(conn, parse_op(obj))
         except (LiveError, IdentityError) as exc:
             conn.send_message(error_message(exc.code, exc.message, ref))
+        except STORE_ERRORS as exc:  # hello while the store is down: retry, not internal
+            log_store_error(exc, "hello")
+            conn.send_message(error_message(STORE_UNAVAILABLE, STORE_MESSAGE, ref))
         except Exception:
             log.exception("conn %s: frame failed", conn.id)
             conn.send_message(error_message("internal", "the server failed on this frame", ref))
@@ -151,6 +163,9 @@ class Socket:
     async def _hello(self, conn: Conn, obj: dict[str, Any], target: str, screen: bool) -> None:
         hello = parse_hello(obj)
         claims = self.keyring.verify(hello.token)
+        if self.is_erased is not None and await self.is_erased(claims.sub):
+            # An erased member's token may not have expired yet; it brings nothing back.
+            raise IdentityError("unauthorized", "this user was erased", 401)
         if screen:
             if claims.role not in SCREEN_ROLES:
                 raise LiveError("forbidden", "screen sockets need a screen token", 403)

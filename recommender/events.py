@@ -1,28 +1,81 @@
-"""The event log: an append-only Redis stream, durable with the store's AOF."""
+"""The event log: an append-only Redis stream, durable with the store's AOF.
+
+Appending is one store script per batch: it refuses users in the erased set, adds each event
+to the stream, to its user's index of stream ids, to the user's recent history and to the
+trending scores, all at once. Nothing can slip between the erased check and the write, so a
+late event of an erased user cannot come back, and erasure finds every event of a user
+through the index instead of scanning the log.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+import functools
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as aredis
 
+from recommender.train import event_weight
 from recommender.types import EVENT_KINDS, Event
 
 LOG = "nr:events"
+USER_INDEX = "nr:rec:ev:{user}"  # list of the user's stream ids, oldest first
+HISTORY = "nr:rec:hist:{user}"  # list of recent events, newest first: "sku\tkind\tts\tqty"
+HISTORY_LEN = 200
+TRENDING = "nr:rec:trending"  # zset sku -> weight (cold start before any model)
+ERASED = "nr:rec:erased"  # set of erased users' tags (``erased_tag``), never their ids
+
+Weight = Callable[[Event], float]
+
+# KEYS: log, erased set, trending, then per event its user's index and history.
+# ARGV: history length, then per event: user sku kind ts session store qty weight tag.
+_APPEND = """
+local hist_len = tonumber(ARGV[1])
+local n = (#ARGV - 1) / 9
+local kept = 0
+for i = 0, n - 1 do
+  local a = 2 + i * 9
+  local user = ARGV[a]
+  if redis.call('SISMEMBER', KEYS[2], ARGV[a + 8]) == 0 then
+    local f = {'u', user, 's', ARGV[a + 1], 'k', ARGV[a + 2], 't', ARGV[a + 3]}
+    if ARGV[a + 4] ~= '' then f[#f + 1] = 'sess'; f[#f + 1] = ARGV[a + 4] end
+    if ARGV[a + 5] ~= '' then f[#f + 1] = 'store'; f[#f + 1] = ARGV[a + 5] end
+    if ARGV[a + 6] ~= '1' then f[#f + 1] = 'q'; f[#f + 1] = ARGV[a + 6] end
+    local id = redis.call('XADD', KEYS[1], '*', unpack(f))
+    redis.call('RPUSH', KEYS[4 + 2 * i], id)
+    if ARGV[a + 1] ~= '' then
+      local hist = KEYS[5 + 2 * i]
+      redis.call('LPUSH', hist,
+        ARGV[a + 1] .. '\\t' .. ARGV[a + 2] .. '\\t' .. ARGV[a + 3] .. '\\t' .. ARGV[a + 6])
+      redis.call('LTRIM', hist, 0, hist_len - 1)
+    end
+    local w = tonumber(ARGV[a + 7])
+    if w > 0 then redis.call('ZINCRBY', KEYS[3], w, ARGV[a + 1]) end
+    kept = kept + 1
+  end
+end
+return kept
+"""
 
 
-def _fields(event: Event) -> dict[Any, Any]:
-    fields: dict[Any, Any] = {
-        "u": event.user, "s": event.sku, "k": event.kind, "t": f"{event.ts:.3f}",
-    }
-    if event.session_id:
-        fields["sess"] = event.session_id
-    if event.store_id:
-        fields["store"] = event.store_id
-    if event.qty != 1:
-        fields["q"] = str(event.qty)
-    return fields
+@functools.lru_cache(maxsize=65536)
+def erased_tag(user: str) -> str:
+    """What the store keeps of an erased user: a hash, so that erasure leaves no id behind."""
+    return hashlib.sha256(f"nr-erased:{user}".encode()).hexdigest()[:32]
+
+
+def history_key(user: str) -> str:
+    return HISTORY.format(user=user)
+
+
+def index_key(user: str) -> str:
+    return USER_INDEX.format(user=user)
+
+
+def trending_weight(event: Event) -> float:
+    """An event's confidence when it happens (recency decays it later, in training)."""
+    return event_weight(event.kind, event.ts, event.ts, event.qty)
 
 
 def _event(fields: Mapping[bytes, bytes]) -> Event:
@@ -39,22 +92,38 @@ def _event(fields: Mapping[bytes, bytes]) -> Event:
 
 
 class EventLog:
-    """Appends events and reads them back in order."""
+    """Appends events and reads them back in order.
 
-    def __init__(self, redis: aredis.Redis) -> None:
+    Args:
+        weight: what an event adds to its product's trending score.
+    """
+
+    def __init__(self, redis: aredis.Redis, weight: Weight = trending_weight) -> None:
         self.redis = redis
+        self.weight = weight
+        self._append = redis.register_script(_APPEND)
 
-    async def append(self, events: Iterable[Event], batch: int = 1000) -> int:
-        """Append events in order; returns how many were written."""
+    async def append(self, events: Iterable[Event], batch: int = 500) -> int:
+        """Append events in order, refusing users in the erased set; returns how many
+        were written. Each batch is one atomic store script."""
         count = 0
-        pipe = self.redis.pipeline(transaction=False)
+        keys: list[str] = []
+        args: list[Any] = []
         for event in events:
-            pipe.xadd(LOG, _fields(event))
-            count += 1
-            if count % batch == 0:
-                await pipe.execute()
-        await pipe.execute()
+            keys += [index_key(event.user), history_key(event.user)]
+            args += [event.user, event.sku, event.kind, f"{event.ts:.3f}",
+                     event.session_id or "", event.store_id or "", str(event.qty),
+                     repr(self.weight(event)), erased_tag(event.user)]
+            if len(keys) >= 2 * batch:
+                count += await self._run(keys, args)
+                keys, args = [], []
+        if keys:
+            count += await self._run(keys, args)
         return count
+
+    async def _run(self, keys: list[str], args: list[Any]) -> int:
+        return int(await self._append(keys=[LOG, ERASED, TRENDING, *keys],
+                                      args=[HISTORY_LEN, *args]))
 
     async def length(self) -> int:
         return int(await self.redis.xlen(LOG))
@@ -70,15 +139,17 @@ class EventLog:
                 yield entry_id.decode(), _event(fields)
             start = f"({rows[-1][0].decode()}"
 
-    async def delete_users(self, users: set[str], chunk: int = 5000) -> int:
-        """Delete every event of ``users`` from the log (erasure); returns how many."""
+    async def delete_users(self, users: set[str], chunk: int = 1000) -> int:
+        """Delete every event of ``users`` from the log (erasure) through their indexes, so
+        the cost follows their own events, not the size of the log; returns how many."""
         deleted = 0
-        start = "-"
-        while True:
-            rows: Any = await self.redis.xrange(LOG, min=start, max="+", count=chunk)
-            if not rows:
-                return deleted
-            doomed = [eid for eid, f in rows if f[b"u"].decode() in users]
-            if doomed:
-                deleted += int(await self.redis.xdel(LOG, *doomed))
-            start = f"({rows[-1][0].decode()}"
+        for user in sorted(users):
+            key = index_key(user)
+            while True:
+                ids: Any = await self.redis.lrange(key, 0, chunk - 1)
+                if not ids:
+                    break
+                deleted += int(await self.redis.xdel(LOG, *ids))
+                await self.redis.ltrim(key, len(ids), -1)
+            await self.redis.delete(key)
+        return deleted

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recommender.index import ItemIndex
+from recommender.rank import is_offerable
 from recommender.train import AlsParams
 from recommender.types import RecommenderError
 
@@ -37,14 +38,19 @@ class Model:
     item_pos: dict[str, int] = field(init=False)
     user_pos: dict[str, int] = field(init=False)
     trending: list[tuple[str, float]] = field(init=False)
+    pop_top: float = field(init=False)  # the largest popularity, to scale scores to 1
+    offerable: npt.NDArray[np.bool_] = field(init=False)  # not postage, fees, vouchers
 
     def __post_init__(self) -> None:
         self.item_pos = {s: i for i, s in enumerate(self.item_ids)}
         self.user_pos = {u: i for i, u in enumerate(self.user_ids)}
+        self.pop_top = float(self.popularity.max()) if len(self.popularity) else 1.0
+        self.pop_top = self.pop_top or 1.0
         order = np.argsort(-self.popularity, kind="stable")[:TRENDING_KEEP]
         top = float(self.popularity[order[0]]) if len(order) else 1.0
+        self.offerable = np.array([is_offerable(s) for s in self.item_ids], dtype=bool)
         self.trending = [(self.item_ids[i], float(self.popularity[i]) / (top or 1.0))
-                         for i in order]
+                         for i in order if self.offerable[i]]
 
     def forget_users(self, users: set[str]) -> None:
         """Drop the factors of erased users from this process's copy."""

@@ -7,40 +7,50 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recommender.evaluate import BlendParams
-from recommender.events import EventLog
+from recommender.events import (
+    ERASED,
+    HISTORY_LEN,
+    TRENDING,
+    EventLog,
+    erased_tag,
+    history_key,
+)
 from recommender.model import Model, current_version, read_version
 from recommender.rank import Candidate, is_offerable
 from recommender.train import DAY, FoldIn, event_weight
 from recommender.types import EVENT_KINDS, Event, RecommenderError
 
+__all__ = ["ALIASES", "ERASED", "NOTICES", "Recommender", "history_key", "parse_history"]
+
 log = logging.getLogger("newretail.recommender")
 
-HISTORY = "nr:rec:hist:{user}"  # list of recent events, newest first: "sku\tkind\tts\tqty"
-HISTORY_LEN = 200
-TRENDING = "nr:rec:trending"  # zset sku -> decayed weight (cold start before any model)
-ERASED = "nr:rec:erased"  # set of erased user ids
 ALIASES = "nr:rec:alias"  # hash anon id -> member id
 NOTICES = "nr:rec:notice"  # pub/sub: {"model": version} or {"erase": [ids]}
 POLL_SECONDS = 2.0
 
 IsErased = Callable[[str], Awaitable[bool]]
+History = list[tuple[str, str, float, int]]
+Vector = np.ndarray[Any, np.dtype[np.float32]]
 
 
-def history_key(user: str) -> str:
-    return HISTORY.format(user=user)
-
-
-def _hist_entry(e: Event) -> str:
-    return f"{e.sku}\t{e.kind}\t{e.ts:.3f}\t{e.qty}"
+def parse_history(raw: Sequence[bytes | str]) -> History:
+    """A user's recent events as read from their history list, newest first."""
+    out = []
+    for line in raw:
+        sku, kind, ts, qty = (line.decode() if isinstance(line, bytes) else line).split("\t")
+        out.append((sku, kind, float(ts), int(qty)))
+    return out
 
 
 class Recommender:
@@ -60,49 +70,39 @@ class Recommender:
         self.model: Model | None = None
         self._fold: FoldIn | None = None
         self._erased: set[str] = set()
+        self._erased_tags: set[str] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self.load_error: str | None = None  # why the newest version is not the one served
+        self._failed: str | None = None
+        self._erased_seen = -1
 
     # events -------------------------------------------------------------------------------
 
     async def record(self, events: Sequence[Event]) -> int:
-        """Append events (durably, to the log) and to each user's recent history; events of
-        erased users are refused. Returns how many were recorded."""
+        """Append events (durably, to the log, with each user's recent history); events of
+        erased users are refused (here by the identity service's word, and inside the
+        append script by the erased set, so a late event cannot slip past an erasure).
+        Returns how many were recorded."""
         for e in events:
-            if e.kind not in EVENT_KINDS or not e.sku or not e.user:
+            if e.kind not in EVENT_KINDS or not e.user or (not e.sku and e.kind != "checkin"):
                 raise RecommenderError("bad_request", f"invalid event {e!r}")
         users = sorted({e.user for e in events})
-        if not users:
-            return 0
-        listed: Any = await self.redis.smismember(ERASED, users)
-        refused = {u for u, gone in zip(users, listed, strict=True) if gone}
-        for user in users:
-            if user not in refused and await self.is_erased(user):
-                refused.add(user)
-        self._erased |= refused
+        refused = {u for u in users if u in self._erased}
+        ask = [u for u in users if u not in refused]
+        for start in range(0, len(ask), 256):  # a bulk import names thousands of users
+            part = ask[start:start + 256]
+            gone = await asyncio.gather(*(self.is_erased(u) for u in part))
+            refused |= {u for u, g in zip(part, gone, strict=True) if g}
+        if refused:
+            self.forget(refused)
         kept = [e for e in events if e.user not in refused]
         if not kept:
             return 0
-        await self.events.append(kept)
-        pipe = self.redis.pipeline(transaction=False)
-        for pos, e in enumerate(kept, 1):
-            if pos % 2000 == 0:
-                await pipe.execute()
-            key = history_key(e.user)
-            pipe.lpush(key, _hist_entry(e))
-            pipe.ltrim(key, 0, HISTORY_LEN - 1)
-            weight = event_weight(e.kind, e.ts, e.ts, e.qty)
-            if weight > 0:
-                pipe.zincrby(TRENDING, weight, e.sku)
-        await pipe.execute()
-        return len(kept)
+        return await self.events.append(kept)
 
-    async def history(self, user: str) -> list[tuple[str, str, float, int]]:
+    async def history(self, user: str) -> History:
         raw: Any = await self.redis.lrange(history_key(user), 0, -1)
-        out = []
-        for line in raw:
-            sku, kind, ts, qty = line.decode().split("\t")
-            out.append((sku, kind, float(ts), int(qty)))
-        return out
+        return parse_history(raw)
 
     # erasure and stitching ----------------------------------------------------------------
 
@@ -111,17 +111,21 @@ class Recommender:
         ids = set(user_ids)
         if not ids:
             return
-        await self.redis.sadd(ERASED, *ids)
+        # the erased set first: from then on the append script refuses their events, so
+        # the per-user indexes read next hold every event of theirs there will ever be
+        await self.redis.sadd(ERASED, *(erased_tag(u) for u in ids))
         await self.events.delete_users(ids)
         await self.redis.delete(*(history_key(u) for u in ids))
         await self.redis.hdel(ALIASES, *ids)
-        self._forget(ids)
+        self.forget(ids)
         await self.redis.publish(NOTICES, orjson.dumps({"erase": sorted(ids)}))
 
-    def _forget(self, ids: set[str]) -> None:
-        self._erased |= ids
+    def forget(self, ids: Iterable[str]) -> None:
+        """Drop erased users from this process: their factors, and any use of them."""
+        gone = set(ids)
+        self._erased |= gone
         if self.model is not None:
-            self.model.forget_users(ids)
+            self.model.forget_users(gone)
 
     async def stitch(self, anon_id: str, member_id: str) -> None:
         """The anonymous viewer's history follows the member (and trains as theirs)."""
@@ -137,13 +141,17 @@ class Recommender:
     # models -------------------------------------------------------------------------------
 
     def load(self, version: str) -> bool:
-        """Swap in ``version``; a missing or corrupt version keeps the current model."""
+        """Swap in ``version``; a missing or corrupt version keeps the current model (and
+        ``load_error`` says why, for readiness)."""
         try:
             model = read_version(self.model_dir, version)
         except RecommenderError as exc:
             log.warning("model not loaded, keeping %s: %s", self.model_version, exc.message)
+            self.load_error, self._failed = exc.message, version
             return False
-        model.forget_users(self._erased)
+        model.forget_users(self._erased | {
+            u for u in model.user_pos if erased_tag(u) in self._erased_tags})
+        self.load_error, self._failed = None, None
         self._fold = FoldIn(model.item_factors, model.params)
         self.model = model  # one reference swap: a request in flight keeps the old model
         log.info("model %s loaded (%d items, %s index)", version, len(model.item_ids),
@@ -154,12 +162,23 @@ class Recommender:
     def model_version(self) -> str | None:
         return self.model.version if self.model else None
 
+    def user_count(self) -> int:
+        """Users whose trained factors this process holds (erased ones are dropped)."""
+        return len(self.model.user_pos) if self.model else 0
+
     async def refresh(self) -> None:
         """Load the current version when it differs from the one served."""
-        erased: Any = await self.redis.smembers(ERASED)
-        self._erased |= {m.decode() for m in erased}
+        # the whole erased set only when it grew (notices normally carry each erasure)
+        count = int(await self.redis.scard(ERASED))
+        if count != self._erased_seen:
+            erased: Any = await self.redis.smembers(ERASED)
+            self._erased_tags |= {m.decode() for m in erased}
+            if self.model is not None:
+                self.model.forget_users({u for u in self.model.user_pos
+                                         if erased_tag(u) in self._erased_tags})
+            self._erased_seen = count
         version = current_version(self.model_dir)
-        if version and version != self.model_version:
+        if version and version not in (self.model_version, self._failed):
             await asyncio.to_thread(self.load, version)
 
     async def announce(self, version: str) -> None:
@@ -177,14 +196,25 @@ class Recommender:
                 if msg is not None:
                     notice = orjson.loads(msg["data"])
                     if "erase" in notice:
-                        self._forget(set(notice["erase"]))
+                        self.forget(notice["erase"])
                 await self.refresh()
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def start(self) -> None:
-        self._watcher = asyncio.create_task(self.watch())
+        self._watcher = asyncio.create_task(self._watch_through_outages())
+
+    async def _watch_through_outages(self) -> None:
+        """``watch`` again after the store went away (down or restarting), so notices and
+        the polling fallback resume once it is back."""
+        while True:
+            try:
+                await self.watch()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning("model watcher: store unavailable (%s); retrying",
+                            type(exc).__name__)
+                await asyncio.sleep(POLL_SECONDS)
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -194,15 +224,13 @@ class Recommender:
 
     # serving ------------------------------------------------------------------------------
 
-    async def user_vector(
-        self, user: str, hist: list[tuple[str, str, float, int]] | None = None,
-    ) -> np.ndarray[Any, np.dtype[np.float32]] | None:
-        """Fresh from the user's recent events (fold-in), else the trained one, else none."""
+    def vector(self, user: str, hist: History) -> Vector | None:
+        """The user's taste: folded in fresh from their recent events, else the trained
+        factors, else none (and never for an erased user)."""
         model, fold = self.model, self._fold
-        if model is None or fold is None or user in self._erased:
+        if model is None or fold is None or user in self._erased or (
+                erased_tag(user) in self._erased_tags):
             return None
-        if hist is None:
-            hist = await self.history(user)
         now = time.time()
         weights: dict[int, float] = {}
         for sku, kind, ts, qty in hist:
@@ -215,22 +243,43 @@ class Recommender:
         pos = model.user_pos.get(user)
         return model.user_factors[pos] if pos is not None else None
 
-    async def trending(self, k: int) -> list[Candidate]:
+    async def user_vector(self, user: str, hist: History | None = None) -> Vector | None:
+        """``vector`` with the history read from the store when not given."""
+        if self.model is None or user in self._erased:
+            return None
+        return self.vector(user, await self.history(user) if hist is None else hist)
+
+    def trending_now(self, k: int) -> list[Candidate] | None:
+        """The model's best sellers of its last 90 days, or None before any model."""
         model = self.model
-        if model is not None and model.trending:
-            return [Candidate(s, v, "trending") for s, v in model.trending[: k * 2]
-                    if is_offerable(s)][:k]
+        if model is None or not model.trending:
+            return None
+        return [Candidate(s, v, "trending") for s, v in model.trending[:k]]
+
+    async def trending(self, k: int) -> list[Candidate]:
+        found = self.trending_now(k)
+        if found is not None:
+            return found
         raw: Any = await self.redis.zrevrange(TRENDING, 0, k - 1, withscores=True)
         top = float(raw[0][1]) if raw else 1.0
         return [Candidate(s.decode(), float(w) / top, "trending") for s, w in raw]
 
-    async def personal(self, user: str, k: int, excluded: set[str] | None = None
+    async def personal(self, user: str, k: int, excluded: set[str] | None = None, *,
+                       hist: History | None = None, vec: Vector | None = None
                        ) -> list[Candidate]:
-        """buy_again and for_you candidates, best first (the engine's blend)."""
-        excluded = excluded or set()
+        """buy_again and for_you candidates, best first (the engine's blend). ``hist`` and
+        ``vec`` may be given when the caller already has them (one store trip per offer)."""
+        if hist is None:
+            hist = await self.history(user)
+        if vec is None:
+            vec = self.vector(user, hist)
+        return self.blend_personal(user, hist, vec, k, excluded or set())
+
+    def blend_personal(self, user: str, hist: History, vec: Vector | None, k: int,
+                       excluded: set[str]) -> list[Candidate]:
         model = self.model
-        hist = await self.history(user)
-        vec = await self.user_vector(user, hist)
+        if user in self._erased:
+            return []
         days: dict[str, set[int]] = {}
         recent: dict[str, float] = {}
         now = time.time()
@@ -240,16 +289,16 @@ class Recommender:
                 recent[sku] = recent.get(sku, 0.0) + 0.5 ** ((now - ts) / DAY
                                                               / self.blend.half_life_days)
         scores: dict[str, tuple[float, str]] = {}
-        pop_top = float(model.popularity.max()) if model is not None and len(
-            model.popularity) else 1.0
         if model is not None and vec is not None:
             ex = [model.item_pos[s] for s in excluded if s in model.item_pos]
             found = model.index.search(vec, k, excluded=ex)
             top = max((abs(s) for _, s in found), default=1.0) or 1.0
+            pop_scale = self.blend.pop_weight / model.pop_top
             for i, s in found:
+                if not model.offerable[i]:
+                    continue
                 scores[model.item_ids[i]] = (
-                    self.blend.als_weight * s / top
-                    + self.blend.pop_weight * float(model.popularity[i]) / (pop_top or 1.0),
+                    self.blend.als_weight * s / top + pop_scale * float(model.popularity[i]),
                     "for_you")
         for sku, dset in days.items():
             if sku in excluded:
@@ -259,12 +308,17 @@ class Recommender:
                            "buy_again")
         ranked = sorted(scores.items(), key=lambda kv: -kv[1][0])
         return [Candidate(s, v, r) for s, (v, r) in ranked  # type: ignore[arg-type]
-                if is_offerable(s)]
+                if r == "for_you" or is_offerable(s)]
 
     async def rank_within(self, user: str | None, skus: Sequence[str]) -> list[Candidate]:
         """``skus`` (a live session's products) ranked for ``user`` (ID-selector search)."""
-        model = self.model
         vec = await self.user_vector(user) if user else None
+        return self.rank_session(vec, skus)
+
+    def rank_session(self, vec: Vector | None, skus: Sequence[str]) -> list[Candidate]:
+        """``skus`` ranked by the taste ``vec`` with an ID-selector search, the unknown ones
+        (and all of them without a taste) after, in the given order."""
+        model = self.model
         if model is None or vec is None:
             return [Candidate(s, 0.0, "in_this_live") for s in skus]
         allowed = [model.item_pos[s] for s in skus if s in model.item_pos]
@@ -279,13 +333,19 @@ class Recommender:
 
     async def audience_wants(self, viewer_ids: Sequence[str], exclude: set[str],
                              n: int) -> list[Candidate]:
-        """What the viewers want most taken together: the sum of their normalised vectors."""
+        """What the viewers want most taken together: the sum of their normalised vectors
+        (the caller leaves out viewers whose history may not be used)."""
         model = self.model
         if model is None:
             return [c for c in await self.trending(n + len(exclude)) if c.sku not in exclude][:n]
         total = np.zeros(model.item_factors.shape[1], dtype=np.float32)
-        for user in viewer_ids:
-            vec = await self.user_vector(user)
+        viewers = [u for u in dict.fromkeys(viewer_ids) if u not in self._erased]
+        pipe = self.redis.pipeline(transaction=False)
+        for user in viewers:
+            pipe.lrange(history_key(user), 0, -1)
+        raws: list[Any] = await pipe.execute() if viewers else []
+        for user, raw in zip(viewers, raws, strict=True):
+            vec = self.vector(user, parse_history(raw))
             if vec is not None:
                 total += vec / (float(np.linalg.norm(vec)) or 1.0)
         if not total.any():

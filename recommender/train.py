@@ -114,9 +114,12 @@ class FoldIn:
         self.n_items = item_factors.shape[0]
 
     def user_vector(self, items: Sequence[int], weights: Sequence[float]) -> FloatArray:
+        # CSR straight from its arrays (indices sorted, no duplicates: the caller sums them)
+        order = np.argsort(np.asarray(items, dtype=np.int32))
         row = csr_matrix(
-            (np.asarray(weights, dtype=np.float32),
-             (np.zeros(len(items), dtype=np.int64), np.asarray(items, dtype=np.int64))),
+            (np.asarray(weights, dtype=np.float32)[order],
+             np.asarray(items, dtype=np.int32)[order],
+             np.array([0, len(items)], dtype=np.int32)),
             shape=(1, self.n_items),
         )
         vec = self._model.recalculate_user(0, row)  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,11 +14,18 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aredis
 
-from recommender.events import EventLog
+from recommender.events import LOG, EventLog, erased_tag
 from recommender.model import write_version
 from recommender.service import ALIASES, ERASED, NOTICES
-from recommender.train import DAY, HALF_LIFE_DAYS, AlsParams, confidence_matrix, train_als
-from recommender.train import event_weight as weight_of
+from recommender.train import (
+    DAY,
+    HALF_LIFE_DAYS,
+    KIND_WEIGHTS,
+    AlsParams,
+    FloatArray,
+    confidence_matrix,
+    train_als,
+)
 
 log = logging.getLogger("newretail.recommender")
 
@@ -45,15 +53,8 @@ async def train_from_log(
     started = time.perf_counter()
     raw_alias: Any = await redis.hgetall(ALIASES)
     alias = {k.decode(): v.decode() for k, v in raw_alias.items()}
-    raw_erased: Any = await redis.smembers(ERASED)
-    erased = {m.decode() for m in raw_erased}
-    users: dict[str, int] = {}
-    items: dict[str, int] = {}
-    uu: list[int] = []
-    ii: list[int] = []
-    kinds: list[str] = []
-    ts: list[float] = []
-    qty: list[int] = []
+    erased = await _erased(redis)
+    rows: list[tuple[str, str, str, float, float]] = []  # user, raw user, sku, ts, weight
     count = 0
     last_id = "0-0"
     async for entry_id, e in EventLog(redis).read():
@@ -62,37 +63,79 @@ async def train_from_log(
         if on_events is not None and count % 10_000 == 0:
             on_events(10_000)
         user = alias.get(e.user, e.user)
-        if user in erased or e.user in erased:
+        if erased_tag(user) in erased or erased_tag(e.user) in erased or (
+                KIND_WEIGHTS.get(e.kind, 0.0) <= 0):
             continue
-        uu.append(users.setdefault(user, len(users)))
-        ii.append(items.setdefault(e.sku, len(items)))
-        kinds.append(e.kind)
-        ts.append(e.ts)
-        qty.append(e.qty)
+        rows.append((user, e.user, e.sku, e.ts, KIND_WEIGHTS[e.kind] * (
+            1.0 + math.log(max(1, e.qty)))))
     if on_events is not None:
         on_events(count % 10_000)
-    if not users:
-        raise ValueError("the event log holds no events to train on")
-    now = max(ts)
-    weights = np.array([weight_of(k, t, now, q) for k, t, q in zip(kinds, ts, qty, strict=True)])
-    u_arr, i_arr = np.array(uu, dtype=np.int64), np.array(ii, dtype=np.int64)
-    matrix = confidence_matrix(u_arr, i_arr, weights, len(users), len(items))
-    factors = min(params.factors, max(2, len(items) - 1))
-    if factors != params.factors:
-        params = AlsParams(factors, params.regularization, params.alpha, params.iterations,
-                           params.seed)
-    user_f, item_f = await asyncio.to_thread(train_als, matrix, params, on_iteration)
-    recent = np.array(ts) >= now - HALF_LIFE_DAYS * DAY
-    popularity = np.bincount(i_arr[recent], weights=weights[recent],
-                             minlength=len(items)).astype(np.float32)
+    for _round in range(3):
+        users, items, user_f, item_f, popularity, params = await _fit(rows, params,
+                                                                      on_iteration)
+        # someone erased while the model was fitting: fit again without them, so nothing
+        # of theirs is in the version written
+        late = await _erased(redis) - erased
+        erased |= late
+        if not late or not any(_names(r, late) for r in rows):
+            break
+        rows = [r for r in rows if not _names(r, late)]
     version = await asyncio.to_thread(
-        write_version, model_dir, list(items), list(users), item_f, user_f, popularity,
+        write_version, model_dir, items, users, item_f, user_f, popularity,
         params, hnsw_threshold)
     await redis.publish(NOTICES, b'{"model": "%s"}' % version.encode())
     seconds = time.perf_counter() - started
     log.info("trained %s on %d events (%d users, %d items) in %.1f s",
              version, count, len(users), len(items), seconds)
     return TrainResult(version, count, len(users), len(items), seconds, last_id)
+
+
+def _names(row: tuple[str, str, str, float, float], tags: set[str]) -> bool:
+    """Whether a training row belongs to one of the erased users ``tags`` stand for."""
+    return erased_tag(row[0]) in tags or erased_tag(row[1]) in tags
+
+
+async def _erased(redis: aredis.Redis) -> set[str]:
+    """The erased users' tags (``erased_tag``)."""
+    raw: Any = await redis.smembers(ERASED)
+    return {m.decode() for m in raw}
+
+
+async def _fit(
+    rows: list[tuple[str, str, str, float, float]], params: AlsParams,
+    on_iteration: Progress | None,
+) -> tuple[list[str], list[str], FloatArray, FloatArray, FloatArray, AlsParams]:
+    """ALS on the rows' confidence (kind weight x quantity, halved every 90 days before
+    the newest event); returns users, items, their factors, popularity and the params."""
+    if not rows:
+        raise ValueError("the event log holds no events to train on")
+    users: dict[str, int] = {}
+    items: dict[str, int] = {}
+    u_arr = np.array([users.setdefault(r[0], len(users)) for r in rows], dtype=np.int64)
+    i_arr = np.array([items.setdefault(r[2], len(items)) for r in rows], dtype=np.int64)
+    ts = np.array([r[3] for r in rows])
+    now = float(ts.max())
+    weights = np.array([r[4] for r in rows]) * 0.5 ** (
+        np.maximum(0.0, now - ts) / DAY / HALF_LIFE_DAYS)
+    matrix = confidence_matrix(u_arr, i_arr, weights, len(users), len(items))
+    factors = min(params.factors, max(2, len(items) - 1))
+    if factors != params.factors:
+        params = AlsParams(factors, params.regularization, params.alpha, params.iterations,
+                           params.seed)
+    user_f, item_f = await asyncio.to_thread(train_als, matrix, params, on_iteration)
+    recent = ts >= now - HALF_LIFE_DAYS * DAY
+    popularity = np.bincount(i_arr[recent], weights=weights[recent],
+                             minlength=len(items)).astype(np.float32)
+    return list(users), list(items), user_f, item_f, popularity, params
+
+
+async def events_added(redis: aredis.Redis) -> int:
+    """Events ever appended to the log (erasure deletes some; this count never drops)."""
+    try:
+        info: Any = await redis.xinfo_stream(LOG)
+    except aredis.ResponseError:  # no log yet
+        return 0
+    return int(info.get("entries-added", info.get("length", 0)))
 
 
 async def watch_and_train(
@@ -102,7 +145,7 @@ async def watch_and_train(
     """Retrain whenever at least ``min_new_events`` arrived since the last run."""
     trained_at = -1
     while True:
-        length = int(await redis.xlen("nr:events"))
+        length = await events_added(redis)
         if trained_at < 0 or length - trained_at >= min_new_events:
             if length:
                 await train()
