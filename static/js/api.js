@@ -1,4 +1,4 @@
-// HTTP calls and the tokens this browser holds.
+// HTTP calls, the tokens this browser holds, and small DOM helpers shared by the pages.
 
 const KEYS = { viewer: "nr.viewer", member: "nr.member", host: "nr.host", screen: "nr.screen" };
 
@@ -22,6 +22,15 @@ export function tokenFromUrl(kind) {
   return (load(kind) || {}).token || null;
 }
 
+// The claims of a JWT, read without checking it (the server checks; the page only needs
+// to know when it runs out).
+export function claims(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "=")));
+  } catch { return {}; }
+}
+
 export class ApiError extends Error {
   constructor(status, code, message) { super(message); this.status = status; this.code = code; }
 }
@@ -32,7 +41,8 @@ export async function api(path, { method = "GET", body, token } = {}) {
   if (token) headers.authorization = `Bearer ${token}`;
   const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await res.text();
-  const data = text ? JSON.parse(text) : null;
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
   if (!res.ok) {
     const err = (data && data.error) || {};
     throw new ApiError(res.status, err.code || "http_error", err.message || res.statusText);
@@ -40,12 +50,43 @@ export async function api(path, { method = "GET", body, token } = {}) {
   return data;
 }
 
+// The member's access token lasts 15 minutes; the refresh token rotates, and presenting a
+// used one revokes the sign-in, so only one refresh runs at a time across this browser's tabs.
+let refreshing = null;
+export async function memberToken() {
+  const m = load("member");
+  if (!m || !m.token) return null;
+  if ((claims(m.token).exp || 0) - Date.now() / 1000 > 60) return m.token;
+  if (!m.refresh_token) return m.token;
+  refreshing = refreshing || withLock("nr.refresh", async () => {
+    const now = load("member");   // another tab may have refreshed meanwhile
+    if (!now || (claims(now.token).exp || 0) - Date.now() / 1000 > 60) return;
+    try {
+      const pair = await api("/identity/token/refresh", { method: "POST", body: { refresh_token: now.refresh_token } });
+      save("member", { ...now, token: pair.token, refresh_token: pair.refresh_token });
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) save("member", null);   // signed out elsewhere
+      else throw err;
+    }
+  }).finally(() => { refreshing = null; });
+  await refreshing;
+  const after = load("member");
+  return after ? after.token : null;
+}
+
+function withLock(name, fn) {
+  return navigator.locks ? navigator.locks.request(name, fn) : fn();
+}
+
 // The viewer identity of this browser: the member when signed in, else an anonymous id.
 export async function viewerIdentity() {
   const member = load("member");
-  if (member && member.token) return { kind: "member", id: member.member_id, token: member.token };
+  if (member && member.token) {
+    const token = await memberToken();
+    if (token) return { kind: "member", id: member.member_id, token };
+  }
   let anon = load("viewer");
-  if (!anon || !anon.token) {
+  if (!anon || !anon.token || (claims(anon.token).exp || 0) - Date.now() / 1000 < 60) {
     anon = await api("/identity/anonymous", { method: "POST", body: {} });
     save("viewer", anon);
   }
@@ -55,7 +96,7 @@ export async function viewerIdentity() {
 export function deviceId() {
   let id = localStorage.getItem("nr.device");
   if (!id) {
-    id = "d_" + crypto.getRandomValues(new Uint32Array(2)).join("");
+    id = "d_" + Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0")).join("");
     localStorage.setItem("nr.device", id);
   }
   return id;
@@ -65,18 +106,43 @@ export async function requestCode(phone) {
   return api("/identity/otp/request", { method: "POST", body: { phone } });
 }
 
+// Signs in with a one-time code; an anonymous viewer's cart and history follow the member.
 export async function verifyCode(phone, code) {
   const anon = load("viewer");
   const body = { phone, code, device_id: deviceId() };
   if (anon && anon.anon_id) body.anon_id = anon.anon_id;
   const res = await api("/identity/otp/verify", { method: "POST", body });
-  save("member", res);
+  save("member", { member_id: res.member_id, token: res.token, refresh_token: res.refresh_token });
   return res;
 }
 
-export function money(value) {
-  return new Intl.NumberFormat(undefined, { style: "currency", currency: "GBP" }).format(value);
+export function signOut() { save("member", null); }
+
+// The sign-in form both pages share (#phone, #send-code, #otp, #verify, #signin-error):
+// ``onSignedIn`` runs once the code was accepted.
+export function bindSignin(onSignedIn) {
+  const $ = (id) => document.getElementById(id);
+  const say = (text) => { $("signin-error").textContent = text; };
+  $("send-code").onclick = async () => {
+    say("");
+    try {
+      await requestCode($("phone").value);
+      say("Code sent. It is valid for 5 minutes.");
+      $("otp").focus();
+    } catch (err) { say(err.message); }
+  };
+  $("verify").onclick = async () => {
+    say("");
+    try {
+      await verifyCode($("phone").value, $("otp").value.trim());
+      $("otp").value = "";
+      await onSignedIn();
+    } catch (err) { say(err.message); }
+  };
 }
+
+const GBP = new Intl.NumberFormat("en-GB", { style: "currency", currency: "GBP" });
+export function money(value) { return GBP.format(Number(value) || 0); }
 
 // Text only: every string from the server goes into the page through textContent.
 export function el(tag, props = {}, ...children) {
@@ -87,6 +153,21 @@ export function el(tag, props = {}, ...children) {
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
   }
-  for (const child of children) if (child !== null && child !== undefined) node.append(child);
+  for (const child of children) if (child !== null && child !== undefined && child !== false) node.append(child);
   return node;
 }
+
+export function productImage(sku) { return `/catalog/images/${encodeURIComponent(sku)}.svg`; }
+
+// An offer card, the same on the viewer page and the store screen.
+export function offerCard(o, extra = null) {
+  const price = el("div", { class: "price" });
+  if (o.offer_price < o.price) price.append(el("s", { text: money(o.price) }));
+  price.append(document.createTextNode(money(o.offer_price)));
+  return el("div", { class: "offer", "data-sku": o.sku },
+    el("img", { src: productImage(o.sku), alt: "" }),
+    el("div", { class: "reason", text: REASONS[o.reason] || "" }),
+    el("div", { class: "title", text: o.title }),
+    price, extra);
+}
+const REASONS = { buy_again: "Buy again", for_you: "For you", trending: "Trending", in_this_live: "In this live" };

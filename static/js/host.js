@@ -1,5 +1,5 @@
 // Presenter console: pin, flash sales, live figures, chat moderation, audience suggestions.
-import { api, el, money, tokenFromUrl } from "./api.js";
+import { api, el, money, productImage, tokenFromUrl } from "./api.js";
 import { LiveSocket } from "./ws.js";
 
 const sessionId = decodeURIComponent(location.pathname.split("/").pop());
@@ -7,10 +7,15 @@ const $ = (id) => document.getElementById(id);
 const token = tokenFromUrl("host");
 const products = new Map();
 const stock = new Map();
+const SERIES_POINTS = 150;   // one point every 2 s: five minutes
 let lineup = [];
 let pinned = [];
-let reactionTimes = [];
-const series = [];   // [{t, viewers, rpm}]
+let flash = null;
+let ended = false;
+let reactionTimes = [];      // [ms, count]
+let orderTimes = [];         // [ms, count]
+let lastOrders = null;
+const series = [];
 
 async function product(sku) {
   if (!products.has(sku)) {
@@ -19,157 +24,265 @@ async function product(sku) {
   }
   return products.get(sku);
 }
+function titleOf(sku) { return (products.get(sku) || {}).title || sku; }
 
-const socket = new LiveSocket(`/ws/live/${encodeURIComponent(sessionId)}`, async () => token);
+$("viewer-link").href = `/live/${encodeURIComponent(sessionId)}`;
+
+const socket = new LiveSocket(`/ws/live/${encodeURIComponent(sessionId)}`, async () => token || "");
 socket.addEventListener("status", (e) => {
-  $("status").hidden = e.detail.state === "live";
-  $("status").textContent = e.detail.state === "refused" ? "This console needs a host token (?token=…)" : "Reconnecting…";
+  const { state, message } = e.detail;
+  document.body.dataset.connection = state;
+  $("status").hidden = state === "live" || state === "connecting";
+  $("status").textContent = state === "refused"
+    ? (token ? `Refused: ${message}` : "This console needs a host token: open the link printed by `newretail demo` or add ?token=…")
+    : "Reconnecting…";
+  $("status").classList.toggle("bad", state === "refused");
 });
 
 socket.addEventListener("welcome", async (e) => {
-  const s = e.detail.state || {};
+  const msg = e.detail;
+  const s = msg.state || {};
   $("title").textContent = s.title || "Presenter console";
-  lineup = s.products || s.lineup || [];
-  pinned = toList(s.pinned);
+  lineup = s.products || [];
+  pinned = [];
+  for (const p of s.pinned || []) { products.set(p.sku, { ...(products.get(p.sku) || {}), ...p }); pinned.push(p.sku); }
   for (const [sku, left] of Object.entries(s.stock || {})) stock.set(sku, left);
   $("f-viewers").textContent = s.viewers ?? 0;
-  $("chat").replaceChildren();
-  for (const m of s.chat || []) addChat(m);
+  if (!msg.recovered) {
+    $("chat").replaceChildren();
+    for (const m of s.chat || []) addChat(m);
+  }
   if (s.figures) figures(s.figures);
-  showFlash(s.flash_sale);
-  if (s.ended) ended();
+  flash = s.flash_sale || null;
+  if (s.status === "ended") endSession();
   await Promise.all(lineup.map(product));
-  renderLineup(); renderStock(); fillFlashSelect(); loadSuggestions();
+  renderLineup(); renderStock(); fillFlashSelect(); showFlash(); loadSuggestions();
 });
-socket.addEventListener("pinned", (e) => { pinned = e.detail.pinned ? toList(e.detail.pinned) : [...pinned, e.detail.sku]; renderLineup(); loadSuggestions(); });
-socket.addEventListener("unpinned", (e) => { pinned = e.detail.pinned ? toList(e.detail.pinned) : pinned.filter((s) => s !== e.detail.sku); renderLineup(); });
+socket.addEventListener("pinned", (e) => {
+  const p = e.detail.product || { sku: e.detail.sku };
+  if (p.title) products.set(p.sku, { ...(products.get(p.sku) || {}), ...p });
+  pinned = [...pinned.filter((s) => s !== p.sku), p.sku];
+  renderLineup(); renderResults(); loadSuggestions();
+});
+socket.addEventListener("unpinned", (e) => {
+  pinned = e.detail.sku ? pinned.filter((s) => s !== e.detail.sku) : pinned.slice(0, -1);
+  renderLineup(); renderResults();
+});
 socket.addEventListener("viewers", (e) => { $("f-viewers").textContent = e.detail.count; });
 socket.addEventListener("reactions", (e) => {
-  const counts = e.detail.counts || {};
-  const now = Date.now();
-  for (const n of Object.values(counts)) if (typeof n === "number") for (let i = 0; i < n; i++) reactionTimes.push(now);
+  const n = Object.values(e.detail.counts || {}).reduce((a, b) => a + (Number(b) || 0), 0);
+  reactionTimes.push([Date.now(), n]);
+  updateRates();
 });
 socket.addEventListener("chat", (e) => addChat(e.detail));
 socket.addEventListener("chat_removed", (e) => {
-  const li = document.querySelector(`[data-chat-id="${CSS.escape(String(e.detail.id))}"]`);
+  const li = $("chat").querySelector(`[data-chat-id="${CSS.escape(String(e.detail.id))}"]`);
   if (li) li.remove();
 });
-socket.addEventListener("stock", (e) => { for (const u of e.detail.items || [e.detail]) if (u.sku) stock.set(u.sku, u.left); renderStock(); });
-socket.addEventListener("flash_sale", (e) => showFlash(e.detail));
-socket.addEventListener("flash_sale_ended", () => showFlash(null));
-socket.addEventListener("figures", (e) => figures(e.detail.figures || e.detail));
-socket.addEventListener("ended", ended);
+socket.addEventListener("stock", (e) => {
+  // one event per product: {sku, left}
+  const { sku, left } = e.detail;
+  if (typeof sku === "string" && typeof left === "number") setStock(sku, left);
+  else for (const [k, v] of Object.entries(e.detail.values || {})) setStock(k, Number(v));
+  renderStock(); showFlash();
+});
+socket.addEventListener("flash_sale", (e) => { flash = e.detail; setStock(flash.sku, flash.qty_left); showFlash(); renderStock(); });
+socket.addEventListener("flash_sale_ended", () => { flash = null; showFlash(); });
+socket.addEventListener("figures", (e) => figures(e.detail));
+socket.addEventListener("ended", endSession);
 
-function toList(p) { return !p ? [] : Array.isArray(p) ? p.map((x) => x.sku || x) : [p.sku || p]; }
+function setStock(sku, left) {
+  stock.set(sku, left);
+  if (flash && flash.sku === sku) flash.qty_left = left;
+}
 
 function figures(f) {
-  if (f.carts !== undefined) $("f-carts").textContent = f.carts;
-  if (f.orders !== undefined) $("f-orders").textContent = f.orders;
-  if (f.revenue !== undefined) $("f-revenue").textContent = money(f.revenue);
-  if (f.stock) { for (const [sku, left] of Object.entries(f.stock)) stock.set(sku, left); renderStock(); }
+  if (typeof f.carts === "number") $("f-carts").textContent = f.carts;
+  if (typeof f.orders === "number") {
+    $("f-orders").textContent = f.orders;
+    if (lastOrders !== null && f.orders > lastOrders) orderTimes.push([Date.now(), f.orders - lastOrders]);
+    lastOrders = f.orders;
+  }
+  if (typeof f.revenue === "number") $("f-revenue").textContent = money(f.revenue);
+  if (f.stock) { for (const [sku, left] of Object.entries(f.stock)) setStock(sku, left); renderStock(); }
+  updateRates();
+}
+
+function perMinute(times) {
+  const now = Date.now();
+  const kept = times.filter(([t]) => now - t < 60000);
+  return [kept, kept.reduce((a, [, n]) => a + n, 0)];
+}
+function updateRates() {
+  let rpm, opm;
+  [reactionTimes, rpm] = perMinute(reactionTimes);
+  [orderTimes, opm] = perMinute(orderTimes);
+  $("f-rpm").textContent = rpm;
+  $("f-opm").textContent = opm;
+  return { rpm, opm };
+}
+
+function pinButton(sku) {
+  return pinned.includes(sku)
+    ? el("button", { class: "secondary", onclick: () => op("unpin", { sku }) }, "Unpin")
+    : el("button", { onclick: () => op("pin", { sku }), disabled: ended }, "Pin");
 }
 
 function renderLineup() {
-  $("f-pinned").textContent = pinned.length ? pinned.map((s) => (products.get(s) || {}).title || s).join(", ") : "–";
-  $("lineup").replaceChildren(...lineup.map((sku) => {
-    const p = products.get(sku) || { title: sku };
-    const isPinned = pinned.includes(sku);
-    return el("li", { "data-sku": sku },
-      el("span", { class: "grow", text: p.title }),
-      el("span", { class: "muted", text: stock.has(sku) ? `${stock.get(sku)} left` : "" }),
-      isPinned ? el("button", { class: "secondary", onclick: () => op("unpin", { sku }) }, "Unpin")
-               : el("button", { onclick: () => op("pin", { sku }) }, "Pin"));
-  }));
+  $("lineup").replaceChildren(...lineup.map((sku) => el("li", { "data-sku": sku, class: pinned.includes(sku) ? "is-pinned" : "" },
+    el("img", { class: "thumb", src: productImage(sku), alt: "" }),
+    el("div", { class: "grow" },
+      el("div", { class: "name", text: titleOf(sku) }),
+      el("div", { class: "muted small" },
+        document.createTextNode(stock.has(sku) ? `${stock.get(sku)} left` : ""),
+        pinned.includes(sku) ? el("span", { class: "pinned-tag", text: " · on screen" }) : null)),
+    pinButton(sku))));
 }
 
 function renderStock() {
-  $("stock").replaceChildren(...lineup.map((sku) => el("li", {},
-    el("span", { class: "grow", text: (products.get(sku) || {}).title || sku }),
-    el("b", { text: String(stock.get(sku) ?? "–") }))));
+  const skus = [...new Set([...lineup, ...stock.keys()])];
+  $("stock").replaceChildren(...skus.map((sku) => {
+    const left = stock.get(sku);
+    return el("li", { "data-sku": sku },
+      el("span", { class: "grow", text: titleOf(sku) }),
+      flash && flash.sku === sku ? el("span", { class: "badge sale", text: "flash" }) : null,
+      el("b", { class: left === 0 ? "error-text" : "", text: left === undefined ? "–" : String(left) }));
+  }));
   renderLineup();
 }
 
 function fillFlashSelect() {
-  $("flash-sku").replaceChildren(...lineup.map((sku) => el("option", { value: sku, text: (products.get(sku) || {}).title || sku })));
-  const first = products.get(lineup[0]);
-  if (first && !$("flash-price").value) $("flash-price").value = (first.price * 0.7).toFixed(2);
+  const chosen = $("flash-sku").value;
+  $("flash-sku").replaceChildren(...lineup.map((sku) => el("option", { value: sku, text: `${titleOf(sku)} (${money((products.get(sku) || {}).price)})` })));
+  if (chosen && lineup.includes(chosen)) $("flash-sku").value = chosen;
+  suggestPrice();
 }
-$("flash-sku").onchange = () => { const p = products.get($("flash-sku").value); if (p) $("flash-price").value = (p.price * 0.7).toFixed(2); };
-
-function showFlash(f) {
-  $("flash-state").textContent = f ? `Running: ${(products.get(f.sku) || {}).title || f.sku} at ${money(f.price)}, ${f.qty_left}/${f.qty_total} left` : "No flash sale running";
+function suggestPrice() {
+  const p = products.get($("flash-sku").value);
+  if (p && p.price) $("flash-price").value = (Math.max(0.01, p.price * 0.7)).toFixed(2);
 }
+$("flash-sku").onchange = suggestPrice;
 
-async function op(name, fields) {
-  $("pin-error").textContent = "";
-  try { await socket.send(name, fields); }
-  catch (err) { $("pin-error").textContent = err.message; }
+function showFlash() {
+  if (!flash) { $("flash-state").textContent = "No flash sale running"; $("flash-stop").disabled = true; return; }
+  const secs = Math.max(0, Math.ceil(flash.ends_at - Date.now() / 1000));
+  $("flash-state").textContent = `Running: ${titleOf(flash.sku)} at ${money(flash.price)} · ${flash.qty_left} of ${flash.qty_total} left · ${Math.floor(secs / 60)}:${String(secs % 60).padStart(2, "0")} to go`;
+  $("flash-stop").disabled = false;
+}
+setInterval(showFlash, 1000);
+
+async function op(name, fields, errorBox = "pin-error") {
+  $(errorBox).textContent = "";
+  try { await socket.send(name, fields); return true; }
+  catch (err) { $(errorBox).textContent = err.message; return false; }
 }
 
 $("flash-form").onsubmit = async (e) => {
   e.preventDefault();
-  $("flash-error").textContent = "";
-  const fields = { sku: $("flash-sku").value, price: Number($("flash-price").value), qty: Number($("flash-qty").value), seconds: Number($("flash-seconds").value) };
-  if ($("flash-limit").value) fields.per_member_limit = Number($("flash-limit").value);
-  try { await socket.send("flash.start", fields); } catch (err) { $("flash-error").textContent = err.message; }
+  const fields = {
+    sku: $("flash-sku").value, price: Number($("flash-price").value),
+    qty: Number($("flash-qty").value), seconds: Number($("flash-seconds").value),
+  };
+  if ($("flash-limit").value) fields.limit = Number($("flash-limit").value);
+  await op("flash.start", fields, "flash-error");
 };
-$("flash-stop").onclick = async () => { try { await socket.send("flash.stop"); } catch (err) { $("flash-error").textContent = err.message; } };
-$("end").onclick = async () => { if (confirm("End this live session for everyone?")) await op("end", {}); };
+$("flash-stop").onclick = () => op("flash.stop", {}, "flash-error");
+$("end").onclick = async () => {
+  if (confirm("End this live session for everyone?")) await op("end", {});
+};
 
 function addChat(m) {
-  const from = (m.from && m.from.name) || "viewer";
-  const li = el("li", { "data-chat-id": m.id }, el("b", { text: from }), document.createTextNode(m.text + " "),
-    el("button", { class: "secondary", title: "Remove", onclick: () => op("chat.remove", { id: m.id }) }, "✕"),
-    m.from && m.from.id ? el("button", { class: "secondary", title: "Mute", onclick: () => op("mute", { member_id: m.from.id }) }, "Mute") : null);
-  $("chat").append(li);
-  while ($("chat").children.length > 200) $("chat").firstChild.remove();
-  $("chat").scrollTop = $("chat").scrollHeight;
+  if (m.id && $("chat").querySelector(`[data-chat-id="${CSS.escape(String(m.id))}"]`)) return;
+  const from = m.from || {};
+  const host = from.name === "Host";
+  const li = el("li", { "data-chat-id": m.id, class: host ? "from-host" : "" },
+    el("b", { text: from.name || "Viewer" }),
+    document.createTextNode(m.text),
+    el("button", { class: "secondary", title: "Remove this message", onclick: () => op("chat.remove", { id: m.id }, "chat-error") }, "Remove"),
+    !host && from.id ? el("button", { class: "secondary", title: "Mute this viewer in this session", onclick: async (ev) => {
+      const button = ev.currentTarget;
+      if (await op("mute", { member_id: from.id }, "chat-error")) { button.textContent = "Muted"; button.disabled = true; }
+    } }, "Mute") : null);
+  const box = $("chat");
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  box.append(li);
+  while (box.children.length > 300) box.firstChild.remove();
+  if (atBottom) box.scrollTop = box.scrollHeight;
 }
 $("chat-form").onsubmit = async (e) => {
   e.preventDefault();
   const text = $("chat-input").value.trim();
   if (!text) return;
-  try { await socket.send("chat", { text }); $("chat-input").value = ""; } catch (err) { $("chat-error").textContent = err.message; }
+  if (await op("chat", { text }, "chat-error")) $("chat-input").value = "";
 };
 
+let results = [];
 $("search-form").onsubmit = async (e) => {
   e.preventDefault();
-  const res = await api(`/catalog/products?q=${encodeURIComponent($("q").value)}&limit=20`);
-  $("results").replaceChildren(...res.products.map((p) => {
-    products.set(p.sku, p);
-    return el("li", { "data-sku": p.sku }, el("span", { class: "grow", text: `${p.title} · ${money(p.price)}` }),
-      el("span", { class: "muted", text: `${p.stock} in stock` }),
-      el("button", { onclick: () => op("pin", { sku: p.sku }) }, "Pin"));
-  }));
+  try {
+    const res = await api(`/catalog/products?q=${encodeURIComponent($("q").value)}&limit=20`);
+    results = res.products;
+    for (const p of results) if (!products.has(p.sku)) products.set(p.sku, p);
+    renderResults();
+  } catch (err) { $("pin-error").textContent = err.message; }
 };
+function renderResults() {
+  $("results").replaceChildren(...results.map((p) => el("li", { "data-sku": p.sku },
+    el("img", { class: "thumb", src: productImage(p.sku), alt: "" }),
+    el("span", { class: "grow", text: `${p.title} · ${money(p.price)}` }),
+    el("span", { class: "muted small", text: `${p.stock} in stock` }),
+    pinButton(p.sku))));
+}
 
 async function loadSuggestions() {
+  if (!token || ended) return;
   try {
     const res = await api(`/live/sessions/${encodeURIComponent(sessionId)}/suggestions?n=5`, { token });
-    $("suggestions").replaceChildren(...(res.suggestions || res.products || []).map((s) => el("li", { "data-sku": s.sku },
+    const list = res.suggestions || [];
+    $("suggestions").replaceChildren(...(list.length ? list.map((s) => el("li", { "data-sku": s.sku },
+      el("img", { class: "thumb", src: productImage(s.sku), alt: "" }),
       el("span", { class: "grow", text: s.title || s.sku }),
-      el("button", { onclick: () => op("pin", { sku: s.sku }) }, "Pin"))));
-  } catch { /* suggestions need a trained model */ }
+      pinButton(s.sku))) : [el("li", { class: "muted empty", text: "Waiting for viewers…" })]));
+  } catch { /* suggestions are advisory */ }
 }
 setInterval(loadSuggestions, 15000);
 
-function ended() { $("live-badge").textContent = "ENDED"; $("live-badge").classList.remove("live"); }
+function endSession() {
+  ended = true;
+  $("live-badge").textContent = "ENDED";
+  $("live-badge").classList.remove("live");
+  $("end").disabled = true;
+  $("flash-start").disabled = true;
+  document.body.dataset.ended = "1";
+  renderLineup();
+}
 
-// Viewers and reactions per minute over the last five minutes, drawn every two seconds.
-setInterval(() => {
-  const now = Date.now();
-  reactionTimes = reactionTimes.filter((t) => now - t < 60000);
-  $("f-rpm").textContent = reactionTimes.length;
-  series.push({ viewers: Number($("f-viewers").textContent) || 0, rpm: reactionTimes.length });
-  if (series.length > 150) series.shift();
-  const c = $("chart"), g = c.getContext("2d");
-  g.clearRect(0, 0, c.width, c.height);
-  const max = Math.max(1, ...series.map((p) => Math.max(p.viewers, p.rpm)));
-  for (const [key, colour] of [["viewers", "#3ddc97"], ["rpm", "#ff4d6d"]]) {
+// Viewers, reactions per minute and orders over the last five minutes, every two seconds.
+function drawChart() {
+  const { rpm } = updateRates();
+  series.push({ viewers: Number($("f-viewers").textContent) || 0, rpm, orders: lastOrders || 0 });
+  if (series.length > SERIES_POINTS) series.shift();
+  const c = $("chart");
+  const ratio = window.devicePixelRatio || 1;
+  const w = c.clientWidth || 600, h = c.clientHeight || 110;
+  if (c.width !== Math.round(w * ratio)) { c.width = Math.round(w * ratio); c.height = Math.round(h * ratio); }
+  const g = c.getContext("2d");
+  g.setTransform(ratio, 0, 0, ratio, 0, 0);
+  g.clearRect(0, 0, w, h);
+  g.strokeStyle = "rgba(255,255,255,.07)"; g.lineWidth = 1;
+  for (let i = 1; i < 4; i++) { g.beginPath(); g.moveTo(0, (h * i) / 4); g.lineTo(w, (h * i) / 4); g.stroke(); }
+  for (const [key, colour] of [["viewers", "#3ddc97"], ["rpm", "#ff4d6d"], ["orders", "#ffb703"]]) {
+    const max = Math.max(1, ...series.map((p) => p[key]));
     g.strokeStyle = colour; g.lineWidth = 2; g.beginPath();
-    series.forEach((p, i) => { const x = (i / 149) * c.width, y = c.height - (p[key] / max) * (c.height - 10) - 5; i ? g.lineTo(x, y) : g.moveTo(x, y); });
+    series.forEach((p, i) => {
+      const x = w - (series.length - 1 - i) * (w / (SERIES_POINTS - 1));
+      const y = h - 6 - (p[key] / max) * (h - 16);
+      if (i) g.lineTo(x, y); else g.moveTo(x, y);
+    });
     g.stroke();
   }
-}, 2000);
+}
+setInterval(drawChart, 2000);
+drawChart();
 
 socket.connect();

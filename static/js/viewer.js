@@ -1,276 +1,381 @@
 // Viewer page: watch, chat, react, cart and checkout inside the stream.
-import { api, el, load, money, requestCode, verifyCode, viewerIdentity } from "./api.js";
+import { api, bindSignin, el, memberToken, money, offerCard, productImage, save, viewerIdentity } from "./api.js";
 import { LiveSocket } from "./ws.js";
 
 const sessionId = decodeURIComponent(location.pathname.split("/").pop());
 const $ = (id) => document.getElementById(id);
-const products = new Map();   // sku -> product
-const stock = new Map();      // sku -> units left
+const products = new Map();   // sku -> {sku, title, price, image}
+const stock = new Map();      // sku -> units left in this session
+const MAX_CHAT = 200;
 let identity = null;
-let pinned = [];
+let pinned = [];              // skus, oldest first
 let flash = null;
-let cart = { lines: [] };
+let cart = { lines: [], count: 0, total: 0 };
+let ended = false;
+let pendingCheckout = false;  // a guest pressed Buy now / Check out and is signing in
 let offersTimer = null;
 
 async function product(sku) {
   if (!products.has(sku)) {
     try { products.set(sku, await api(`/catalog/products/${encodeURIComponent(sku)}`)); }
-    catch { products.set(sku, { sku, title: sku, price: 0, image: "" }); }
+    catch { products.set(sku, { sku, title: sku, price: 0, image: productImage(sku) }); }
   }
   return products.get(sku);
 }
+function titleOf(sku) { return (products.get(sku) || {}).title || sku; }
 
 const socket = new LiveSocket(`/ws/live/${encodeURIComponent(sessionId)}`, async () => {
   identity = await viewerIdentity();
+  updateWho();
   return identity.token;
+}, {
+  // An expired or revoked token: sign-in state is refreshed and the hello tried again once.
+  onHelloError: async (err) => {
+    if (err.code !== "unauthorized") return false;
+    if (identity && identity.kind === "member") save("member", null);
+    else save("viewer", null);
+    return true;
+  },
 });
 
 socket.addEventListener("status", (e) => {
-  const state = e.detail.state;
-  $("status").hidden = state === "live";
-  $("status").textContent = state === "refused" ? "Not allowed to join this session" : "Reconnecting…";
+  const { state, message } = e.detail;
   document.body.dataset.connection = state;
+  $("status").hidden = state === "live" || state === "connecting";
+  $("status").textContent = state === "refused" ? `Cannot join this live: ${message || "refused"}` : "Reconnecting…";
+  $("status").classList.toggle("bad", state === "refused");
 });
 
 socket.addEventListener("welcome", async (e) => {
-  const s = e.detail.state || {};
+  const msg = e.detail;
+  const s = msg.state || {};
+  document.body.dataset.recovered = String(Boolean(msg.recovered));
   $("title").textContent = s.title || "";
+  $("poster-title").textContent = s.title || "";
+  document.title = `${s.title || "Live"} · newretail`;
   if (s.video_url) showVideo(s.video_url);
   setViewers(s.viewers ?? 0);
+  stock.clear();
   for (const [sku, left] of Object.entries(s.stock || {})) stock.set(sku, left);
-  $("chat").replaceChildren();
-  for (const msg of s.chat || []) addChat(msg);
-  pinned = toList(s.pinned);
+  // A resumed connection keeps its chat and gets what it missed replayed after this
+  // welcome; otherwise the snapshot's recent chat is all there is.
+  if (!msg.recovered) {
+    $("chat").replaceChildren();
+    for (const m of s.chat || []) addChat(m);
+  }
+  pinned = [];
+  for (const p of s.pinned || []) { rememberProduct(p); pinned.push(p.sku); }
   flash = s.flash_sale || null;
-  if (s.cart) cart = s.cart;
-  if (s.ended) ended();
-  await Promise.all([renderPinned(), renderFlash()]);
-  renderCart();
+  if (s.cart) setCart(s.cart);
+  if (s.status === "ended") endSession();
+  renderPinned(); renderFlash();
   refreshOffers();
+  if (pendingCheckout && signedIn()) { pendingCheckout = false; openCart(); checkout(); }
+  if (pendingChat && signedIn()) { const text = pendingChat; pendingChat = ""; sendChat(text); }
 });
 
-socket.addEventListener("pinned", async (e) => {
-  const sku = e.detail.sku || (e.detail.product || {}).sku;
-  pinned = e.detail.pinned ? toList(e.detail.pinned) : [...pinned.filter((p) => p !== sku), sku].slice(-3);
-  await renderPinned();
-  track("view", sku);
+socket.addEventListener("pinned", (e) => {
+  const p = e.detail.product || { sku: e.detail.sku };
+  rememberProduct(p);
+  pinned = [...pinned.filter((s) => s !== p.sku), p.sku];
+  renderPinned();
+  track("view", p.sku);
 });
-socket.addEventListener("unpinned", async (e) => {
-  pinned = e.detail.pinned ? toList(e.detail.pinned) : (e.detail.sku ? pinned.filter((p) => p !== e.detail.sku) : []);
-  await renderPinned();
+socket.addEventListener("unpinned", (e) => {
+  pinned = e.detail.sku ? pinned.filter((s) => s !== e.detail.sku) : pinned.slice(0, -1);
+  renderPinned();
 });
 socket.addEventListener("chat", (e) => addChat(e.detail));
 socket.addEventListener("chat_removed", (e) => {
-  const li = document.querySelector(`[data-chat-id="${CSS.escape(String(e.detail.id))}"]`);
+  const li = $("chat").querySelector(`[data-chat-id="${CSS.escape(String(e.detail.id))}"]`);
   if (li) li.remove();
 });
 socket.addEventListener("reactions", (e) => {
-  const counts = e.detail.counts || e.detail;
-  for (const [kind, n] of Object.entries(counts)) {
-    if (typeof n === "number") for (let i = 0; i < Math.min(n, 8); i++) floatReaction(kind, i);
+  let i = 0;
+  for (const [kind, n] of Object.entries(e.detail.counts || {})) {
+    for (let k = 0; k < Math.min(n, 6) && i < 12; k++) floatReaction(kind, i++);
   }
 });
 socket.addEventListener("viewers", (e) => setViewers(e.detail.count));
 socket.addEventListener("stock", (e) => {
-  const updates = e.detail.items || [e.detail];
-  for (const u of updates) if (u.sku) stock.set(u.sku, u.left);
-  if (flash && stock.has(flash.sku)) flash.qty_left = Math.min(flash.qty_left, stock.get(flash.sku));
+  // one event per product: {sku, left}
+  const { sku, left } = e.detail;
+  if (typeof sku === "string" && typeof left === "number") setStock(sku, left);
+  else for (const [k, v] of Object.entries(e.detail.values || {})) setStock(k, Number(v));
   renderPinned(); renderFlash();
 });
-socket.addEventListener("flash_sale", (e) => { flash = e.detail; renderFlash(); });
-socket.addEventListener("flash_sale_ended", () => { flash = null; renderFlash(); });
-socket.addEventListener("cart", (e) => { cart = e.detail.cart || e.detail; renderCart(); });
+socket.addEventListener("flash_sale", (e) => { flash = e.detail; setStock(flash.sku, flash.qty_left); renderFlash(); renderPinned(); });
+socket.addEventListener("flash_sale_ended", () => { flash = null; renderFlash(); renderPinned(); });
+socket.addEventListener("cart", (e) => setCart(e.detail.cart));
 socket.addEventListener("order", (e) => showOrder(e.detail.order));
-socket.addEventListener("offers", (e) => renderOffers(e.detail.offers || []));
-socket.addEventListener("ended", ended);
+socket.addEventListener("offers", (e) => renderOffers(e.detail.offers || [], e.detail.personalized));
+socket.addEventListener("ended", endSession);
 
-function toList(p) { return !p ? [] : Array.isArray(p) ? p.map((x) => x.sku || x) : [p.sku || p]; }
+function rememberProduct(p) {
+  if (p && p.sku && p.title) products.set(p.sku, { ...(products.get(p.sku) || {}), ...p });
+}
+
+function setStock(sku, left) {
+  stock.set(sku, left);
+  if (flash && flash.sku === sku) flash.qty_left = left;
+}
 
 function showVideo(url) {
-  const video = el("video", { src: url, autoplay: true, muted: true, playsinline: true, loop: true });
+  if ($("stage").querySelector("video")) return;
+  const video = el("video", { src: url, autoplay: true, playsinline: true, loop: true, controls: true });
+  video.muted = true;   // autoplay is allowed only muted
   $("poster").replaceWith(video);
 }
 
-function setViewers(n) { $("viewers").textContent = `👀 ${n}`; }
+function setViewers(n) { $("viewer-count").textContent = String(n); }
 
-function addChat(msg) {
-  const from = (msg.from && msg.from.name) || "viewer";
-  const li = el("li", { "data-chat-id": msg.id }, el("b", { text: from }), document.createTextNode(msg.text));
-  $("chat").append(li);
-  while ($("chat").children.length > 100) $("chat").firstChild.remove();
-  $("chat").scrollTop = $("chat").scrollHeight;
+function addChat(m) {
+  if (m.id && $("chat").querySelector(`[data-chat-id="${CSS.escape(String(m.id))}"]`)) return;
+  const from = m.from || {};
+  const mine = identity && from.id === identity.id;
+  const host = from.name === "Host";
+  const li = el("li", { "data-chat-id": m.id, class: `${host ? "from-host" : ""} ${mine ? "mine" : ""}` },
+    el("b", { text: mine ? "You" : (from.name || "Viewer") }),
+    document.createTextNode(m.text));
+  const box = $("chat");
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  box.append(li);
+  while (box.children.length > MAX_CHAT) box.firstChild.remove();
+  if (atBottom || mine) box.scrollTop = box.scrollHeight;
 }
 
-const EMOJI = { heart: "❤️", fire: "🔥", clap: "👏", wow: "😮" };
+const REACTIONS = ["heart", "fire", "clap", "laugh", "wow"];
 function floatReaction(kind, i) {
-  const span = el("span", { text: EMOJI[kind] || "❤️", style: `left:${Math.random() * 30}px;animation-delay:${i * 120}ms` });
-  $("reactions").append(span);
-  setTimeout(() => span.remove(), 2600 + i * 120);
+  const name = REACTIONS.includes(kind) ? kind : "heart";
+  const img = el("img", { src: `/static/icons/${name}.svg`, alt: "", class: "float",
+    style: `left:${Math.round(Math.random() * 34)}px;animation-delay:${i * 140}ms` });
+  $("reactions").append(img);
+  setTimeout(() => img.remove(), 2600 + i * 140);
 }
 
-async function renderPinned() {
+function renderPinned() {
   const box = $("pinned");
-  if (!pinned.length) { box.replaceChildren(el("p", { class: "muted", text: "The host has not pinned a product yet." })); return; }
-  const cards = [];
-  for (const sku of pinned) {
-    const p = await product(sku);
-    const left = stock.has(sku) ? stock.get(sku) : p.stock;
-    cards.push(el("div", { class: "product-card panel", "data-sku": sku },
-      el("img", { src: p.image, alt: "" }),
-      el("div", { class: "grow" }, el("div", { text: p.title }),
-        el("div", { class: "price", text: money(p.price) }),
-        el("div", { class: "muted", text: left === undefined ? "" : `${left} left` })),
-      el("div", { style: "display:flex;flex-direction:column;gap:6px" },
-        el("button", { class: "secondary", onclick: () => addToCart(sku), disabled: left === 0 }, "Add to cart"),
-        el("button", { onclick: () => buyNow(sku), disabled: left === 0 }, "Buy now"))));
+  if (!pinned.length) {
+    box.replaceChildren(el("p", { class: "muted", text: ended ? "This live has ended." : "The host has not pinned a product yet." }));
+    return;
   }
-  box.replaceChildren(...cards);
+  box.replaceChildren(...[...pinned].reverse().map((sku) => {
+    const p = products.get(sku) || { sku, title: sku, price: 0 };
+    const left = stock.get(sku);
+    const onSale = flash && flash.sku === sku;
+    const soldOut = left === 0;
+    const price = el("div", { class: "price" });
+    if (onSale) price.append(el("s", { text: money(p.price) }), document.createTextNode(money(flash.price)));
+    else price.append(document.createTextNode(money(p.price)));
+    return el("div", { class: "product-card", "data-sku": sku },
+      el("img", { src: p.image || productImage(sku), alt: "" }),
+      el("div", { class: "grow info" },
+        el("div", { class: "title", text: p.title }), price,
+        el("div", { class: `stock-left ${soldOut ? "out" : left !== undefined && left <= 10 ? "low" : ""}`,
+          text: left === undefined ? "" : soldOut ? "Sold out" : `${left} left` })),
+      el("div", { class: "actions" },
+        el("button", { class: "secondary add", onclick: () => addToCart(sku), disabled: soldOut || ended }, "Add to cart"),
+        el("button", { class: "buy", onclick: () => buyNow(sku), disabled: soldOut || ended }, "Buy now")));
+  }));
 }
 
-async function renderFlash() {
+function renderFlash() {
   if (!flash) { $("flash").hidden = true; return; }
-  const p = await product(flash.sku);
+  const p = products.get(flash.sku);
+  if (!p) { product(flash.sku).then(renderFlash); return; }
   $("flash").hidden = false;
   $("flash-title").textContent = p.title;
+  $("flash-img").src = p.image || productImage(flash.sku);
   $("flash-price").replaceChildren(el("s", { text: money(p.price) }), document.createTextNode(money(flash.price)));
-  $("flash-left").textContent = `${flash.qty_left} of ${flash.qty_total} left`;
-  $("flash-bar").style.width = `${(100 * flash.qty_left) / Math.max(1, flash.qty_total)}%`;
-  $("flash-buy").disabled = flash.qty_left <= 0;
+  const left = Math.max(0, flash.qty_left);
+  $("flash-left").textContent = left ? `${left} of ${flash.qty_total} left` : "Sold out";
+  $("flash-bar").style.width = `${(100 * left) / Math.max(1, flash.qty_total)}%`;
+  $("flash-limit").textContent = flash.limit ? `Up to ${flash.limit} each` : "";
+  tickFlash();
 }
-setInterval(() => {
+function tickFlash() {
   if (!flash) return;
-  const secs = Math.max(0, Math.round(flash.ends_at - Date.now() / 1000));
+  const secs = Math.max(0, Math.ceil(flash.ends_at - Date.now() / 1000));
   $("flash-countdown").textContent = `${Math.floor(secs / 60)}:${String(secs % 60).padStart(2, "0")}`;
-}, 250);
+  $("flash-buy").disabled = ended || secs === 0 || flash.qty_left <= 0;
+}
+setInterval(tickFlash, 250);
 $("flash-buy").onclick = () => flash && buyNow(flash.sku);
 
 function signedIn() { return identity && identity.kind === "member"; }
 
 async function addToCart(sku, qty = 1) {
   $("cart-error").textContent = "";
-  try { await socket.send("cart.add", { sku, qty }); track("cart", sku, false); }
-  catch (err) { $("cart-error").textContent = err.message; openCart(); }
+  try {
+    await socket.send("cart.add", { sku, qty });
+    refreshOffers();  // the server records the cart event itself
+    return true;
+  } catch (err) {
+    $("cart-error").textContent = friendly(err);
+    openCart();
+    return false;
+  }
 }
 
 async function buyNow(sku) {
-  await addToCart(sku);
+  const inCart = (cart.lines || []).some((l) => l.sku === sku);
+  if (!inCart && !(await addToCart(sku))) return;
   openCart();
-  await checkout();
+  await checkout(true);   // the cart message may still be on its way; the server has the line
 }
+
+function setCart(c) { cart = c || { lines: [] }; renderCart(); }
 
 function renderCart() {
   const lines = cart.lines || [];
-  $("cart-count").textContent = lines.reduce((n, l) => n + l.qty, 0);
-  $("cart-lines").replaceChildren(...lines.map((l) => el("li", { "data-sku": l.sku },
-    el("span", { class: "grow", text: `${l.qty} × ${l.title || (products.get(l.sku) || {}).title || l.sku}` }),
-    el("b", { text: money((l.price ?? 0) * l.qty) }),
-    el("button", { class: "secondary", onclick: () => socket.send("cart.remove", { sku: l.sku }).catch((e) => { $("cart-error").textContent = e.message; }) }, "✕"))));
-  const total = cart.total ?? lines.reduce((s, l) => s + (l.price ?? 0) * l.qty, 0);
-  $("cart-total").textContent = money(total);
+  for (const l of lines) if (l.title && !products.has(l.sku)) products.set(l.sku, { sku: l.sku, title: l.title, price: l.price });
+  $("cart-count").textContent = String(cart.count ?? lines.reduce((n, l) => n + l.qty, 0));
+  $("cart-lines").replaceChildren(...(lines.length ? lines.map((l) => el("li", { "data-sku": l.sku },
+    el("img", { class: "thumb", src: productImage(l.sku), alt: "" }),
+    el("span", { class: "grow", text: `${l.qty} × ${l.title || titleOf(l.sku)}` }),
+    l.flash_sale ? el("span", { class: "badge sale", text: "flash" }) : null,
+    el("b", { text: money(l.price * l.qty) }),
+    el("button", { class: "secondary icon-button", title: "Remove", "aria-label": `Remove ${l.title || l.sku}`,
+      onclick: () => socket.send("cart.remove", { sku: l.sku }).catch((err) => { $("cart-error").textContent = friendly(err); }) }, "✕")))
+    : [el("li", { class: "muted empty", text: "Your cart is empty." })]));
+  $("cart-total").textContent = money(cart.total ?? 0);
   $("checkout").disabled = lines.length === 0;
+  $("checkout").textContent = signedIn() ? "Check out" : "Sign in to check out";
+  $("cart-signin-note").hidden = signedIn() || lines.length === 0;
 }
 
-async function checkout() {
+async function checkout(justAdded = false) {
   $("cart-error").textContent = "";
-  if (!signedIn()) { $("signin").showModal(); return; }
-  const key = crypto.randomUUID();
+  if (!justAdded && !(cart.lines || []).length) return;
+  if (!signedIn()) { pendingCheckout = true; openSignin(); return; }
   $("checkout").disabled = true;
-  try { await socket.send("checkout", { idempotency_key: key }); }
-  catch (err) {
-    if (err.code === "sign_in_required") $("signin").showModal();
-    else $("cart-error").textContent = err.code === "out_of_stock" ? "Sold out, sorry: your cart was not charged." : err.message;
+  try {
+    // One key per attempt: a retry after a lost answer gets the same order, not a second.
+    await socket.send("checkout", { idempotency_key: crypto.randomUUID() });
+  } catch (err) {
+    if (err.code === "sign_in_required") { pendingCheckout = true; openSignin(); }
+    else $("cart-error").textContent = friendly(err);
   } finally { renderCart(); }
 }
-$("checkout").onclick = checkout;
+$("checkout").onclick = () => checkout();
+
+function friendly(err) {
+  switch (err.code) {
+    case "out_of_stock": return "Sold out, sorry: nothing was charged.";
+    case "limit_exceeded": return "That is more than the flash sale allows per person.";
+    case "session_ended": return "This live has ended.";
+    case "rate_limited": return "Slow down a little and try again.";
+    case "muted": return "The host has muted you in this live.";
+    default: return err.message;
+  }
+}
 
 function showOrder(order) {
   const box = $("order");
   box.hidden = false;
-  box.replaceChildren(el("h3", { text: "Order confirmed ✔" }),
-    el("p", { text: `Order ${order.id}: ${money(order.total)}` }),
-    el("ul", { class: "list" }, ...order.lines.map((l) => el("li", { text: `${l.qty} × ${(products.get(l.sku) || {}).title || l.sku} (from ${l.location})` }))));
   box.dataset.orderId = order.id;
+  box.replaceChildren(
+    el("h3", { text: "Order confirmed" }),
+    el("p", { class: "muted small", text: `Order ${order.id}` }),
+    el("ul", { class: "list" }, ...order.lines.map((l) => el("li", {},
+      el("span", { class: "grow", text: `${l.qty} × ${titleOf(l.sku)}` }),
+      el("b", { text: money(l.price * l.qty) })))),
+    el("p", { class: "row total" }, el("span", { class: "grow", text: "Paid" }), el("b", { text: money(order.total) })),
+    el("a", { href: "/me", text: "See your orders" }));
   openCart();
   refreshOffers();
 }
 
-function ended() {
+function endSession() {
+  ended = true;
   $("live-badge").textContent = "ENDED";
   $("live-badge").classList.remove("live");
   document.body.dataset.ended = "1";
+  $("chat-input").disabled = true;
+  renderPinned(); renderFlash();
 }
 
 function openCart() { $("cart").classList.add("open"); }
-$("cart-open").onclick = openCart;
+$("cart-open").onclick = () => $("cart").classList.toggle("open");
 $("cart-close").onclick = () => $("cart").classList.remove("open");
 
+// Only members chat: a guest's message waits for their sign-in, then goes out.
+let pendingChat = "";
+async function sendChat(text) {
+  $("chat-error").textContent = "";
+  try { await socket.send("chat", { text }); $("chat-input").value = ""; }
+  catch (err) { $("chat-error").textContent = friendly(err); }
+}
 $("chat-form").onsubmit = async (e) => {
   e.preventDefault();
   const text = $("chat-input").value.trim();
   if (!text) return;
-  $("chat-error").textContent = "";
-  try { await socket.send("chat", { text }); $("chat-input").value = ""; }
-  catch (err) { $("chat-error").textContent = err.message; }
+  if (!signedIn()) { pendingChat = text; openSignin("Sign in to chat"); return; }
+  await sendChat(text);
 };
 for (const b of document.querySelectorAll("#react-buttons button")) {
   b.onclick = () => { floatReaction(b.dataset.kind, 0); socket.send("react", { kind: b.dataset.kind }).catch(() => {}); };
 }
 
-// Sign in: phone and one-time code; the anonymous cart and history follow the member.
-$("signin-open").onclick = () => $("signin").showModal();
-$("signin-cancel").onclick = () => $("signin").close();
-$("send-code").onclick = async () => {
+// Sign in: phone and one-time code; the guest's cart and history follow the member.
+function openSignin(heading = "Sign in to buy") {
+  $("signin-title").textContent = heading;
   $("signin-error").textContent = "";
-  try { await requestCode($("phone").value); $("signin-error").textContent = "Code sent."; }
-  catch (err) { $("signin-error").textContent = err.message; }
-};
-$("verify").onclick = async () => {
-  $("signin-error").textContent = "";
-  try {
-    await verifyCode($("phone").value, $("otp").value.trim());
-    $("signin").close();
-    updateWho();
-    socket.close();
-    socket.connect();
-  } catch (err) { $("signin-error").textContent = err.message; }
-};
+  if (!$("signin").open) $("signin").showModal();
+}
+$("signin-open").onclick = () => openSignin("Sign in");
+$("signin-cancel").onclick = () => { pendingCheckout = false; pendingChat = ""; $("signin").close(); };
+bindSignin(() => {
+  $("signin").close();
+  socket.reconnect();   // hello again as the member; the welcome carries their cart
+});
 
 function updateWho() {
-  const m = load("member");
-  $("who").textContent = m ? "Signed in" : "Watching as a guest";
-  $("signin-open").hidden = Boolean(m);
+  const member = signedIn();
+  $("who").textContent = member ? "Signed in" : "Watching as a guest";
+  $("signin-open").hidden = member;
+  $("chat-input").placeholder = member ? "Say something" : "Sign in to chat";
+  renderCart();
 }
 
-async function track(kind, sku, refresh = true) {
+// Views and carts are recorded so the "For you" panel follows what this viewer does.
+async function track(kind, sku) {
   if (!identity || !sku) return;
   const who = identity.kind === "member" ? { member_id: identity.id } : { anon_id: identity.id };
-  try { await api("/events", { method: "POST", token: identity.token, body: [{ ...who, sku, kind, session_id: sessionId }] }); }
-  catch { /* events are best effort from the page */ }
-  if (refresh) refreshOffers();
+  try {
+    await api("/events", { method: "POST", token: identity.token, body: [{ ...who, sku, kind, session_id: sessionId }] });
+  } catch { /* events are best effort from the page */ }
+  refreshOffers();
 }
 
 function refreshOffers() {
   clearTimeout(offersTimer);
   offersTimer = setTimeout(async () => {
-    if (!identity || identity.kind !== "member") {
-      try { renderOffers((await api(`/offers?n=8&session_id=${encodeURIComponent(sessionId)}`)).offers); } catch { /* guests may see nothing */ }
-      return;
-    }
+    if (!identity) return;
+    const q = `n=8&session_id=${encodeURIComponent(sessionId)}`;
     try {
-      const res = await api(`/offers?member_id=${encodeURIComponent(identity.id)}&n=8&session_id=${encodeURIComponent(sessionId)}`, { token: identity.token });
-      renderOffers(res.offers);
+      if (signedIn()) {
+        const token = await memberToken();
+        const res = await api(`/offers?member_id=${encodeURIComponent(identity.id)}&${q}`, { token });
+        renderOffers(res.offers, res.personalized);
+      } else {
+        const res = await api(`/offers?${q}`, { token: identity.token });
+        renderOffers(res.offers, false);
+      }
     } catch { /* keep the last offers */ }
-  }, 150);
+  }, 200);
 }
 
-function renderOffers(offers) {
-  $("offers").replaceChildren(...offers.map((o) => el("div", { class: "offer", "data-sku": o.sku },
-    el("img", { src: `/catalog/images/${encodeURIComponent(o.sku)}.svg`, alt: "" }),
-    el("div", { class: "reason", text: o.reason.replaceAll("_", " ") }),
-    el("div", { text: o.title }),
-    el("div", { class: "price" }, ...(o.offer_price < o.price ? [el("s", { text: money(o.price) })] : []), document.createTextNode(money(o.offer_price))),
-    el("button", { class: "secondary", onclick: () => addToCart(o.sku) }, "Add"))));
+function renderOffers(offers, personalized) {
+  $("offers-note").textContent = signedIn()
+    ? (personalized ? "Picked for you" : "Turn on personalized offers on your membership page")
+    : "Sign in for offers picked for you";
+  $("offers").replaceChildren(...offers.map((o) => offerCard(o,
+    el("button", { class: "secondary small-button", onclick: () => addToCart(o.sku), disabled: ended }, "Add"))));
 }
+
+// Keep the access token fresh while watching: the next reconnect needs a valid one.
+setInterval(() => { if (signedIn()) memberToken().catch(() => {}); }, 60000);
 
 updateWho();
 socket.connect();
