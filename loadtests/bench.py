@@ -1,8 +1,10 @@
 """``make bench``: every benchmark of the project, one after the other.
 
-Each benchmark prints its own table and writes its results under ``loadtests/results/``.
-Arguments go to the fan-out benchmark (``make bench BENCH_ARGS="--ns 1000 --reps 1"``);
-the others run with their defaults.
+Each benchmark prints its own table and writes its results and plot under
+``loadtests/results/``. ``--only NAME[,NAME]`` runs some of them (``fan-out``,
+``checkout``, ``check-in``, ``offers``); the other arguments go to the fan-out benchmark
+(``make bench BENCH_ARGS="--only fan-out --ns 1000 --reps 1"``); the others run with
+their defaults.
 """
 
 from __future__ import annotations
@@ -28,11 +30,26 @@ BENCHES: list[tuple[str, Callable[[list[str] | None], int]]] = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    names = [name for name, _ in BENCHES]
+    only = names
+    if "--only" in args:
+        at = args.index("--only")
+        if at + 1 >= len(args):
+            print("bench: --only needs a list of names: " + ",".join(names), file=sys.stderr)
+            return 2
+        only = args[at + 1].split(",")
+        del args[at:at + 2]
+        unknown = set(only) - set(names)
+        if unknown:
+            print(f"bench: unknown benchmark {', '.join(sorted(unknown))}; "
+                  f"choose from {','.join(names)}", file=sys.stderr)
+            return 2
     worst = 0
     for name, run in BENCHES:
-        print(f"== {name} ==", flush=True)
-        worst = max(worst, run(args))
+        if name in only:
+            print(f"== {name} ==", flush=True)
+            worst = max(worst, run(args))
     return worst
 
 

@@ -36,6 +36,7 @@ from live.store import EmbeddedStore, connect
 from tests.utils import run_server
 
 GOAL_P99_MS = 5.0
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,49 @@ def print_table(results: dict[str, list[Level]]) -> None:
               f"{f['client_p50']:>8.2f}ms {f['client_p99']:>8.2f}ms {f['errors']:>6.0f}")
 
 
+def plot(results: dict[str, list[Level]], path: Path) -> None:
+    """Latency (server and client, p50 and p99) and throughput per load level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loads = list(results)
+    figures = [summary(runs) for runs in results.values()]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.2
+    series = [("server_p50", "server p50"), ("server_p99", "server p99"),
+              ("client_p50", "client p50"), ("client_p99", "client p99")]
+    for k, (key, label) in enumerate(series):
+        left.bar([i + (k - 1.5) * width for i in range(len(loads))],
+                 [f[key] for f in figures], width, label=label)
+    left.axhline(GOAL_P99_MS, color="grey", linestyle="--", linewidth=1,
+                 label=f"goal: server p99 {GOAL_P99_MS:g} ms")
+    left.set(title="Check-in latency (medians over rounds)", ylabel="ms", yscale="log")
+    left.set_xticks(range(len(loads)), loads, rotation=20)
+    left.legend(fontsize=8)
+    right.bar(loads, [f["per_s"] for f in figures], color="#17bebb")
+    right.set(title="Check-ins per second", ylabel="check-ins/s")
+    right.tick_params(axis="x", rotation=20)
+    for ax in (left, right):
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(results: dict[str, list[Level]]) -> str:
+    lines = ["| load | check-ins/s | server p50 ms | server p99 ms | client p50 ms | "
+             "client p99 ms | errors |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for load, runs in results.items():
+        f = summary(runs)
+        lines.append(f"| {load} | {f['per_s']:,.0f} | {f['server_p50']:.2f} | "
+                     f"{f['server_p99']:.2f} | {f['client_p50']:.2f} | {f['client_p99']:.2f} | "
+                     f"{f['errors']:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,4,16", help="concurrency levels")
@@ -244,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"check-in benchmark: {args.count} check-ins per level and round, {args.repeat} "
           f"rounds (medians over rounds), {args.workers} server process(es), store {store}")
     print_table(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "checkin.md").write_text(markdown(results) + "\n")
+    plot(results, RESULTS / "checkin.png")
+    print(f"table and plot: {RESULTS / 'checkin.md'}, {RESULTS / 'checkin.png'}")
     for load, runs in results.items():
         p99 = summary(runs)["server_p99"]
         verdict = "meets" if p99 < GOAL_P99_MS else "misses"

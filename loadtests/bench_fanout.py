@@ -1,17 +1,24 @@
 """Fan-out benchmark: the live hub against python-socketio and bare ``websockets``.
 
-In one run, side by side, on loopback: for each N viewers on one server process,
+In one run, side by side, on loopback: for each N viewers on one server process (and on
+two hub processes sharing the store, the viewers split between them),
 - latency: ``--rate-count`` pin events at ``--rate`` per second, receive time - event ts,
   p50/p99/max over every delivery;
 - throughput: events back to back, deliveries/s from the first send to the last receive,
   and the server's CPU time per delivery;
 - memory: the server's RSS growth per idle connection.
 
-The hub is the real service (``newretail serve``, one process, store included): a host
-client sends ``pin``/``unpin`` ops and the viewers get the ``pinned``/``unpinned`` events.
-The load generator is one separate process (``loadtests.fanout_loadgen``).
+The hub is the real service (``newretail serve``, store included): a host client on the
+first process sends ``pin``/``unpin`` ops and the viewers get the ``pinned``/``unpinned``
+events. ``hub2`` runs two such processes on one store with the viewers spread over both.
+The peers: ``ws`` is bare ``websockets`` with ``broadcast()``, ``raw`` the same server
+writing one pre-built frame to each transport (the floor for asyncio here), ``sio``
+python-socketio. The load generator is one separate process
+(``loadtests.fanout_loadgen``) for every configuration.
 
-Run: ``python -m loadtests.bench_fanout --ns 1000,5000,10000 --reps 1``.
+Run: ``python -m loadtests.bench_fanout`` (hub, hub2, ws, sio at 1,000 / 5,000 / 10,000
+viewers, about 8-9 minutes on an idle machine); ``--servers hub,hub2,ws,raw,sio`` adds the
+floor; ``--servers hub,hub2,ws,raw --ns 10000 --reps 3`` for medians.
 """
 
 from __future__ import annotations
@@ -36,8 +43,14 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = "bench:" + "fanout-benchmark-signing-key-0123456789"
-SERVERS = ("hub", "ws", "sio")
-LABELS = {"hub": "newretail hub", "ws": "websockets broadcast()", "sio": "python-socketio"}
+SERVERS = ("hub", "hub2", "ws", "raw", "sio")
+LABELS = {"hub": "newretail hub", "hub2": "newretail hub, 2 processes",
+          "ws": "websockets broadcast()", "raw": "raw frame, transport.write",
+          "sio": "python-socketio"}
+# Web processes per hub configuration; the viewers are spread evenly over them.
+PROCESSES = {"hub": 1, "hub2": 2}
+# What ``make bench`` runs (about 8-9 minutes on an idle machine); add ``raw`` for the floor.
+DEFAULT_SERVERS = ("hub", "hub2", "ws", "sio")
 
 
 def free_port() -> int:
@@ -88,34 +101,44 @@ def _read_line(stream: IO[bytes], timeout: float) -> dict[str, Any]:
     return reply
 
 
-def cpu_seconds(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return float(t.user + t.system)
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the processes, summed."""
+    total = 0.0
+    for pid in pids:
+        t = psutil.Process(pid).cpu_times()
+        total += t.user + t.system
+    return total
 
 
-def rss(pid: int) -> int:
-    return int(psutil.Process(pid).memory_info().rss)
+def rss(pids: list[int]) -> int:
+    return sum(int(psutil.Process(pid).memory_info().rss) for pid in pids)
 
 
 class HubTarget:
-    """``newretail serve`` with a session, and a host client driving pins."""
+    """``newretail serve`` (``processes`` of them on one store) with a session, and a host
+    client on the first process driving pins."""
 
-    def __init__(self, store_url: str, var: Path) -> None:
-        self.port = free_port()
+    def __init__(self, store_url: str, var: Path, processes: int = 1) -> None:
+        self.ports = [free_port() for _ in range(processes)]
         env = {**os.environ, "NEWRETAIL_REDIS_URL": store_url, "NEWRETAIL_VAR_DIR": str(var),
                "NEWRETAIL_JWT_KEYS": KEYS, "NEWRETAIL_LOG_LEVEL": "WARNING"}
-        self.log = open(var / f"hub-{self.port}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "live.cli", "serve", "--port", str(self.port)],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.logs = [open(var / f"hub-{port}.log", "wb") for port in self.ports]  # noqa: SIM115
+        self.procs = [
+            subprocess.Popen([sys.executable, "-m", "live.cli", "serve", "--port", str(port)],
+                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            for port, log in zip(self.ports, self.logs, strict=True)
+        ]
         deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz").status_code == 200:
-                    break
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("the hub did not start")
-            time.sleep(0.1)
+        for port, proc in zip(self.ports, self.procs, strict=True):
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                        break
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("the hub did not start")
+                time.sleep(0.1)
+        self.port = self.ports[0]
         from identity.tokens import KeyRing
 
         self.ring = KeyRing.from_spec(KEYS)
@@ -125,7 +148,7 @@ class HubTarget:
         resp.raise_for_status()
         self.sid = resp.json()["session_id"]
         self.path = f"/ws/live/{self.sid}"
-        self.pid = self.proc.pid
+        self.pids = [proc.pid for proc in self.procs]
         self.seq = 0
 
     def broadcast(self, count: int, rate: float) -> None:
@@ -159,14 +182,17 @@ class HubTarget:
             await asyncio.wait_for(reader, 120)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
             try:
-                self.proc.wait(15)
+                proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
+                proc.kill()
+                proc.wait(5)
+        for log in self.logs:
+            log.close()
 
 
 class PeerTarget:
@@ -177,7 +203,8 @@ class PeerTarget:
         self.lines = Lines([sys.executable, "-m", "loadtests.fanout_servers", kind,
                             "--port", str(self.port)])
         self.lines.ask(None, 30)
-        self.pid = self.lines.proc.pid
+        self.ports = [self.port]
+        self.pids = [self.lines.proc.pid]
         self.path = "/socket.io/?EIO=4&transport=websocket" if kind == "sio" else "/"
 
     def broadcast(self, count: int, rate: float) -> None:
@@ -189,25 +216,29 @@ class PeerTarget:
 
 def measure(kind: str, n: int, args: argparse.Namespace, store_url: str,
             var: Path) -> dict[str, Any]:
-    target: HubTarget | PeerTarget = HubTarget(store_url, var) if kind == "hub" \
-        else PeerTarget(kind)
+    target: HubTarget | PeerTarget
+    if kind in PROCESSES:
+        target = HubTarget(store_url, var, PROCESSES[kind])
+    else:
+        target = PeerTarget(kind)
     gen: Lines | None = None
     try:
         time.sleep(1.0)
-        rss0 = rss(target.pid)
-        gen = Lines([sys.executable, "-m", "loadtests.fanout_loadgen", "--kind", kind,
-                     "--port", str(target.port), "--path", target.path, "--n", str(n),
-                     "--keys", KEYS])
+        rss0 = rss(target.pids)
+        gen = Lines([sys.executable, "-m", "loadtests.fanout_loadgen",
+                     "--kind", "hub" if kind in PROCESSES else kind,
+                     "--port", ",".join(map(str, target.ports)), "--path", target.path,
+                     "--n", str(n), "--keys", KEYS])
         ready = gen.ask(None, 180)
         time.sleep(2.0)
-        rss1 = rss(target.pid)
+        rss1 = rss(target.pids)
         row: dict[str, Any] = {"server": kind, "n": n, "failed": ready["failed"],
                                "rss_per_conn_kb": (rss1 - rss0) / n / 1024}
 
         def phase(count: int, rate: float, timeout: float) -> tuple[dict[str, Any], float, float]:
             assert gen is not None
             gen.ask({"cmd": "reset"}, 10)
-            cpu0, t0 = cpu_seconds(target.pid), time.time()
+            cpu0, t0 = cpu_seconds(target.pids), time.time()
             target.broadcast(count, rate)
             sent = time.time()
             deadline = time.monotonic() + timeout
@@ -216,7 +247,7 @@ def measure(kind: str, n: int, args: argparse.Namespace, store_url: str,
                 if rep["count"] >= n * count or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
-            return rep, t0, cpu_seconds(target.pid) - cpu0 if sent else 0.0
+            return rep, t0, cpu_seconds(target.pids) - cpu0 if sent else 0.0
 
         rep, t0, _ = phase(args.rate_count, args.rate, 30)
         row.update(p50_ms=rep["p50"], p99_ms=rep["p99"], max_ms=rep["max"],
@@ -226,7 +257,9 @@ def measure(kind: str, n: int, args: argparse.Namespace, store_url: str,
         span = max(1e-6, rep["last"] - t0)
         row.update(deliveries_per_s=rep["count"] / span, fast_delivered=rep["count"] / (n * k),
                    us_cpu_per_delivery=cpu / max(1, rep["count"]) * 1e6,
-                   server_cpu_pct=100 * cpu / span)
+                   server_cpu_pct=100 * cpu / span,
+                   gen_us_per_delivery=rep["cpu"] / max(1, rep["count"]) * 1e6,
+                   load=os.getloadavg()[0])
         return row
     finally:
         if gen is not None:
@@ -278,8 +311,9 @@ def median_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]]) -> str:
     ceiling = {r["n"]: r["deliveries_per_s"] for r in rows if r["server"] == "ws"}
     lines = ["| server | N | deliveries/s | vs broadcast() | µs CPU/delivery | server CPU | "
-             "p50 / p99 / max ms at 5/s | RSS/conn KB | delivered |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+             "p50 / p99 / max ms at 5/s | RSS/conn KB | delivered | load gen µs/delivery "
+             "| load avg |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         ratio = r["deliveries_per_s"] / ceiling[r["n"]] if r["n"] in ceiling else float("nan")
         lines.append(
@@ -288,8 +322,24 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r.get('server_cpu_pct', float('nan')):.0f} % | "
             f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} / {r['max_ms']:.0f} | "
             f"{r['rss_per_conn_kb']:.1f} | "
-            f"{min(r['latency_delivered'], r['fast_delivered']):.0%} |")
+            f"{min(r['latency_delivered'], r['fast_delivered']):.0%} | "
+            f"{r.get('gen_us_per_delivery', float('nan')):.1f} | "
+            f"{r.get('load', float('nan')):.1f} |")
     return "\n".join(lines)
+
+
+def two_vs_one(rows: list[dict[str, Any]]) -> str:
+    """Two hub processes against one, per N, from the same run."""
+    one = {r["n"]: r for r in rows if r["server"] == "hub"}
+    out = []
+    for r in rows:
+        if r["server"] == "hub2" and r["n"] in one:
+            out.append(f"- {r['n']:,} viewers: two processes deliver "
+                       f"{r['deliveries_per_s'] / one[r['n']]['deliveries_per_s']:.2f}× "
+                       f"one ({r['deliveries_per_s']:,.0f} vs "
+                       f"{one[r['n']]['deliveries_per_s']:,.0f}/s), p99 "
+                       f"{r['p99_ms']:.0f} vs {one[r['n']]['p99_ms']:.0f} ms")
+    return "\n".join(out)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -306,7 +356,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ns = [r["n"] for r in mine]
         left.plot(ns, [r["deliveries_per_s"] for r in mine], marker="o", label=LABELS[server])
         right.plot(ns, [r["p99_ms"] for r in mine], marker="o", label=LABELS[server])
-    left.set(title="Deliveries per second (one process)", xlabel="viewers", ylabel="deliveries/s")
+    left.set(title="Deliveries per second", xlabel="viewers", ylabel="deliveries/s")
     right.set(title="p99 latency at 5 events/s", xlabel="viewers", ylabel="ms", yscale="log")
     for ax in (left, right):
         ax.grid(alpha=0.3)
@@ -320,11 +370,12 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ns", default="1000,5000,10000", help="viewer counts, comma separated")
     p.add_argument("--reps", type=int, default=1)
-    p.add_argument("--servers", default=",".join(SERVERS))
+    p.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                   help=f"comma separated, of {', '.join(SERVERS)}")
     p.add_argument("--rate", type=float, default=5.0)
     p.add_argument("--rate-count", type=int, default=30)
-    p.add_argument("--fast-deliveries", type=int, default=200_000)
-    p.add_argument("--max-seconds", type=float, default=1500, help="stop starting new runs after")
+    p.add_argument("--fast-deliveries", type=int, default=150_000)
+    p.add_argument("--max-seconds", type=float, default=600, help="stop starting new runs after")
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL"))
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -350,9 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     merged = median_rows(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     text = table(merged)
-    print(f"\nFan-out, one server process, median of {args.reps} run(s); "
-          f"{args.rate:g} events/s for latency\n")
+    print(f"\nFan-out, one server process (hub2: two), median of {args.reps} run(s); "
+          f"{args.rate:g} events/s for latency; server CPU sums the server's processes\n")
     print(text)
+    two = two_vs_one(merged)
+    if two:
+        print("\n" + two)
+        text += "\n\n" + two
     (args.out / "fanout.md").write_text(text + "\n")
     (args.out / "fanout.json").write_bytes(orjson.dumps({"rows": rows, "median": merged},
                                                         option=orjson.OPT_INDENT_2))

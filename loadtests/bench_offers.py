@@ -1,44 +1,83 @@
 """Offers and training benchmark: ``python -m loadtests.bench_offers``.
 
-Measures, in one run: server-side offers latency (p50/p99) with 50,000 synthetic products
-(the full ``OfferService.offers`` path against the store, and the recommender's in-process
-part alone), training time on the Online Retail development file (when present) and on
-1,000,000 synthetic events, and the FAISS index memory, exact and HNSW.
+Measures, in one run, with 50,000 synthetic products (HNSW index) in a real store:
+
+- offers server-side: the full ``OfferService.offers`` path against the store (wall p50/p99
+  and the web process's own CPU per offer, which does not depend on what else runs on the
+  machine), and the recommender's in-process part alone (fold-in, ANN search, blend);
+- offers through HTTP: ``GET /offers`` of a ``newretail serve`` process under open-loop
+  load (a request every 1/rate s whatever the answers, from a bare keep-alive client that
+  spends little CPU), client round trip and the handler's ``server-timing``;
+- erasure: ``erase_user`` of one member in a log of many events, beside one full scan of
+  that log (what erasure would cost without the per-member index);
+- the FAISS index memory (exact and HNSW) and training time on the Online Retail
+  development file (when present) and on 1,000,000 synthetic events.
+
+Prints a table and writes ``loadtests/results/offers.{md,json,png}``.
+
+    python -m loadtests.bench_offers [--data PATH] [--rates 250,500] [--seconds 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
+import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
+import psutil
 
 from identity.members import Members
+from identity.tokens import KeyRing
 from live.catalog import Catalog
 from live.offers import OfferService
 from live.store import EmbeddedStore, connect
 from recommender.evaluate import make_split, parse_time, read_retail
+from recommender.events import LOG, EventLog, history_key
 from recommender.index import ItemIndex
 from recommender.model import write_version
-from recommender.service import Recommender, history_key
+from recommender.service import Recommender
 from recommender.train import AlsParams, confidence_matrix, event_weight, train_als
+from recommender.types import Event
 
 DIM = 64
+RESULTS = Path(__file__).resolve().parent / "results"
+GOAL_SERVER_P99_MS = 2.0
+GOAL_HTTP_P99_MS = 5.0
 
 
 def pct(samples: list[float], q: float) -> float:
-    return float(np.percentile(np.array(samples) * 1000, q))
+    return float(np.percentile(np.array(samples), q)) if samples else float("nan")
+
+
+@dataclass
+class Figures:
+    rows: list[tuple[str, str]] = field(default_factory=list)
+    curves: dict[str, list[float]] = field(default_factory=dict)  # latency samples, ms
+    seconds: dict[str, float] = field(default_factory=dict)  # training times
+
+    def add(self, name: str, value: str) -> None:
+        self.rows.append((name, value))
+        print(f"  {name}: {value}", file=sys.stderr, flush=True)
 
 
 async def no_one_erased(user: str) -> bool:
     return False
 
 
-async def bench_offers(url: str, model_dir: Path, products: int, requests: int,
-                       members_out: list[str]) -> list[tuple[str, str]]:
+async def no_products(session_id: str) -> list[str]:
+    return []
+
+
+async def seed(url: str, model_dir: Path, products: int) -> list[str]:
+    """50,000 products in 40 categories with 0-3 units each, a model over them, and 200
+    members with consent and 20 recent events each; returns the member ids."""
     rng = np.random.default_rng(0)
     redis = connect(url)
     await redis.flushdb()
@@ -59,10 +98,7 @@ async def bench_offers(url: str, model_dir: Path, products: int, requests: int,
     user_f = rng.standard_normal((len(users), DIM)).astype(np.float32)
     pop = rng.random(products).astype(np.float32)
     write_version(model_dir, skus, users, item_f, user_f, pop, AlsParams(factors=DIM), 20_000)
-    rec = Recommender(redis, model_dir, no_one_erased)
-    await rec.refresh()
     members = Members(redis, b"bench-pepper-0123456789abcdef")
-    svc = OfferService(rec, Catalog(redis), members, lambda sid: _no_products())
     mids = []
     now = time.time()
     for _ in range(200):
@@ -71,158 +107,311 @@ async def bench_offers(url: str, model_dir: Path, products: int, requests: int,
             await redis.lpush(history_key(m.id), f"{skus[int(rng.integers(products))]}\t"
                               f"{'purchase' if j % 4 == 0 else 'view'}\t{now - j * 3600}\t1")
         mids.append(m.id)
-    for mid in mids[:20]:  # warm up
+    await redis.aclose()
+    return mids
+
+
+async def bench_server_side(url: str, model_dir: Path, mids: list[str], requests: int,
+                            fig: Figures) -> None:
+    redis = connect(url)
+    rec = Recommender(redis, model_dir, no_one_erased)
+    await rec.refresh()
+    members = Members(redis, b"bench-pepper-0123456789abcdef")
+    svc = OfferService(rec, Catalog(redis), members, no_products)
+    await svc.products_warmed()
+    for mid in mids[:50]:
         await svc.offers(mid, 10, None, None)
-    full, inproc = [], []
+    full, cpu, core = [], [], []
     for k in range(requests):
         mid = mids[k % len(mids)]
-        t0 = time.perf_counter()
-        await svc.offers(mid, 10, None, None)
-        full.append(time.perf_counter() - t0)
+        c0, t0 = time.process_time(), time.perf_counter()
+        body = await svc.offers(mid, 10, None, None)
+        full.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
+        if len(body["offers"]) != 10:
+            raise RuntimeError(f"short slate: {body}")
         t0 = time.perf_counter()
         await rec.personal(mid, 40)
-        inproc.append(time.perf_counter() - t0)
-    members_out.extend(mids)
+        core.append((time.perf_counter() - t0) * 1000)
     await redis.aclose()
     kind = rec.model.index.kind if rec.model else "?"
-    return [
-        (f"offers, full path, {products:,} products ({kind}) p50", f"{pct(full, 50):.3f} ms"),
-        (f"offers, full path, {products:,} products ({kind}) p99", f"{pct(full, 99):.3f} ms"),
-        ("recommender part (fold-in + ANN + blend) p50", f"{pct(inproc, 50):.3f} ms"),
-        ("recommender part (fold-in + ANN + blend) p99", f"{pct(inproc, 99):.3f} ms"),
-    ]
+    n = len(rec.model.item_ids) if rec.model else 0
+    fig.add(f"offers, full path, {n:,} products ({kind}), p50 / p99 wall",
+            f"{pct(full, 50):.2f} / {pct(full, 99):.2f} ms (goal p99 < {GOAL_SERVER_P99_MS} ms)")
+    fig.add("offers, full path, web process CPU per offer, p50 / p99",
+            f"{pct(cpu, 50):.2f} / {pct(cpu, 99):.2f} ms")
+    fig.add("recommender part (fold-in + ANN + blend), p50 / p99",
+            f"{pct(core, 50):.2f} / {pct(core, 99):.2f} ms")
+    fig.curves["in process, full path"] = full
+    fig.curves["in process, recommender part"] = core
 
 
-async def _no_products() -> list[str]:
-    return []
+class Connection:
+    """A bare HTTP/1.1 keep-alive connection: the client spends little CPU, so the
+    server (on the same machine) is what gets measured."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 host: str, token: str) -> None:
+        self.reader, self.writer = reader, writer
+        self.head = f"host: {host}\r\nauthorization: Bearer {token}\r\n\r\n".encode()
+
+    @classmethod
+    async def open(cls, port: int, token: str) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer, f"127.0.0.1:{port}", token)
+
+    async def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        self.writer.write(f"GET {path} HTTP/1.1\r\n".encode() + self.head)
+        status_line = await self.reader.readline()
+        headers: dict[str, str] = {}
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return int(status_line.split()[1]), headers, body
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
 
 
-async def bench_http(url: str, var_dir: Path, mids: list[str], rate: int, seconds: float
-                     ) -> list[tuple[str, str]]:
-    """Open-loop load on ``GET /offers`` of a ``newretail serve`` process: one request
-    every 1/rate s whatever the answers, latency seen by the client and the server."""
+async def open_loop(port: int, token: str, mids: list[str], rate: int, seconds: float
+                    ) -> tuple[list[float], list[float], int, float]:
+    """``rate`` requests per second for ``seconds``: client and server ms, failures, the
+    rate achieved."""
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(64):
+        pool.put_nowait(await Connection.open(port, token))
+    for k in range(100):  # warm up: connections, product cache, model pages
+        conn = await pool.get()
+        await conn.get(f"/offers?member_id={mids[k % len(mids)]}&n=10")
+        pool.put_nowait(conn)
+    client: list[float] = []
+    server: list[float] = []
+    failed = 0
+
+    async def one(mid: str) -> None:
+        nonlocal failed
+        conn = await pool.get()
+        t0 = time.perf_counter()
+        try:
+            status, headers, _ = await asyncio.wait_for(
+                conn.get(f"/offers?member_id={mid}&n=10"), 30)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            failed += 1
+            return
+        client.append((time.perf_counter() - t0) * 1000)
+        pool.put_nowait(conn)
+        if status != 200:
+            failed += 1
+        else:
+            server.append(float(headers["server-timing"].split("dur=")[1]))
+
+    loop = asyncio.get_running_loop()
+    total = int(rate * seconds)
+    tasks = []
+    t0 = loop.time()
+    for k in range(total):
+        delay = t0 + k / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)  # pacing the arrivals, not waiting for answers
+        tasks.append(asyncio.create_task(one(mids[k % len(mids)])))
+    await asyncio.gather(*tasks)
+    achieved = total / (loop.time() - t0)
+    while not pool.empty():
+        await pool.get_nowait().close()
+    return client, server, failed, achieved
+
+
+def wait_products_cached(base: str, token: str, mid: str, products: int) -> None:
+    """One request starts the server's product cache warm-up; wait (bounded) until it
+    holds the catalog, as a server that has run a while does."""
     import httpx
 
-    from identity.tokens import KeyRing
+    httpx.get(f"{base}/offers", params={"member_id": mid},
+              headers={"authorization": f"Bearer {token}"}, timeout=30)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines():
+            if line.startswith("newretail_offers_products_cached ") and float(
+                    line.split()[1]) >= products:
+                return
+        time.sleep(0.5)
+    print("  product cache not warm after 120 s; measuring anyway", file=sys.stderr)
+
+
+def bench_http(url: str, var_dir: Path, mids: list[str], products: int, rates: list[int],
+               seconds: float, fig: Figures) -> None:
     from tests.utils import run_server
 
     ring = KeyRing.load_or_create(var_dir / "secrets" / "jwt-keys.json")
-    headers = {"authorization": f"Bearer {ring.issue('bench', 'admin', ttl=3600)}"}
-    client_ms: list[float] = []
-    server_ms: list[float] = []
-    failed = 0
-    with run_server(url, var_dir) as server:
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(base_url=server.url, headers=headers, limits=limits,
-                                     timeout=30) as http:
-            for mid in mids[:50]:
-                await http.get("/offers", params={"member_id": mid})
-
-            async def one(mid: str) -> None:
-                nonlocal failed
-                t0 = time.perf_counter()
-                try:
-                    r = await http.get("/offers", params={"member_id": mid, "n": 10})
-                except httpx.HTTPError:
-                    failed += 1
-                    return
-                client_ms.append((time.perf_counter() - t0) * 1000)
-                if r.status_code != 200:
-                    failed += 1
-                else:
-                    server_ms.append(r.json()["took_ms"])
-
-            tasks = []
-            start = time.perf_counter()
-            total = int(rate * seconds)
-            for k in range(total):
-                delay = start + k / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(mids[k % len(mids)])))
-            await asyncio.gather(*tasks)
-            achieved = total / (time.perf_counter() - start)
-    c, s_ = np.array(client_ms), np.array(server_ms)
-    return [
-        (f"HTTP /offers at {rate}/s offered ({achieved:.0f}/s sent), failed", str(failed)),
-        ("HTTP /offers client-side p50 / p99",
-         f"{np.percentile(c, 50):.2f} / {np.percentile(c, 99):.2f} ms"),
-        ("HTTP /offers server-side (took_ms) p50 / p99",
-         f"{np.percentile(s_, 50):.2f} / {np.percentile(s_, 99):.2f} ms"),
-    ]
+    token = ring.issue("bench", "admin", ttl=3600)
+    with run_server(url, var_dir, timeout=120) as server:
+        wait_products_cached(server.url, token, mids[0], products)
+        proc = psutil.Process(server.process.pid)
+        for rate in rates:
+            cpu0 = sum(proc.cpu_times()[:2])
+            client, srv, failed, achieved = asyncio.run(
+                open_loop(server.port, token, mids, rate, seconds))
+            cpu_ms = (sum(proc.cpu_times()[:2]) - cpu0) * 1000 / (len(client) + 100 or 1)
+            fig.add(f"HTTP /offers at {rate}/s ({achieved:.0f}/s sent, {failed} failed), "
+                    "client p50 / p99", f"{pct(client, 50):.2f} / {pct(client, 99):.2f} ms")
+            fig.add(f"HTTP /offers at {rate}/s, server-timing p50 / p99",
+                    f"{pct(srv, 50):.2f} / {pct(srv, 99):.2f} ms "
+                    f"(goal client p99 < {GOAL_HTTP_P99_MS} ms at 500/s)")
+            fig.add(f"HTTP /offers at {rate}/s, server process CPU per request",
+                    f"{cpu_ms:.2f} ms")
+            fig.curves[f"HTTP client, {rate}/s"] = client
 
 
-def bench_training(data: Path) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
+async def bench_erasure(url: str, events: int, fig: Figures) -> None:
+    """Erase one member (100 events) from a log of ``events``; one full read of the log
+    beside it is what erasure cost when it scanned."""
+    redis = connect(url)
+    await redis.delete(LOG)
+    log = EventLog(redis)
+    now = time.time()
+    users = events // 100
+    batch: list[Event] = []
+    for k in range(events):
+        batch.append(Event(f"erase-u{k % users}", f"{100000 + k % 5000}", "view", now))
+        if len(batch) == 5000:
+            await log.append(batch)
+            batch = []
+    await log.append(batch)
+    rec = Recommender(redis, Path("unused"), no_one_erased)
+    t0 = time.perf_counter()
+    await rec.erase_user(["erase-u7"])
+    erase_ms = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    seen = 0
+    async for _ in log.read():
+        seen += 1
+    scan_ms = (time.perf_counter() - t0) * 1000
+    await redis.aclose()
+    fig.add(f"erase_user, one member with 100 events in a log of {seen:,}",
+            f"{erase_ms:.1f} ms (one full scan of that log: {scan_ms:,.0f} ms)")
+
+
+def bench_memory(products: int, fig: Figures) -> None:
+    items = np.random.default_rng(2).standard_normal((products, DIM)).astype(np.float32)
+    flat = ItemIndex.build(items, hnsw_threshold=products + 1)
+    hnsw = ItemIndex.build(items, hnsw_threshold=0)
+    fig.add(f"index memory, flat IP, {products:,} x {DIM}",
+            f"{flat.memory_bytes() / 2**20:.1f} MiB")
+    fig.add(f"index memory, HNSW32, {products:,} x {DIM}",
+            f"{hnsw.memory_bytes() / 2**20:.1f} MiB")
+
+
+def bench_training(data: Path, fig: Figures) -> None:
     if data.exists():
         t0 = time.perf_counter()
         retail = list(read_retail(data))
         split = make_split(retail, parse_time("2100-01-01"))
+        read_s = time.perf_counter() - t0
         now = float(split.train_t.max())
         w = np.array([event_weight("purchase", t, now, q) for t, q in
                       zip(split.train_t.tolist(), split.train_q.tolist(), strict=True)])
         m = confidence_matrix(split.train_u, split.train_i, w, len(split.users),
                               len(split.items))
+        t0 = time.perf_counter()
         train_als(m, AlsParams())
-        rows.append((f"train, dev dataset ({len(retail):,} purchases, read + fit)",
-                     f"{time.perf_counter() - t0:.1f} s"))
+        fit_s = time.perf_counter() - t0
+        fig.add(f"train, dev dataset ({len(retail):,} purchases, {len(split.users):,} x "
+                f"{len(split.items):,}), read / ALS fit", f"{read_s:.1f} / {fit_s:.1f} s")
+        fig.seconds["dev dataset, ALS fit"] = fit_s
     else:
-        rows.append(("train, dev dataset", f"skipped: {data} not found"))
+        fig.add("train, dev dataset", f"skipped: {data} not found")
     rng = np.random.default_rng(1)
     n = 1_000_000
-    t0 = time.perf_counter()
     uu = rng.integers(0, 100_000, n)
     ii = np.minimum(rng.zipf(1.3, n) - 1, 49_999)
+    t0 = time.perf_counter()
     m = confidence_matrix(uu, ii, np.full(n, 2.0), 100_000, 50_000)
     train_als(m, AlsParams())
-    rows.append(("train, 1,000,000 synthetic events (100k users, 50k items)",
-                 f"{time.perf_counter() - t0:.1f} s"))
-    return rows
+    fit_s = time.perf_counter() - t0
+    fig.add("train, 1,000,000 synthetic events (100k users x 50k items), ALS fit",
+            f"{fit_s:.1f} s")
+    fig.seconds["1M synthetic events, ALS fit"] = fit_s
 
 
-def bench_memory(products: int) -> list[tuple[str, str]]:
-    items = np.random.default_rng(2).standard_normal((products, DIM)).astype(np.float32)
-    flat = ItemIndex.build(items, hnsw_threshold=products + 1)
-    hnsw = ItemIndex.build(items, hnsw_threshold=0)
-    return [
-        (f"index memory, flat IP, {products:,} x {DIM}", f"{flat.memory_bytes() / 2**20:.1f} MiB"),
-        (f"index memory, HNSW32, {products:,} x {DIM}", f"{hnsw.memory_bytes() / 2**20:.1f} MiB"),
-    ]
+def plot(fig: Figures, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, samples in fig.curves.items():
+        lat = sorted(samples)
+        left.plot(lat, [i / len(lat) for i in range(len(lat))], label=name)
+    left.axvline(GOAL_SERVER_P99_MS, color="grey", linestyle="--", linewidth=1)
+    left.axvline(GOAL_HTTP_P99_MS, color="grey", linestyle=":", linewidth=1)
+    left.set(title="Offers latency (CDF), 50,000 products", xlabel="ms", ylabel="fraction",
+             xscale="log")
+    left.legend(fontsize=8)
+    right.bar(list(fig.seconds), list(fig.seconds.values()), color="#17bebb")
+    right.set(title="ALS training time (one thread)", ylabel="seconds")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_offers",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/online_retail_dev.csv.gz")
     parser.add_argument("--products", type=int, default=50_000)
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--rate", type=int, default=0,
-                        help="HTTP requests per second on a served process (0: skip)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="HTTP load duration")
+    parser.add_argument("--rates", default="250,500",
+                        help="HTTP requests per second, comma separated (empty: skip)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="HTTP load per rate")
+    parser.add_argument("--erase-log", type=int, default=200_000,
+                        help="events in the log for the erasure figure")
     parser.add_argument("--redis-url", default=None,
                         help="a database of its own (it is flushed); default: an embedded store")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args, _ = parser.parse_known_args(argv)  # ``make bench`` passes every bench its args
+    fig = Figures()
+    with tempfile.TemporaryDirectory(prefix="bench-offers-") as tmp:
         store = None
         url = args.redis_url
         if url is None:
             store = EmbeddedStore(Path(tmp) / "store")
             url = store.start()
         try:
-            mids: list[str] = []
-            rows = asyncio.run(bench_offers(url, Path(tmp) / "models", args.products,
-                                            args.requests, mids))
-            if args.rate > 0:
-                rows += asyncio.run(bench_http(url, Path(tmp), mids, args.rate, args.seconds))
+            var = Path(tmp) / "var"
+            mids = asyncio.run(seed(url, var / "models", args.products))
+            asyncio.run(bench_server_side(url, var / "models", mids, args.requests, fig))
+            rates = [int(r) for r in args.rates.split(",") if r]
+            if rates:
+                bench_http(url, var, mids, args.products, rates, args.seconds, fig)
+            asyncio.run(bench_erasure(url, args.erase_log, fig))
         finally:
             if store is not None:
                 store.stop()
-    rows += bench_memory(args.products)
-    rows += bench_training(Path(args.data))
-    width = max(len(k) for k, _ in rows)
-    print(f"{'measure':<{width}}  value")
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+    bench_memory(args.products, fig)
+    bench_training(Path(args.data), fig)
+    fig.add("bench process peak RSS",
+            f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    width = max(len(k) for k, _ in fig.rows)
+    lines = [f"| {'measure':<{width}} | value |", f"|{'-' * (width + 2)}|---|"]
+    lines += [f"| {k:<{width}} | {v} |" for k, v in fig.rows]
+    text = "\n".join(lines)
+    print("\nOffers, recommender and training (one run; the machine may be shared)\n")
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "offers.md").write_text(text + "\n")
+    (args.out / "offers.json").write_bytes(orjson.dumps(
+        {"rows": fig.rows, "training_seconds": fig.seconds,
+         "latency_ms": {k: {"p50": pct(v, 50), "p99": pct(v, 99)}
+                        for k, v in fig.curves.items()}}, option=orjson.OPT_INDENT_2))
+    plot(fig, args.out / "offers.png")
+    print(f"\nplot: {args.out / 'offers.png'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
+

@@ -5,8 +5,10 @@ full client library spends more CPU per message than the servers being measured.
 speaks the hub's hello, Engine.IO v4 / Socket.IO, or plain WebSocket.
 
 Driven over stdin/stdout with JSON lines: it prints ``{"ready": n}`` once connected, then
-answers ``reset`` and ``report`` commands. Latency = receive wall time - the ``ts`` (ms)
-carried by each event; only frames of ``pinned``/``unpinned`` events are counted.
+answers ``reset`` and ``report`` commands. With several ``--port`` values (web processes
+of one service) the clients are spread over them in turn. Latency = receive wall time -
+the ``ts`` (ms) carried by each event; only frames of ``pinned``/``unpinned`` events are
+counted.
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ class Stats:
         self.count = 0
         self.last = 0.0
         self.lat: list[float] = []
+        self.cpu0 = time.process_time()
 
     def reset(self) -> None:
         self.count, self.last, self.lat = 0, 0.0, []
+        self.cpu0 = time.process_time()
 
 
 class BenchClient(asyncio.Protocol):
@@ -80,6 +84,13 @@ class BenchClient(asyncio.Protocol):
             self.transport.write(client_frame(payload, opcode))
 
     def data_received(self, data: bytes) -> None:
+        # One clock read per read from the socket: frames that arrived together share it.
+        now = time.time() * 1000.0
+        if self.upgraded and not self.buf:
+            rest = self._frames(data, now)  # the common case: no copy into the buffer
+            if rest:
+                self.buf += data[len(data) - rest:]
+            return
         self.buf += data
         if not self.upgraded:
             end = self.buf.find(b"\r\n\r\n")
@@ -93,12 +104,14 @@ class BenchClient(asyncio.Protocol):
             self.upgraded = True
             if self.hello is not None:
                 self.send(self.hello)
-            if self.kind == "ws" and not self.opened.done():
+            if self.kind in ("ws", "raw") and not self.opened.done():
                 self.opened.set_result(True)
-        self._frames()
+        buf = bytes(self.buf)
+        rest = self._frames(buf, now)
+        self.buf = bytearray(buf[len(buf) - rest:]) if rest else bytearray()
 
-    def _frames(self) -> None:
-        buf = self.buf
+    def _frames(self, buf: bytes, now: float) -> int:
+        """Handle every whole frame in ``buf``; returns how many bytes are left over."""
         pos = 0
         size = len(buf)
         while size - pos >= 2:
@@ -117,28 +130,22 @@ class BenchClient(asyncio.Protocol):
                 start = pos + 10
             if size - start < n:
                 break
-            payload = bytes(buf[start:start + n])
+            self._message(opcode, buf[start:start + n], now)
             pos = start + n
-            self._message(opcode, payload)
-        if pos:
-            del buf[:pos]
+        return size - pos
 
-    def _message(self, opcode: int, payload: bytes) -> None:
+    def _message(self, opcode: int, payload: bytes, now: float) -> None:
         if opcode == 0x9:
             self.send(payload, 0xA)
             return
         if opcode == 0x8:
             return
         if PINNED in payload or UNPINNED in payload:
-            now = time.time() * 1000.0
             i = payload.find(TS) + 5
-            j = i
-            while payload[j] in b"0123456789.":
-                j += 1
             stats = self.stats
             stats.count += 1
             stats.last = now
-            stats.lat.append(now - float(payload[i:j]))
+            stats.lat.append(now - float(payload[i:payload.find(b",", i)]))
             return
         if self.kind == "hub":  # ready once welcomed: joined the session
             if not self.opened.done() and b'"type":"welcome"' in payload:
@@ -172,6 +179,7 @@ async def run(args: argparse.Namespace) -> None:
                   for i in range(args.n)]
     transports = []
     failed = 0
+    ports = [int(p) for p in str(args.port).split(",")]
     for lo in range(0, args.n, args.concurrency):
         batch = []
         for i in range(lo, min(args.n, lo + args.concurrency)):
@@ -179,7 +187,7 @@ async def run(args: argparse.Namespace) -> None:
             t, _ = await loop.create_connection(
                 lambda i=i, opened=opened: BenchClient(args.kind, args.path, hellos[i], stats,
                                                        opened),
-                "127.0.0.1", args.port)
+                "127.0.0.1", ports[i % len(ports)])
             transports.append(t)
             batch.append(opened)
         for ok in await asyncio.wait_for(asyncio.gather(*batch), 60):
@@ -198,7 +206,8 @@ async def run(args: argparse.Namespace) -> None:
         elif cmd["cmd"] == "report":
             reply = {"count": stats.count, "last": stats.last / 1000.0,
                      "p50": _pct(stats.lat, 0.5), "p99": _pct(stats.lat, 0.99),
-                     "max": max(stats.lat) if stats.lat else float("nan")}
+                     "max": max(stats.lat) if stats.lat else float("nan"),
+                     "cpu": time.process_time() - stats.cpu0}
         else:
             break
         print(orjson.dumps(reply).decode(), flush=True)
@@ -208,8 +217,9 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--kind", choices=["hub", "sio", "ws"], required=True)
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--kind", choices=["hub", "sio", "ws", "raw"], required=True)
+    p.add_argument("--port", required=True, help="port, or ports comma separated: the "
+                   "clients are spread over them in turn")
     p.add_argument("--path", default="/")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--keys", default="")

@@ -1,12 +1,15 @@
 """The comparison servers of the fan-out benchmark, each one process, one room.
 
 - ``ws``: the bare ``websockets`` library server; ``broadcast()`` of one text message.
+- ``raw``: the same server, but one frame built per event and written as is to each
+  connection's transport: the floor of asyncio fan-out here, what no library can beat.
 - ``sio``: python-socketio ``AsyncServer`` as an ASGI app on uvicorn; ``emit`` to a room.
 
 Driven over stdin/stdout with JSON lines: ``{"cmd": "broadcast", "count", "rate"}`` sends
 ``count`` pin events (``rate`` per second, 0 = back to back) and answers when done;
 ``{"cmd": "conns"}`` answers the number of clients. The event is the same shape and size
-as the hub's ``pinned`` event, with ``ts`` (ms) taken when each broadcast starts.
+as the hub's ``pinned`` event, with ``ts`` (ms) the time the event was due by the
+schedule (the time of the broadcast when sending back to back).
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ PRODUCT = {"sku": "B1", "title": "Bench thing B1", "price": 9.5,
            "image": "/catalog/images/B1.svg"}
 
 
-def pin_event(seq: int) -> dict[str, Any]:
-    return {"seq": seq, "ts": round(time.time() * 1000, 3),
+def pin_event(seq: int, due: float) -> dict[str, Any]:
+    return {"seq": seq, "ts": round(due * 1000, 3),
             "type": "pinned" if seq % 2 else "unpinned", "sku": "B1", "product": PRODUCT}
 
 
-async def control(broadcast: Callable[[int], Awaitable[None]],
+async def control(broadcast: Callable[[int, float], Awaitable[None]],
                   conns: Callable[[], int]) -> None:
     loop = asyncio.get_running_loop()
     seq = 0
@@ -42,20 +45,24 @@ async def control(broadcast: Callable[[int], Awaitable[None]],
             print(orjson.dumps({"conns": conns()}).decode(), flush=True)
         elif cmd["cmd"] == "broadcast":
             rate = float(cmd["rate"])
-            start = time.monotonic()
+            start, wall = time.monotonic(), time.time()
             for i in range(int(cmd["count"])):
                 if rate:
                     await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
                 seq += 1
-                await broadcast(seq)
+                # ts is when the event was due, so a server that falls behind the
+                # schedule shows it in its latency (as the hub's does).
+                await broadcast(seq, wall + i / rate if rate else time.time())
                 await asyncio.sleep(0)
             print(orjson.dumps({"done": True}).decode(), flush=True)
         else:
             return
 
 
-async def serve_websockets(port: int) -> None:
+async def serve_websockets(port: int, raw: bool = False) -> None:
     from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+    from live.protocol import Format, frame
 
     clients: set[ServerConnection] = set()
 
@@ -66,8 +73,13 @@ async def serve_websockets(port: int) -> None:
         finally:
             clients.discard(ws)
 
-    async def send_all(seq: int) -> None:
-        broadcast(clients, orjson.dumps(pin_event(seq)).decode())
+    async def send_all(seq: int, due: float) -> None:
+        if raw:
+            data = frame(orjson.dumps(pin_event(seq, due)), Format.JSON)
+            for ws in clients:
+                ws.transport.write(data)
+        else:
+            broadcast(clients, orjson.dumps(pin_event(seq, due)).decode())
 
     async with serve(handler, "127.0.0.1", port, compression=None, max_queue=4):
         print(orjson.dumps({"listening": port}).decode(), flush=True)
@@ -92,8 +104,8 @@ async def serve_socketio(port: int) -> None:
         nonlocal count
         count -= 1
 
-    async def send_all(seq: int) -> None:
-        await sio.emit("pin", pin_event(seq), room="room")
+    async def send_all(seq: int, due: float) -> None:
+        await sio.emit("pin", pin_event(seq, due), room="room")
 
     config = uvicorn.Config(socketio.ASGIApp(sio), host="127.0.0.1", port=port,
                             ws="websockets-sansio", log_level="warning",
@@ -110,10 +122,13 @@ async def serve_socketio(port: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["ws", "sio"])
+    p.add_argument("kind", choices=["ws", "raw", "sio"])
     p.add_argument("--port", type=int, required=True)
     args = p.parse_args()
-    asyncio.run(serve_websockets(args.port) if args.kind == "ws" else serve_socketio(args.port))
+    if args.kind == "sio":
+        asyncio.run(serve_socketio(args.port))
+    else:
+        asyncio.run(serve_websockets(args.port, raw=args.kind == "raw"))
 
 
 if __name__ == "__main__":
