@@ -85,9 +85,12 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
-    """Debian's Chromium under Playwright (``make test`` installs it as root)."""
+    """Debian's Chromium under Playwright (``make test`` installs it as root).
+
+    One per module: Playwright's sync API keeps an event loop running on the main
+    thread while it is open, which would break every later test that runs one."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"browser tests need chromium at {CHROMIUM} (apt-get install chromium)")
     from playwright.sync_api import sync_playwright

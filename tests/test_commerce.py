@@ -17,7 +17,7 @@ from live.commerce import Commerce
 from live.commerce_types import Caller
 from live.errors import LiveError
 from live.flash import parse_flash_start
-from live.inventory import choose_location, parse_reply
+from live.inventory import CheckoutRequest, checkout_args, choose_location, parse_batch
 from live.keys import stock as stock_key
 from recommender.events import EventLog
 from tests.commerce_helpers import Clock, make_commerce, make_members, seed
@@ -94,9 +94,16 @@ def test_cart_line_round_trip_and_reply_parsing() -> None:
     """Cart lines keep their flash sale; script replies map to reservations."""
     line = CartLine.decode("mug", CartLine(parse_sku("mug"), 3, "s1", "fs_1").encode())
     assert (line.qty, line.session, line.sale) == (3, "s1", "fs_1")
-    assert parse_reply([b"dup", b"o_1"]).replayed
-    err = parse_reply([b"err", b"out_of_stock", b"mug", b"sold out", b"s1,s2"])
-    assert (err.code, err.sku, err.ended) == ("out_of_stock", "mug", ("s1", "s2"))
+    results, ended = parse_batch([
+        b"s1,s2", [b"dup", b"o_1", b'{"id": "o_1"}'], [b"err", b"out_of_stock", b"mug", b"gone"],
+        [b"ok", b'{"id": "o_2"}', b'[{"sku": "mug", "pool": 4, "flash_left": -1}]'],
+    ])
+    assert ended == ("s1", "s2")
+    assert results[0].replayed and results[0].order == {"id": "o_1"}
+    assert (results[1].code, results[1].sku, results[1].order) == ("out_of_stock", "mug", None)
+    assert results[2].order_id == "o_2" and results[2].left[0].pool == 4
+    args = checkout_args([CheckoutRequest("o_9", "m_1", "k", 1.5, "s1", None, "nr:member:m_1")])
+    assert args[-7:] == ["o_9", "m_1", "k", "1.500", "s1", "", "nr:member:m_1"]
 
 
 # store ------------------------------------------------------------------------------
@@ -123,6 +130,19 @@ async def test_allocation_in_the_script_matches_the_rule(redis: aredis.Redis) ->
         order = (await commerce.checkout(member(mid), f"k{i}")).order
         assert order["lines"][0]["location"] == expected
         assert int(await redis.hget(stock_key("lamp"), expected)) == shelf[expected] - qty
+
+
+async def test_a_session_sells_the_pool_a_screen_its_shelf(redis: aredis.Redis) -> None:
+    """Available stock is every location together for a live session and one store's shelf
+    for that store's screen (negative counts, if an admin wrote one, count as none)."""
+    commerce = await make_commerce(redis)
+    await seed(redis)
+    await redis.hset(stock_key("lamp"), "store-a", -2)
+    pooled = await commerce.inventory.available(["mug", "pot", "lamp"])
+    assert pooled == {"mug": 57, "pot": 4, "lamp": 1}
+    assert await commerce.inventory.available(["mug", "pot", "lamp"], store="store-a") == {
+        "mug": 5, "pot": 1, "lamp": 0}
+    assert await commerce.inventory.available(["pot"], store="store-b") == {"pot": 0}
 
 
 async def test_checkout_is_all_or_nothing(redis: aredis.Redis) -> None:
@@ -157,8 +177,49 @@ async def test_order_records_lines_total_and_events(redis: aredis.Redis) -> None
     assert order["total"] == 44.99
     assert (await commerce.cart(mid))["count"] == 0
     assert await commerce.orders.get(order["id"]) == order
+    await commerce.settled()  # purchase events follow the answer
     kinds = [e.kind async for _, e in EventLog(redis).read()]
     assert kinds.count("purchase") == 2
+
+
+async def test_checkouts_arriving_together_share_one_script_call(
+    redis: aredis.Redis,
+) -> None:
+    """Checkouts sent in the same tick go to the store together (group commit), and each
+    still gets its own answer: an order, a refusal, or the first order for a used key; a
+    refused cart keeps its lines and takes no stock."""
+    commerce = await make_commerce(redis)
+    await seed(redis)
+    a, b, c, d, e = await make_members(redis, 5)
+    await commerce.add_to_cart(member(a), "pot", 3)  # all 3 pots in the warehouse
+    await commerce.add_to_cart(member(b), "pot", 2)  # 1 left in store-a: not enough
+    await commerce.add_to_cart(member(d), "mug", 1)
+    await commerce.add_to_cart(member(e), "lamp", 1)
+    calls: list[int] = []
+    reserve = commerce.inventory.reserve_batch
+
+    async def counted(requests: Any) -> Any:
+        calls.append(len(requests))
+        return await reserve(requests)
+
+    commerce.inventory.reserve_batch = counted  # type: ignore[method-assign]
+    outcomes = await asyncio.gather(*(
+        commerce.checkout(member(u), key) for u, key in
+        ((a, "ka"), (b, "kb"), (c, "kc"), (d, "kd"), (d, "kd"), (e, "ke"))
+    ), return_exceptions=True)
+    assert calls == [6]
+    first, short, empty, order_d, replay_d, order_e = outcomes
+    assert not isinstance(first, BaseException) and first.order["lines"][0]["qty"] == 3
+    assert isinstance(short, LiveError) and short.code == "out_of_stock"
+    assert isinstance(empty, LiveError) and empty.code == "empty_cart"
+    assert not isinstance(order_d, BaseException) and not order_d.replayed
+    assert not isinstance(replay_d, BaseException) and replay_d.replayed
+    assert replay_d.order == order_d.order
+    assert not isinstance(order_e, BaseException)
+    assert order_e.order["lines"][0]["location"] == "store-b"
+    assert (await commerce.cart(b))["count"] == 2 and (await commerce.cart(a))["count"] == 0
+    assert await commerce.catalog.stock("pot") == {"warehouse": 0, "store-a": 1}
+    assert await commerce.orders.count() == 3
 
 
 async def test_retried_idempotency_key_returns_the_first_order(redis: aredis.Redis) -> None:

@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 from identity.tokens import KeyRing
 from live.store import connect
 from tests.commerce_helpers import make_members, seed
+from tests.identity_support import sign_in
 
 
 def _seed(store_url: str, members: int = 2) -> list[str]:
@@ -94,6 +95,28 @@ def test_viewers_are_asked_to_sign_in_to_buy(client: TestClient, store_url: str)
     assert r.status_code == 403 and r.json()["error"]["code"] == "sign_in_required"
     assert client.get("/orders", headers=hv).status_code == 403
     assert client.get("/carts/anon_9").status_code == 401
+
+
+def test_the_anonymous_cart_follows_the_viewer_who_signs_in(
+    client: TestClient, store_url: str,
+) -> None:
+    """A viewer fills a cart anonymously, signs in with that anonymous id (the identity
+    hook), and finds the lines in the member's cart, quantities added; then buys them."""
+    _seed(store_url, 0)
+    anon = client.post("/identity/anonymous").json()
+    hv = {"authorization": f"Bearer {anon['token']}"}
+    for sku, qty in (("mug", 2), ("kite", 1)):
+        r = client.post(f"/carts/{anon['anon_id']}/items", json={"sku": sku, "qty": qty},
+                        headers=hv)
+        assert r.status_code == 200, r.text
+    signed = sign_in(client, "07700 900222", anon_id=anon["anon_id"])
+    assert signed["stitched"] is True
+    mid, hm = signed["member_id"], {"authorization": f"Bearer {signed['token']}"}
+    cart = client.get(f"/carts/{mid}", headers=hm).json()["cart"]
+    assert {x["sku"]: x["qty"] for x in cart["lines"]} == {"mug": 2, "kite": 1}
+    assert client.get(f"/carts/{anon['anon_id']}", headers=hv).json()["cart"]["count"] == 0
+    r = client.post(f"/carts/{mid}/checkout", json={"idempotency_key": "first"}, headers=hm)
+    assert r.status_code == 201 and r.json()["order"]["total"] == 44.99
 
 
 def test_host_runs_a_flash_sale(client: TestClient, store_url: str) -> None:

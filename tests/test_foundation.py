@@ -17,7 +17,7 @@ from live.cli import main as cli_main
 from live.config import Settings
 from live.demo import make_products, seed_demo
 from live.services import open_services
-from live.store import EmbeddedStore, connect
+from live.store import EmbeddedStore, bounded, connect
 from tests.utils import run_server
 
 
@@ -212,3 +212,37 @@ def test_real_server_answers(store_url: str, tmp_path: Path, sync_redis: object)
     """`newretail serve` runs the app under uvicorn on a real port."""
     with run_server(store_url, tmp_path / "var") as server:
         assert httpx.get(f"{server.url}/readyz").json()["ready"] is True
+
+
+async def test_shutdown_step_that_stalls_is_left_behind(caplog: pytest.LogCaptureFixture) -> None:
+    """A shutdown step that never finishes, and even swallows its cancellation, does not
+    hold the shutdown; a step that finishes runs to the end and its error is raised."""
+    forever = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def stalls() -> None:
+        try:
+            await forever.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            await forever.wait()  # as a library stuck on a lock would
+
+    with caplog.at_level("WARNING", logger="newretail.live"):
+        await bounded(stalls(), "stuck step", seconds=0.05)
+    assert "stuck step did not finish" in caplog.text
+    await asyncio.wait_for(cancelled.wait(), 5)
+    forever.set()  # let the stuck step end with the test
+
+    finished: list[str] = []
+
+    async def quick() -> None:
+        finished.append("yes")
+
+    await bounded(quick(), "quick step")
+    assert finished == ["yes"]
+
+    async def fails() -> None:
+        raise RuntimeError("close failed")
+
+    with pytest.raises(RuntimeError, match="close failed"):
+        await bounded(fails(), "failing step")

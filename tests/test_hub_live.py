@@ -8,12 +8,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis as redis_sync
 from websockets.exceptions import ConnectionClosed
 
-from live.hub import Hub
-from live.sessions import SessionStore
+from identity.members import Members
+from live.hub import Hub, HubConfig
+from live.protocol import friendly_label
+from live.sessions import SessionStore, channel
 from tests.hub_support import (
     ENV,
     Client,
@@ -195,13 +198,60 @@ async def test_every_bad_frame_gets_an_error_and_the_connection_goes_on(
         err = await c.until(lambda m: m.get("type") == "error")
         assert err["code"] == code, frame
         assert err["ref"] == (frame["ref"] if isinstance(frame["ref"], str) else None)
-    assert (await c.op("chat", "ok", text="still here"))["type"] == "ack"
+    packed = await Client.open(a.ws_url, f"/ws/live/{session}", msgpack_format=True)
+    await packed.ws.send(b"\xc1")
+    assert (await packed.recv())["code"] == "bad_frame"
+    assert (await packed.hello(token("member-8", "member")))["type"] == "welcome"
+    await packed.ws.send(b"\x93\x01\x02\x03")
+    assert (await packed.until(lambda m: m.get("type") == "error"))["code"] == "bad_frame"
     viewer = await Client.open(a.ws_url, f"/ws/live/{session}")
     await viewer.hello(token("anon-1", "viewer"))
-    assert (await viewer.op("chat", "v1", text="hi"))["code"] == "forbidden"
+    assert (await c.op("chat", "ok", text="still here"))["type"] == "ack"
+    assert (await packed.until(lambda m: m.get("type") == "chat"))["text"] == "still here"
+    await packed.close()
+    said = await viewer.until(lambda m: m.get("type") == "chat")
+    assert said["text"] == "still here" and said["seq"] > viewer.welcome["seq"]
+    assert (await viewer.op("chat", "v1", text="hi"))["code"] == "sign_in_required"
     assert (await viewer.op("react", "v2", kind="heart"))["type"] == "ack"
     await c.close()
     await viewer.close()
+
+
+async def test_only_hosts_run_host_ops_and_a_refusal_changes_nothing(
+    servers: tuple[ServerProcess, ServerProcess], session: str
+) -> None:
+    """Viewers and members get forbidden for every host op; no event is published, no pin
+    is made, the session stays live; a host's own op then goes through."""
+    a, b = servers
+    host = await _host(a, session)
+    assert (await host.op("chat", "h0", text="hello all"))["type"] == "ack"
+    chat = await host.until(lambda m: m.get("type") == "chat")
+    member = await _viewer(b, session, 3)
+    anon = await Client.open(a.ws_url, f"/ws/live/{session}", msgpack_format=True)
+    assert (await anon.hello(token("anon-3", "viewer")))["role"] == "viewer"
+    host_ops = [("pin", {"sku": "SKU1"}), ("unpin", {}), ("chat.remove", {"id": chat["id"]}),
+                ("mute", {"member_id": "member-3"}), ("end", {}),
+                ("flash.start", {"sku": "SKU1", "price": 1.0, "qty": 5, "seconds": 30}),
+                ("flash.stop", {})]
+    for c in (member, anon):
+        for i, (name, payload) in enumerate(host_ops):
+            err = await c.op(name, f"x{i}", **payload)
+            assert (err["type"], err["code"]) == ("error", "forbidden"), name
+    assert (await member.op("chat", "m1", text="not muted"))["type"] == "ack"
+    said = await anon.until(lambda m: m.get("type") == "chat" and m["text"] == "not muted")
+    await member.until(lambda m: m.get("seq") == said["seq"])
+    for c in (member, anon):
+        assert [e["seq"] for e in c.events if e["type"] != "viewers"] == [said["seq"]]
+    listed = httpx.get(f"{a.url}/live/sessions/{session}").json()
+    assert listed["status"] == "live"
+    again = await Client.open(b.ws_url, f"/ws/live/{session}")
+    state = (await again.hello(token("member-4", "member")))["state"]
+    assert state["pinned"] == [] and [m["id"] for m in state["chat"]] == [chat["id"],
+                                                                           said["id"]]
+    assert (await host.op("pin", "h1", sku="SKU1"))["type"] == "ack"
+    assert (await anon.until(lambda m: m.get("type") == "pinned"))["sku"] == "SKU1"
+    for c in (host, member, anon, again):
+        await c.close()
 
 
 async def test_frame_over_the_limit_closes_1009(
@@ -344,3 +394,134 @@ async def test_a_client_that_does_not_read_is_cut_off_and_others_go_on(
             await stuck.recv(timeout=10)
     assert stuck.ws.close_code == 4001
     await reader.close()
+
+
+async def test_chat_names_come_from_identity_never_a_phone(
+    servers: tuple[ServerProcess, ServerProcess], session: str, redis: Any
+) -> None:
+    """A member chats under the display name set in identity (a rename shows on the next
+    message), else a stable label of their id; a phone-like name is never shown."""
+    a, b = servers
+    members = Members(redis, b"p" * 32)
+    await members.create("Alice Smith", member_id="m_alice")
+    await members.create("+44 7700 900123", member_id="m_phone")
+    host = await _host(a, session)
+    said: dict[str, list[str]] = {}
+    for mid in ("m_alice", "m_phone", "m_unknown"):
+        c = await Client.open(b.ws_url, f"/ws/live/{session}")
+        await c.hello(token(mid, "member"))
+        for i in range(2):
+            assert (await c.op("chat", f"{mid}{i}", text=f"hi {i}"))["type"] == "ack"
+            msg = await host.until(lambda m, mid=mid: m.get("type") == "chat"
+                                   and m["from"]["id"] == mid)
+            said.setdefault(mid, []).append(msg["from"]["name"])
+            if mid == "m_alice":
+                await members.update("m_alice", name="Ali")
+        await c.close()
+    assert said["m_alice"] == ["Alice Smith", "Ali"]
+    assert said["m_phone"] == [friendly_label("m_phone")] * 2
+    assert said["m_unknown"] == [friendly_label("m_unknown")] * 2
+    assert (await host.op("chat", "h1", text="thanks"))["type"] == "ack"
+    own = await host.until(lambda m: m.get("type") == "chat" and m["text"] == "thanks")
+    assert own["from"] == {"id": "host-1", "name": "Host"}
+    await host.close()
+
+
+async def test_viewer_counts_carry_no_presence_list(
+    servers: tuple[ServerProcess, ServerProcess], session: str
+) -> None:
+    """Clients get a number of viewers, in the welcome and in viewers events, never who."""
+    a, b = servers
+    first = await _viewer(a, session, 1)
+    second = await _viewer(b, session, 2)
+    counted = await first.until(lambda m: m.get("type") == "viewers" and m["count"] == 2)
+    assert set(counted) == {"type", "seq", "ts", "count"}
+    third = await _viewer(a, session, 3)
+    assert isinstance(third.welcome["state"]["viewers"], int)
+    assert "member-1" not in str(third.welcome["state"])
+    for c in (first, second, third):
+        await c.close()
+
+
+async def test_session_channels_use_sharded_pubsub_when_offered(
+    servers: tuple[ServerProcess, ServerProcess], session: str, redis: Any
+) -> None:
+    """Both stores here (Valkey, Redis 7) offer sharded pub/sub: each process with viewers
+    SSUBSCRIBEs to the session's hash-tagged channel and nobody SUBSCRIBEs to it."""
+    a, b = servers
+    assert await SessionStore(redis).sharded() is True
+    viewers = [await _viewer(a, session, 1), await _viewer(b, session, 2)]
+    name = channel(session)
+    assert name.endswith("{" + session + "}")
+    shard: Any = await redis.execute_command("PUBSUB", "SHARDNUMSUB", name)
+    plain: Any = await redis.execute_command("PUBSUB", "NUMSUB", name)
+    assert (int(shard[1]), int(plain[1])) == (2, 0)
+    for v in viewers:
+        await v.close()
+
+
+async def test_plain_pubsub_fallback_keeps_one_order(
+    store_url: str, redis: Any, tmp_path: Any
+) -> None:
+    """With plain pub/sub (servers without SPUBLISH, or NEWRETAIL_LIVE_PUBSUB=plain) two
+    processes still deliver the same events in the same order."""
+    env = {**SERVER_ENV, "NEWRETAIL_LIVE_PUBSUB": "plain"}
+    await seed_products(redis)
+    with run_server(store_url, tmp_path / "a", env=env) as a, \
+            run_server(store_url, tmp_path / "b", env=env) as b:
+        sid = create_session(a.url)
+        host = await _host(a, sid)
+        viewers = [await _viewer(a if i % 2 else b, sid, i) for i in range(4)]
+        plain: Any = await redis.execute_command("PUBSUB", "NUMSUB", channel(sid))
+        shard: Any = await redis.execute_command("PUBSUB", "SHARDNUMSUB", channel(sid))
+        assert (int(plain[1]), int(shard[1])) == (2, 0)
+        store = SessionStore(redis, HISTORY, pubsub="plain")
+        for i in range(5):
+            await store.publish(sid, {"type": "note", "n": i})
+        assert (await host.op("pin", "p1", sku="SKU1"))["type"] == "ack"
+        start = max(v.welcome["seq"] for v in viewers)
+        for v in viewers:
+            await v.until(lambda m: m.get("type") == "pinned")
+        reference = session_events(viewers[0], start)
+        assert [t for _, t in reference if t != "viewers"] == ["note"] * 5 + ["pinned"]
+        for v in viewers[1:]:
+            assert session_events(v, start) == reference
+        for c in (host, *viewers):
+            await c.close()
+
+
+async def test_a_coalesced_flush_carries_the_figure_as_it_is_not_the_last_staged(
+    redis: Any,
+) -> None:
+    """Two processes stage stock figures that land out of order (the later checkout's
+    figure first): the flush re-reads the figure, so viewers end on the true one; and a
+    flush holds its pair until published, so two processes' flushes never interleave."""
+    config = HubConfig(coalesce_interval=0.05)
+    a, b = Hub(redis, config), Hub(redis, config)
+    truth = {"kite": 0}
+    reads = 0
+
+    async def stock_now(sid: str, values: dict[str, Any]) -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        return {sku: truth[sku] for sku in values}
+
+    for hub in (a, b):
+        hub.add_refresher("stock", stock_now)
+    sid = (await a.store.create("race", ["kite"], None, "host-1")).id
+    await b.publish_coalesced(sid, "stock", "kite", 0)  # the last unit, staged first
+    await a.publish_coalesced(sid, "stock", "kite", 1)  # the one before, staged late
+    await a.start()
+    await b.start()
+    try:
+        deadline = time.monotonic() + 10
+        stock: list[dict[str, Any]] = []
+        while not stock and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            rows = await a.store.history_range(sid, 1, await a.store.current_seq(sid))
+            stock = [e for _, raw in rows if (e := orjson.loads(raw))["type"] == "stock"]
+    finally:
+        await a.stop()
+        await b.stop()
+    assert [(e["sku"], e["left"]) for e in stock] == [("kite", 0)]
+    assert reads == 1

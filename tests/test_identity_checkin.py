@@ -129,9 +129,10 @@ def test_signing_in_again_on_a_device_replaces_its_secret(client: TestClient) ->
 
 
 def test_member_code_svg_is_a_qr(client: TestClient) -> None:
-    """The SVG endpoint returns a QR image and is not cached."""
+    """The SVG endpoint returns a standalone QR image (an <img> needs the namespace), not cached."""
     signed = sign_in(client, PHONE)
     r = client.get("/identity/member-code.svg", headers=auth(signed["token"]))
     assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml")
-    assert r.text.startswith("<svg") and r.headers["cache-control"] == "no-store"
+    assert r.text.startswith('<svg xmlns="http://www.w3.org/2000/svg"')
+    assert r.headers["cache-control"] == "no-store"
     assert "<path" in r.text

@@ -16,6 +16,8 @@ from live.cli import main
 from live.config import Settings
 from live.types import WAREHOUSE, Product, Sku
 from recommender.model import current_version
+from tests.identity_support import auth, sign_in
+from tests.identity_support import token as id_token
 from tests.test_rec_core import write_csv
 
 
@@ -127,3 +129,46 @@ def test_import_then_train(settings: Settings, tmp_path: Path,
     assert sync_redis.scard("nr:members") == 40
     assert main(["train"]) == 0
     assert current_version(settings.model_dir) is not None
+
+
+def test_cart_and_purchase_reach_the_event_log(client: TestClient) -> None:
+    """A member's cart add and checkout are recorded as cart and purchase events (and so
+    change their very next offers: the bought product comes back as buy_again)."""
+    mid = make_member(client)
+    me = token(client, mid, "member")
+    r = client.post(f"/carts/{mid}/items", headers=me, json={"sku": "9007", "qty": 2})
+    assert r.status_code == 200, r.text
+    r = client.post(f"/carts/{mid}/checkout", headers=me, json={"idempotency_key": "k1"})
+    assert r.status_code == 201, r.text
+    svc: Any = client.app.state.services  # type: ignore[attr-defined]
+
+    async def kinds() -> list[tuple[str, str, int]]:
+        return [(e.kind, e.sku, e.qty) async for _, e in svc.events.read() if e.user == mid]
+    assert client.portal.call(kinds) == [  # type: ignore[union-attr]
+        ("cart", "9007", 2), ("purchase", "9007", 2)]
+    body = client.get("/offers", params={"n": 3}, headers=me).json()
+    assert body["offers"][0]["sku"] == "9007" and body["offers"][0]["reason"] == "buy_again"
+
+
+def test_offers_carry_server_timing(client: TestClient) -> None:
+    """GET /offers says how long the handler took (server-timing), for load tests."""
+    mid = make_member(client)
+    r = client.get("/offers", params={"n": 3}, headers=token(client, mid, "member"))
+    assert r.status_code == 200
+    assert float(r.headers["server-timing"].split("dur=")[1]) >= r.json()["took_ms"]
+
+
+def test_check_in_at_a_screen_is_recorded(client: TestClient) -> None:
+    """A member's code shown at a store screen lands in the event log as a check-in at
+    that store."""
+    signed = sign_in(client, "+447700900702")
+    code = client.get("/identity/member-code", headers=auth(signed["token"])).json()["code"]
+    screen = auth(id_token(client, "screen", "screen-3", store="store-soho"))
+    assert client.post("/identity/checkin", headers=screen, json={"code": code}).status_code == 200
+    svc: Any = client.app.state.services  # type: ignore[attr-defined]
+    client.portal.call(svc.identity.drain)  # type: ignore[union-attr]
+
+    async def checkins() -> list[tuple[str, str | None]]:
+        return [(e.kind, e.store_id) async for _, e in svc.events.read()
+                if e.user == signed["member_id"]]
+    assert client.portal.call(checkins) == [("checkin", "store-soho")]  # type: ignore[union-attr]

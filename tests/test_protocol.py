@@ -18,17 +18,21 @@ from live.protocol import (
     Coalescer,
     ConnState,
     Format,
+    GcPlan,
     ReplayKind,
     SessionState,
     Since,
+    chat_name,
     chat_text,
     check_role,
     choose_format,
     classify_arrival,
     coalesced_event,
+    coalesced_events,
     conn_transition,
     decode_frame,
     frame,
+    friendly_label,
     parse_hello,
     parse_op,
     plan_replay,
@@ -119,15 +123,35 @@ def test_chat_text_is_plain_and_bounded() -> None:
 
 
 def test_roles() -> None:
-    """Viewers react but neither chat nor run host ops; members chat; hosts do all."""
+    """Viewers react but neither chat nor run host ops; members chat; hosts do all. An
+    anonymous viewer is asked to sign in for what members may do."""
     check_role("react", AUDIENCE_ROLES, "viewer")
     check_role("chat", CHAT_ROLES, "member")
     check_role("pin", HOST_ROLES, "host")
-    for op, roles, role in (("chat", CHAT_ROLES, "viewer"), ("pin", HOST_ROLES, "member"),
-                            ("end", HOST_ROLES, "viewer"), ("react", AUDIENCE_ROLES, "screen")):
+    for op, roles, role in (("pin", HOST_ROLES, "member"), ("end", HOST_ROLES, "viewer"),
+                            ("react", AUDIENCE_ROLES, "screen")):
         with pytest.raises(LiveError) as err:
             check_role(op, roles, role)
         assert err.value.code == "forbidden" and role in err.value.message
+    with pytest.raises(LiveError) as err:
+        check_role("chat", CHAT_ROLES, "viewer")
+    assert (err.value.code, err.value.status) == ("sign_in_required", 403)
+
+
+def test_chat_names() -> None:
+    """Hosts chat as Host; members under their display name when set, else a stable
+    label of their id; a phone number never shows, nor control characters."""
+    assert chat_name("host", "h1", "Dana") == "Host"
+    assert chat_name("admin", "ad1", None) == "Host"
+    assert chat_name("member", "m_1", "  Alice \n Smith ") == "Alice Smith"
+    assert chat_name("member", "m_1", "Bo\x00b") == "Bob"
+    assert chat_name("member", "m_1", "x" * 80) == "x" * 40
+    label = friendly_label("m_1")
+    assert label == friendly_label("m_1") != friendly_label("m_2")
+    assert "m_1" not in label and len(label.split()) == 3
+    for name in (None, "", "   ", "+44 7700 900123", "07700900123", "call 0770-090-0123"):
+        assert chat_name("member", "m_1", name) == label
+    assert chat_name("member", "m_1", "Room 101") == "Room 101"
 
 
 def test_state_machines_refuse_wrong_transitions() -> None:
@@ -200,4 +224,28 @@ def test_coalesced_events() -> None:
     assert coalesced_event("viewers", {"count": 12}) == {"type": "viewers", "count": 12}
     assert coalesced_event("reactions", {"heart": 3}) == {"type": "reactions",
                                                           "counts": {"heart": 3}}
-    assert coalesced_event("stock", {"A": 4}) == {"type": "stock", "values": {"A": 4}}
+    assert coalesced_events("stock", {"B": 0, "A": 4}) == [
+        {"type": "stock", "sku": "A", "left": 4}, {"type": "stock", "sku": "B", "left": 0}]
+    assert coalesced_events("viewers", {"count": 2}) == [{"type": "viewers", "count": 2}]
+
+
+def test_gc_plan_freezes_settled_waves_and_compacts_after_departures() -> None:
+    """Freeze once a wave of joins has settled (not during it, not for a trickle);
+    compact once a quarter of the frozen connections have left."""
+    plan = GcPlan(wave=100, settle=0.5)
+    for i in range(99):
+        plan.joined(10.0 + i / 1000)
+    assert plan.due(20.0) is None
+    plan.joined(20.0)
+    assert plan.due(20.2) is None
+    assert plan.due(20.6) == "freeze"
+    assert plan.due(21.0) is None
+    for _ in range(1000):
+        plan.joined(30.0)
+    assert plan.due(30.6) == "freeze" and plan.frozen == 1100
+    for _ in range(274):
+        plan.left()
+    assert plan.due(31.0) is None
+    plan.left()
+    assert plan.due(31.1) == "compact" and plan.frozen == 825
+    assert plan.due(40.0) is None

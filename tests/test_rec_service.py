@@ -16,7 +16,8 @@ from identity.members import Members
 from live.catalog import Catalog
 from live.offers import OfferService
 from live.types import WAREHOUSE, Product, Sku, Store
-from recommender.model import current_version
+from recommender.events import ERASED, EventLog, erased_tag, index_key
+from recommender.model import current_version, read_version
 from recommender.service import Recommender
 from recommender.train import AlsParams
 from recommender.trainer import train_from_log
@@ -235,3 +236,129 @@ async def test_session_filter_on_hnsw(redis: aredis.Redis, tmp_path: Path) -> No
     ranked = await rec.rank_within(mid, live)
     assert sorted(c.sku for c in ranked) == sorted(live)
     assert ranked[0].sku == sku(2, 7)
+
+
+async def test_late_event_after_erasure_refused(setup: Setup, redis: aredis.Redis) -> None:
+    """The append script itself refuses users in the erased set: an event that passed the
+    identity check just before an erasure still does not land in the log or history."""
+    rec, _, _ = await setup()
+    await rec.erase_user(["late"])
+    log = EventLog(redis)
+    before = await log.length()
+    assert await log.append([Event("late", sku(0, 1), "view", time.time()),
+                             Event("kept", sku(0, 1), "view", time.time())]) == 1
+    assert await log.length() == before + 1
+    assert await rec.history("late") == []
+    assert await rec.record([Event("late", sku(0, 2), "click", time.time())]) == 0
+
+
+async def test_erasure_uses_the_member_index(setup: Setup, redis: aredis.Redis) -> None:
+    """Erasure deletes exactly the user's events (through their index) and no one else's,
+    and leaves no index behind."""
+    rec, _, _ = await setup()
+    now = time.time()
+    await rec.record([Event(u, sku(1, i), "view", now) for i in range(30) for u in ("a", "b")])
+    total = await rec.events.length()
+    await rec.erase_user(["a"])
+    assert await rec.events.length() == total - 30
+    users = [e.user async for _, e in rec.events.read()]
+    assert "a" not in users and users.count("b") == 30
+    assert not await redis.exists(index_key("a"))
+    assert await redis.llen(index_key("b")) == 30
+
+
+async def test_erasure_while_training_leaves_no_trace(setup: Setup, redis: aredis.Redis
+                                                      ) -> None:
+    """A user erased while a model is being fitted is not in the version written."""
+    rec, _, _ = await setup()
+    erased = False
+
+    def on_iteration(_: int) -> None:
+        nonlocal erased
+        if not erased:
+            erased = True
+            asyncio.run_coroutine_threadsafe(redis.sadd(ERASED, erased_tag("u1-3")), loop)
+
+    loop = asyncio.get_running_loop()
+    version = (await train_from_log(redis, rec.model_dir, PARAMS,
+                                    on_iteration=on_iteration)).version
+    model = read_version(rec.model_dir, version)
+    assert erased and "u1-3" not in model.user_ids and "u1-4" in model.user_ids
+
+
+async def test_out_of_stock_favourites_overfetched(setup: Setup, redis: aredis.Redis) -> None:
+    """When a member's best candidates are out of stock the slate is still full, from
+    further down their ranking, and holds nothing out of stock."""
+    rec, svc, members = await setup()
+    catalog = Catalog(redis)
+    mid = await member(members)
+    await rec.record([Event(mid, sku(1, i), "click", time.time()) for i in range(4)])
+    for i in range(8):
+        await catalog.set_stock(sku(1, i), WAREHOUSE, 0)
+    body = await svc.offers(mid, 6, None, None)
+    got = [o["sku"] for o in body["offers"]]
+    assert len(got) == 6 and not {sku(1, i) for i in range(8)} & set(got)
+    assert {sku(1, 8), sku(1, 9)} <= set(got)
+
+
+async def test_non_product_codes_never_offered(setup: Setup, redis: aredis.Redis) -> None:
+    """Postage bought by everyone tops popularity, yet is never offered, to anyone."""
+    rec, svc, members = await setup()
+    catalog = Catalog(redis)
+    await catalog.put_products([Product(Sku("POST"), "Postage", "fees", 18.0, "")])
+    await catalog.set_stock("POST", WAREHOUSE, 100)
+    now = time.time()
+    await rec.record([Event(f"u{g}-{k}", "POST", "purchase", now - 3600)
+                      for g in range(GROUPS) for k in range(25)])
+    await train_from_log(redis, rec.model_dir, PARAMS)
+    await rec.refresh()
+    assert rec.model is not None and "POST" in rec.model.item_ids
+    mid = await member(members)
+    await rec.record([Event(mid, "POST", "purchase", now)])
+    for who in (mid, None):
+        body = await svc.offers(who, 20, None, None)
+        assert body["offers"] and "POST" not in {o["sku"] for o in body["offers"]}
+    wants = await rec.audience_wants(["u0-1", "u2-2"], set(), 20)
+    assert "POST" not in {c.sku for c in wants}
+
+
+async def test_catalog_change_reaches_cached_offers(setup: Setup, redis: aredis.Redis) -> None:
+    """Titles and prices are cached per process, yet a product written through the
+    catalog shows its new title and price in the very next offers."""
+    rec, svc, members = await setup()
+    mid = await member(members)
+    await rec.record([Event(mid, sku(2, 0), "purchase", time.time())])
+    first = await svc.offers(mid, 3, None, None)
+    assert first["offers"][0]["sku"] == sku(2, 0)
+    assert first["offers"][0]["title"] == "Item 2 0"
+    await Catalog(redis).put_products([Product(Sku(sku(2, 0)), "Renamed", "cat2", 99.0, "")])
+    again = await svc.offers(mid, 3, None, None)
+    assert again["offers"][0]["title"] == "Renamed" and again["offers"][0]["price"] == 99.0
+
+
+async def test_consent_withdrawn_stops_personal_offers(setup: Setup, redis: aredis.Redis
+                                                       ) -> None:
+    """A member who withdraws consent gets trending offers only, even with a history and
+    trained factors; suggestions leave them out of the audience."""
+    rec, svc, members = await setup()
+    mid = await member(members)
+    await rec.record([Event(mid, sku(3, i), "purchase", time.time()) for i in range(5)])
+    assert (await svc.offers(mid, 4, None, None))["personalized"] is True
+    await members.update(mid, consent={"personalization": {"given": False, "at": time.time()}})
+    body = await svc.offers(mid, 4, None, None)
+    assert body["personalized"] is False and {o["reason"] for o in body["offers"]} == {
+        "trending"}
+    alone = await svc.suggestions("live1", [mid], set(), 3)
+    assert {s["sku"][0] for s in alone} != {"3"}
+
+
+async def test_checkin_recorded_not_trained(setup: Setup, redis: aredis.Redis) -> None:
+    """A check-in goes to the event log with its store, and training gives it no product."""
+    rec, svc, members = await setup()
+    mid = await member(members)
+    await svc.record_checkin(mid, "screen-1", "s1")
+    found = [e async for _, e in rec.events.read() if e.user == mid]
+    assert [(e.kind, e.store_id, e.sku) for e in found] == [("checkin", "s1", "")]
+    await train_from_log(redis, rec.model_dir, PARAMS)
+    await rec.refresh()
+    assert rec.model is not None and "" not in rec.model.item_ids

@@ -4,21 +4,27 @@ and the trainer's watch loop retraining on new events."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 import redis as redis_sync
 
+from identity.members import Members
 from identity.tokens import KeyRing
 from live.config import Settings
 from live.store import connect
-from recommender.model import current_version
+from recommender.events import EventLog
+from recommender.model import current_version, read_version
+from recommender.service import Recommender
 from recommender.train import AlsParams
 from recommender.trainer import train_from_log, watch_and_train
 from recommender.types import Event
-from tests.test_rec_service import PARAMS, seed
+from tests.test_rec_service import PARAMS, seed, sku
 from tests.utils import run_server
 
 
@@ -113,3 +119,129 @@ async def test_watch_retrains_on_new_events(tmp_path: Path, store_url: str,
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await redis.aclose()
+
+
+def _gauge(server_url: str, name: str) -> float:
+    for line in httpx.get(f"{server_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def _until(check: Callable[[], bool], what: str, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_erasure_reaches_every_web_process(settings: Settings,
+                                           sync_redis: redis_sync.Redis) -> None:
+    """Two web processes serve a member's personal offers; the member is erased through
+    one: the other drops their factors, refuses their late event, and the next model has
+    nothing of them."""
+    assert settings.redis_url is not None
+    url, model_dir = settings.redis_url, settings.model_dir
+
+    async def prepare() -> str:
+        redis = connect(url)
+        await seed(redis, time.time())
+        m = await Members(redis, b"unused-pepper-0123456789abcdef").create(
+            "Eve Gone", consent={"personalization": True})
+        rec = Recommender(redis, model_dir, _never)
+        await rec.record([Event(m.id, sku(2, i), "purchase", time.time() - 3600)
+                          for i in range(5)])
+        await train_from_log(redis, model_dir, PARAMS)
+        await redis.aclose()
+        return str(m.id)
+
+    mid = asyncio.run(prepare())
+    ring = KeyRing.load_or_create(settings.var_dir / "secrets" / "jwt-keys.json")
+    admin = {"authorization": f"Bearer {ring.issue('root', 'admin', ttl=600)}"}
+    with run_server(url, settings.var_dir) as one, run_server(url, settings.var_dir) as two:
+        users = _gauge(two.url, "newretail_rec_model_users")
+        body = httpx.get(f"{two.url}/offers", params={"member_id": mid, "n": 5},
+                         headers=admin).json()
+        assert body["personalized"] is True and body["offers"][0]["reason"] == "buy_again"
+        r = httpx.delete(f"{one.url}/identity/members/{mid}", headers=admin, timeout=10)
+        assert r.status_code == 200, r.text
+        _until(lambda: _gauge(two.url, "newretail_rec_model_users") == users - 1,
+               "the second process kept the erased member's factors")
+        assert _gauge(one.url, "newretail_rec_model_users") == users - 1
+        late = httpx.post(f"{two.url}/events", headers=admin,
+                          json=[{"member_id": mid, "sku": sku(2, 1), "kind": "view"}])
+        assert late.status_code == 202 and late.json() == {"recorded": 0, "refused": 1}
+        assert httpx.get(f"{two.url}/offers", params={"member_id": mid},
+                         headers=admin).status_code == 404
+
+    async def after() -> tuple[list[str], list[str]]:
+        redis = connect(url)
+        users_in_log = [e.user async for _, e in EventLog(redis).read()]
+        version = (await train_from_log(redis, model_dir, PARAMS)).version
+        await redis.aclose()
+        return users_in_log, read_version(model_dir, version).user_ids
+
+    in_log, in_model = asyncio.run(after())
+    assert mid not in in_log and mid not in in_model and "u2-0" in in_model
+    assert not sync_redis.exists(f"nr:rec:hist:{mid}", f"nr:rec:ev:{mid}")
+
+
+@pytest.mark.parametrize("damage", ["truncate index", "remove factors"])
+def test_unreadable_version_keeps_previous_serving(settings: Settings,
+                                                   sync_redis: redis_sync.Redis,
+                                                   damage: str) -> None:
+    """A new version whose files are damaged or missing is refused: the server goes on
+    serving the previous one and readiness says why; the next good version is taken."""
+    assert settings.redis_url is not None
+    url, model_dir = settings.redis_url, settings.model_dir
+
+    async def train() -> str:
+        redis = connect(url)
+        if not await redis.exists("nr:events"):
+            await seed(redis, time.time())
+        version = (await train_from_log(redis, model_dir, PARAMS)).version
+        await redis.aclose()
+        return version
+
+    first = asyncio.run(train())
+    ring = KeyRing.load_or_create(settings.var_dir / "secrets" / "jwt-keys.json")
+    host = {"authorization": f"Bearer {ring.issue('h', 'host', ttl=600)}"}
+    with run_server(url, settings.var_dir) as server:
+        assert httpx.get(f"{server.url}/readyz").json()["checks"]["model"] == first
+        staging = settings.var_dir / "staging"
+        bad = asyncio.run(_train_into(url, staging))
+        if damage == "truncate index":
+            index = staging / bad / "items.faiss"
+            index.write_bytes(index.read_bytes()[:100])
+        else:
+            (staging / bad / "user_factors.npy").unlink()
+        shutil.move(staging / bad, model_dir / bad)
+        (model_dir / "current").write_text(bad)
+        sync_redis.publish("nr:rec:notice", b'{"model": "%s"}' % bad.encode())
+        _until(lambda: bad in str(httpx.get(f"{server.url}/readyz").json()["checks"]),
+               "readiness does not report the unreadable version")
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["model"] == first
+        for _ in range(5):
+            r = httpx.get(f"{server.url}/offers", params={"n": 3}, headers=host)
+            assert r.status_code == 200 and r.json()["model_version"] == first
+            assert len(r.json()["offers"]) == 3
+        good = asyncio.run(train())
+        _until(lambda: httpx.get(f"{server.url}/readyz").json()["checks"].get("model") == good,
+               "the next good version was not loaded")
+        assert "model_error" not in httpx.get(f"{server.url}/readyz").json()["checks"]
+
+
+async def _train_into(url: str, model_dir: Path) -> str:
+    """A version written to a directory no server watches (to damage it before it goes
+    live)."""
+    redis = connect(url)
+    try:
+        return (await train_from_log(redis, model_dir, PARAMS)).version
+    finally:
+        await redis.aclose()
+
+
+async def _never(user: str) -> bool:
+    return False
