@@ -157,7 +157,9 @@ def test_dropped_viewer_misses_nothing(chromium: Browser, site: Site) -> None:
         expect(viewer.locator("#status")).to_be_visible()
 
         proxy.restore()
-        expect(viewer.locator("body")).to_have_attribute("data-connection", "live")
+        # the next try comes within the page's longest backoff (10 s) after the restore
+        expect(viewer.locator("body")).to_have_attribute("data-connection", "live",
+                                                         timeout=30_000)
         expect(viewer.locator("body")).to_have_attribute("data-recovered", "true")
         expect(viewer.locator("#status")).to_be_hidden()
         expect(viewer.locator("#chat li")).to_have_count(len(missed))
