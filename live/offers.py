@@ -200,7 +200,7 @@ class OfferService:
         else:
             self._see_revision(await self.catalog.redis.get(REVISION) or b"0")
         user = member_id if personalized else None
-        vec = rec.vector(user, hist) if user is not None else None
+        vec, personal = rec.taste(user, hist, n * OVERFETCH) if user is not None else (None, [])
         candidates: list[Candidate] = []
         if session_id:
             live = await self.session_products(session_id)
@@ -208,11 +208,12 @@ class OfferService:
         checked: dict[str, bool] = {}  # sku -> in stock, read once per request
         want = n * OVERFETCH
         offers: list[Offer] = []
-        for _attempt in range(3):
+        for attempt in range(3):
             out_of_stock = {s for s, ok in checked.items() if not ok}
             pool = list(candidates)
             if user is not None:
-                pool += rec.blend_personal(user, hist, vec, want, out_of_stock)
+                pool += personal if attempt == 0 else rec.blend_personal(
+                    user, hist, vec, want, out_of_stock)
             short = max(n, want - len(pool))  # trending fills what personal left short
             pool += await rec.trending(short + len(out_of_stock))
             if len(pool) < want + len(out_of_stock):  # a new shop: nothing trends yet

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 import redis.asyncio as aredis
+from prometheus_client import Counter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -38,10 +40,29 @@ log = logging.getLogger("newretail.recommender")
 ALIASES = "nr:rec:alias"  # hash anon id -> member id
 NOTICES = "nr:rec:notice"  # pub/sub: {"model": version} or {"erase": [ids]}
 POLL_SECONDS = 2.0
+# A member's taste (fold-in, ANN search, blend) is kept this long for the same history
+# and model: shoppers and screens ask again and again between two of their events, and
+# recency weights move by days, not seconds.
+TASTE_SECONDS = 60.0
+TASTE_MAX = 20_000
+
+TASTE_LOOKUPS = Counter("newretail_rec_taste_lookups",
+                        "Members' tastes asked for, by whether the kept one served",
+                        ["result"])
 
 IsErased = Callable[[str], Awaitable[bool]]
 History = list[tuple[str, str, float, int]]
 Vector = np.ndarray[Any, np.dtype[np.float32]]
+
+
+class _Taste:
+    __slots__ = ("model", "hist", "k", "until", "vec", "candidates")
+
+    def __init__(self, model: Model | None, hist: tuple[tuple[str, str, float, int], ...],
+                 k: int,
+                 until: float, vec: Vector | None, candidates: list[Candidate]) -> None:
+        self.model, self.hist, self.k, self.until = model, hist, k, until
+        self.vec, self.candidates = vec, candidates
 
 
 def parse_history(raw: Sequence[bytes | str]) -> History:
@@ -75,6 +96,8 @@ class Recommender:
         self.load_error: str | None = None  # why the newest version is not the one served
         self._failed: str | None = None
         self._erased_seen = -1
+        self._tastes: OrderedDict[str, _Taste] = OrderedDict()
+        self.taste_seconds = TASTE_SECONDS  # 0: every request computes the taste afresh
 
     # events -------------------------------------------------------------------------------
 
@@ -124,6 +147,8 @@ class Recommender:
         """Drop erased users from this process: their factors, and any use of them."""
         gone = set(ids)
         self._erased |= gone
+        for user in gone:
+            self._tastes.pop(user, None)
         if self.model is not None:
             self.model.forget_users(gone)
 
@@ -274,6 +299,33 @@ class Recommender:
         if vec is None:
             vec = self.vector(user, hist)
         return self.blend_personal(user, hist, vec, k, excluded or set())
+
+    def taste(self, user: str, hist: History, k: int) -> tuple[Vector | None, list[Candidate]]:
+        """``vector`` and ``blend_personal`` (best ``k``, nothing excluded) of a user, kept for
+        ``taste_seconds`` while their history and the model stay the same: any new event of
+        theirs, a new model or their erasure computes it afresh."""
+        model = self.model
+        if user in self._erased or erased_tag(user) in self._erased_tags:
+            self._tastes.pop(user, None)
+            return None, []
+        key = tuple(hist)
+        now = time.monotonic()
+        kept = self._tastes.get(user)
+        if (kept is not None and kept.model is model and kept.k == k and kept.until > now
+                and kept.hist == key):
+            self._tastes.move_to_end(user)
+            TASTE_LOOKUPS.labels("kept").inc()
+            return kept.vec, kept.candidates
+        TASTE_LOOKUPS.labels("computed").inc()
+        vec = self.vector(user, hist)
+        candidates = self.blend_personal(user, hist, vec, k, set())
+        if user not in self._erased:
+            self._tastes[user] = _Taste(model, key, k, now + self.taste_seconds, vec,
+                                        candidates)
+            self._tastes.move_to_end(user)
+            while len(self._tastes) > TASTE_MAX:
+                self._tastes.popitem(last=False)
+        return vec, candidates
 
     def blend_personal(self, user: str, hist: History, vec: Vector | None, k: int,
                        excluded: set[str]) -> list[Candidate]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,6 +45,33 @@ def test_planted_taste_comes_first() -> None:
     vec = FoldIn(items, AlsParams(factors=8)).user_vector(bought, [8.0] * 5)
     found = ItemIndex.build(items).search(vec, 5, excluded=bought)
     assert {i for i, _ in found} == {25, 26, 27, 28, 29}
+
+
+def test_fold_in_solves_implicits_equations() -> None:
+    """The fold-in gives the vector implicit's own ``recalculate_user`` gives for the same
+    events, on trained factors, whatever the number of events and their weights."""
+    from scipy.sparse import csr_matrix
+
+    from recommender.train import new_als
+
+    uu, ii = planted()
+    params = AlsParams(factors=8, iterations=10)
+    matrix = confidence_matrix(uu, ii, np.full(len(uu), 4.0), GROUPS * USERS_PER_GROUP,
+                               GROUPS * PER_GROUP)
+    _, items = train_als(matrix, params)
+    reference: Any = new_als(params)
+    reference.item_factors = items
+    fold = FoldIn(items, params)
+    rng = np.random.default_rng(5)
+    for size in (1, 3, 12, 40):
+        bought = sorted(rng.choice(GROUPS * PER_GROUP, size, replace=False).tolist())
+        weights = rng.uniform(0.1, 9.0, size).tolist()
+        row = csr_matrix((np.array(weights, dtype=np.float32), bought, [0, size]),
+                         shape=(1, GROUPS * PER_GROUP))
+        want = reference.recalculate_user(0, row)
+        got = fold.user_vector(bought, weights)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-4)
 
 
 def test_hnsw_recall_against_exact() -> None:

@@ -18,7 +18,7 @@ from live.offers import OfferService
 from live.types import WAREHOUSE, Product, Sku, Store
 from recommender.events import ERASED, EventLog, erased_tag, index_key
 from recommender.model import current_version, read_version
-from recommender.service import Recommender
+from recommender.service import TASTE_LOOKUPS, Recommender
 from recommender.train import AlsParams
 from recommender.trainer import train_from_log
 from recommender.types import Event
@@ -362,3 +362,36 @@ async def test_checkin_recorded_not_trained(setup: Setup, redis: aredis.Redis) -
     await train_from_log(redis, rec.model_dir, PARAMS)
     await rec.refresh()
     assert rec.model is not None and "" not in rec.model.item_ids
+
+
+async def test_a_kept_taste_serves_until_history_model_or_erasure_changes(
+    setup: Setup, redis: aredis.Redis,
+) -> None:
+    """Asking again with the same history is served from the member's kept taste (same
+    offers); an event of theirs, a new model and their erasure each compute it afresh."""
+    rec, svc, members = await setup()
+    mid = await member(members)
+    await rec.record([Event(mid, sku(1, i), "click", time.time()) for i in range(4)])
+
+    def lookups() -> dict[str, float]:
+        return {r: TASTE_LOOKUPS.labels(r)._value.get() for r in ("kept", "computed")}
+
+    start = lookups()
+    first = await svc.offers(mid, 3, None, None)
+    again = await svc.offers(mid, 3, None, None)
+    assert again["offers"] == first["offers"]
+    assert lookups() == {"kept": start["kept"] + 1, "computed": start["computed"] + 1}
+
+    await rec.record([Event(mid, sku(2, 9), "purchase", time.time())])
+    changed = await svc.offers(mid, 3, None, None)
+    assert changed["offers"][0]["sku"] == sku(2, 9)  # buy_again at once
+    assert lookups()["computed"] == start["computed"] + 2
+
+    await train_from_log(redis, rec.model_dir, PARAMS)
+    await rec.refresh()
+    await svc.offers(mid, 3, None, None)
+    assert lookups()["computed"] == start["computed"] + 3
+
+    rec.forget([mid])
+    assert rec.taste(mid, await rec.history(mid), 12) == (None, [])
+    assert mid not in rec._tastes
