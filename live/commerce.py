@@ -58,6 +58,14 @@ CHECKOUT_BATCH = 500
 _STATUS = {"not_found": 404, "out_of_stock": 409, "limit_exceeded": 409, "empty_cart": 409}
 
 
+async def _no() -> bool:
+    return False
+
+
+async def _none() -> None:
+    return None
+
+
 def _check_role(caller: Caller, roles: frozenset[str], what: str) -> None:
     if caller.role not in roles:
         raise LiveError("forbidden", f"{what} needs one of the roles "
@@ -165,29 +173,45 @@ class Commerce:
         """Add units of a product; during a flash sale on it the line carries the sale."""
         _check_role(caller, CART_ROLES, "a cart")
         sku, count = parse_sku(sku), parse_qty(qty)
-        if self.is_erased is not None and await self.is_erased(caller.user):
-            raise LiveError("forbidden", "this user was erased", 403)
         async with self._gate:
             return await self._add_to_cart(caller, sku, count, session_id)
 
     async def _add_to_cart(
         self, caller: Caller, sku: Sku, count: int, session_id: str | None,
     ) -> CartView:
-        await self.catalog.get(sku)
+        # The reads are independent: one wait for all three, then the first refusal in
+        # this order (erased, unknown product, sale limit), whatever answered first.
+        erased, product, sale = await asyncio.gather(
+            self.is_erased(caller.user) if self.is_erased is not None else _no(),
+            self.catalog.get(sku),
+            self.flash.get(session_id) if session_id else _none(),
+            return_exceptions=True)
+        if isinstance(erased, BaseException):
+            raise erased
+        if erased:
+            raise LiveError("forbidden", "this user was erased", 403)
+        for answer in (product, sale):
+            if isinstance(answer, BaseException):
+                raise answer
         line = CartLine(sku, count)
+        if session_id and isinstance(sale, FlashSale) and sale.sku == sku and sale.running(
+                self.clock()):
+            if sale.limit is not None and count > sale.limit:
+                raise LiveError("limit_exceeded",
+                                f"this flash sale allows {sale.limit} per member", 409)
+            line = CartLine(sku, count, session_id, sale.id)
+        await self.carts.add(caller.user, line)  # refused: nothing else was written
+        work: list[Awaitable[Any]] = [
+            self.record([Event(caller.user, sku, "cart", self.clock(), session_id, None,
+                               count)]),
+        ]
         if session_id:
-            sale = await self.flash.get(session_id)
-            if sale is not None and sale.sku == sku and sale.running(self.clock()):
-                if sale.limit is not None and count > sale.limit:
-                    raise LiveError("limit_exceeded",
-                                    f"this flash sale allows {sale.limit} per member", 409)
-                line = CartLine(sku, count, session_id, sale.id)
             pipe = self.redis.pipeline(transaction=False)
             pipe.sadd(_carts_key(session_id), caller.user)
             pipe.sadd(_skus_key(session_id), sku)
-            await pipe.execute()
-        await self.carts.add(caller.user, line)
-        await self.record([Event(caller.user, sku, "cart", self.clock(), session_id, None, count)])
+            work.append(pipe.execute())
+        await asyncio.gather(*work)
+        # last, so the devices' cart push follows everything the add wrote
         view = await self._cart_changed(caller.user)
         if session_id:
             self._push_figures(session_id)

@@ -300,6 +300,37 @@ async def test_erasure_drops_the_cart_and_anonymises_orders(redis: aredis.Redis)
     assert await commerce.orders.of_member(mid) == []
 
 
+async def test_an_erased_user_adds_nothing_whatever_else_is_wrong(
+    redis: aredis.Redis,
+) -> None:
+    """An erased user's cart add is refused as forbidden before any other check (an unknown
+    product, a sale's limit) and writes nothing: no cart, no event, no session trace."""
+    commerce = await make_commerce(redis)
+    await seed(redis)
+    erased = {"m_gone"}
+
+    async def is_erased(user: str) -> bool:
+        return user in erased
+
+    commerce.is_erased = is_erased
+    await _flash(commerce, 5, limit=1)
+    for sku, qty in (("kite", 1), ("nope", 1), ("kite", 3)):
+        with pytest.raises(LiveError) as err:
+            await commerce.add_to_cart(member("m_gone"), sku, qty, "s1")
+        assert (err.value.code, err.value.status) == ("forbidden", 403)
+    assert (await commerce.cart("m_gone"))["lines"] == []
+    assert [e async for _, e in EventLog(redis).read() if e.user == "m_gone"] == []
+    assert not await redis.sismember("nr:figures:s1:carts", "m_gone")
+    # the same checks, in the same order, for a user who was not erased
+    with pytest.raises(LiveError, match="nope"):
+        await commerce.add_to_cart(member("m_here"), "nope", 1, "s1")
+    with pytest.raises(LiveError) as err:
+        await commerce.add_to_cart(member("m_here"), "kite", 3, "s1")
+    assert err.value.code == "limit_exceeded"
+    await commerce.add_to_cart(member("m_here"), "kite", 1, "s1")
+    assert await redis.sismember("nr:figures:s1:carts", "m_here")
+
+
 async def _flash(commerce: Commerce, qty: int, limit: int | None = None,
                  seconds: int = 60) -> str:
     payload: dict[str, Any] = {"sku": "kite", "price": 9.99, "qty": qty, "seconds": seconds}
