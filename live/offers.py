@@ -39,12 +39,32 @@ USERS_GAUGE = Gauge("newretail_rec_model_users",
 PRODUCTS_GAUGE = Gauge("newretail_offers_products_cached",
                        "Products whose title, category and price this process has cached")
 
+# Units of the products whose stock hashes are KEYS[first..] at one location (ARGV[loc])
+# or summed over all (ARGV[loc] empty).
+_UNITS = """
+local function units(first, loc)
+  local out = {}
+  for i = first, #KEYS do
+    if loc ~= '' then
+      out[#out + 1] = tonumber(redis.call('HGET', KEYS[i], loc) or '0') or 0
+    else
+      local n = 0
+      for _, v in ipairs(redis.call('HVALS', KEYS[i])) do n = n + (tonumber(v) or 0) end
+      out[#out + 1] = n
+    end
+  end
+  return out
+end
+"""
+
 # One trip for what an offer needs to know about the member: their record, their recent
 # history only when they gave personalization consent (so none of it is even read
-# otherwise), whether the recommender erased them, and the catalog's revision (the
-# product cache's invalidation). KEYS: member, history, erased set, catalog revision;
-# ARGV: the member's erased tag.
-_CONTEXT = """
+# otherwise), whether the recommender erased them, the catalog's revision (the product
+# cache's invalidation), and the stock of the products their kept taste names (a guess:
+# when the taste still holds, the offer needs no second trip). KEYS: member, history,
+# erased set, catalog revision, then stock hashes; ARGV: the member's erased tag, the
+# location.
+_CONTEXT = _UNITS + """
 local member = redis.call('HGETALL', KEYS[1])
 local hist = {}
 local consent = redis.call('HGET', KEYS[1], 'consent')
@@ -56,24 +76,12 @@ if consent then
   end
 end
 return {member, hist, redis.call('SISMEMBER', KEYS[3], ARGV[1]),
-        redis.call('GET', KEYS[4]) or '0'}
+        redis.call('GET', KEYS[4]) or '0', units(5, ARGV[2])}
 """
 
-# Units of each product at one location (ARGV[1]) or summed over all (ARGV[1] empty), for
-# every over-fetched candidate in one trip. KEYS: the products' stock hashes.
-_STOCK = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  if ARGV[1] ~= '' then
-    out[i] = tonumber(redis.call('HGET', key, ARGV[1]) or '0') or 0
-  else
-    local units = 0
-    for _, v in ipairs(redis.call('HVALS', key)) do units = units + (tonumber(v) or 0) end
-    out[i] = units
-  end
-end
-return out
-"""
+# The units of every over-fetched candidate in one trip. KEYS: the products' stock hashes;
+# ARGV: the location.
+_STOCK = _UNITS + "return units(1, ARGV[1])"
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -170,20 +178,25 @@ class OfferService:
                     out[sku] = info
         return out
 
-    async def _member_context(self, member_id: str) -> tuple[Member, History, bool]:
-        """The member, their history (empty without consent) and whether erased."""
+    async def _member_context(
+        self, member_id: str, guess: list[str], store_id: str | None,
+    ) -> tuple[Member, History, bool, dict[str, bool]]:
+        """The member, their history (empty without consent), whether erased, and whether
+        each product of ``guess`` is in stock at ``store_id``."""
         rec = self.recommender
         raw: Any = await self._context(
-            keys=[Members.key(member_id), history_key(member_id), ERASED, REVISION],
-            args=[erased_tag(member_id)])
-        member_raw, hist_raw, erased, rev = raw
+            keys=[Members.key(member_id), history_key(member_id), ERASED, REVISION,
+                  *(keys.stock(s) for s in guess)],
+            args=[erased_tag(member_id), store_id or ""])
+        member_raw, hist_raw, erased, rev, units = raw
         if not member_raw:
             raise LiveError("not_found", f"member {member_id!r} not found", 404)
         self._see_revision(rev)
         member = member_from(_pairs(member_raw))
         if erased:
             rec.forget([member_id])
-        return member, parse_history(hist_raw), bool(erased)
+        in_stock = {s: u > 0 for s, u in zip(guess, units, strict=True)}
+        return member, parse_history(hist_raw), bool(erased), in_stock
 
     async def offers(self, member_id: str | None, n: int, store_id: str | None,
                      session_id: str | None) -> dict[str, Any]:
@@ -193,8 +206,11 @@ class OfferService:
         rec = self.recommender
         tier, personalized = "member", False
         hist: History = []
+        checked: dict[str, bool] = {}  # sku -> in stock, read once per request
         if member_id is not None:
-            member, hist, erased = await self._member_context(member_id)
+            guess = [s for s in rec.kept_skus(member_id, 2 * n) if is_offerable(s)]
+            member, hist, erased, checked = await self._member_context(
+                member_id, guess, store_id)
             tier = member.tier
             personalized = member.consents_to("personalization") and not erased
         else:
@@ -205,11 +221,11 @@ class OfferService:
         if session_id:
             live = await self.session_products(session_id)
             candidates += rec.rank_session(vec, live)[: max(1, n // 3)]
-        checked: dict[str, bool] = {}  # sku -> in stock, read once per request
         want = n * OVERFETCH
         offers: list[Offer] = []
+        considered: set[str] = set()
         for attempt in range(3):
-            out_of_stock = {s for s, ok in checked.items() if not ok}
+            out_of_stock = {s for s in considered if not checked[s]}
             pool = list(candidates)
             if user is not None:
                 pool += personal if attempt == 0 else rec.blend_personal(
@@ -219,12 +235,17 @@ class OfferService:
             if len(pool) < want + len(out_of_stock):  # a new shop: nothing trends yet
                 pool += await self._catalog_head(want + len(out_of_stock))
             fresh = [s for s in dict.fromkeys(c.sku for c in pool)
-                     if s not in checked and is_offerable(s)]
-            # stock of the best 2n first (usually enough: one trip), then of the rest
+                     if s not in considered and is_offerable(s)]
+            # stock of the best 2n first (usually enough: one trip, or none when the
+            # member's record brought it), then of the rest
             for part in (fresh[: 2 * n], fresh[2 * n:]):
-                in_stock = await self._in_stock(part, store_id)
-                checked.update((s, s in in_stock) for s in part)
-                available = {s for s, ok in checked.items() if ok}
+                unread = [s for s in part if s not in checked]
+                in_stock = await self._in_stock(unread, store_id)
+                checked.update((s, s in in_stock) for s in unread)
+                considered.update(part)
+                # only what this order of reading has reached: the slate must not depend
+                # on which stock the record happened to bring
+                available = {s for s in considered if checked[s]}
                 offers = compose_offers(pool, await self._products(sorted(available)),
                                         available, n, tier)
                 if len(offers) >= n:

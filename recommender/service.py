@@ -327,6 +327,14 @@ class Recommender:
                 self._tastes.popitem(last=False)
         return vec, candidates
 
+    def kept_skus(self, user: str, k: int) -> list[str]:
+        """The first ``k`` products of the user's kept taste (none when nothing is kept): a
+        guess at what their next offer will need, made before their history is read."""
+        kept = self._tastes.get(user)
+        if kept is None or kept.model is not self.model or kept.until <= time.monotonic():
+            return []
+        return [c.sku for c in kept.candidates[:k]]
+
     def blend_personal(self, user: str, hist: History, vec: Vector | None, k: int,
                        excluded: set[str]) -> list[Candidate]:
         model = self.model

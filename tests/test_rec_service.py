@@ -8,6 +8,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aredis
@@ -395,3 +396,35 @@ async def test_a_kept_taste_serves_until_history_model_or_erasure_changes(
     rec.forget([mid])
     assert rec.taste(mid, await rec.history(mid), 12) == (None, [])
     assert mid not in rec._tastes
+
+
+async def test_a_kept_taste_reads_its_stock_with_the_member(
+    setup: Setup, redis: aredis.Redis,
+) -> None:
+    """With the taste kept, the stock of its products comes back with the member's record
+    (no second store trip), read fresh: a product sold out since the last offer is gone
+    from the next one, and the slate is still full."""
+    rec, svc, members = await setup()
+    catalog = Catalog(redis)
+    mid = await member(members)
+    await rec.record([Event(mid, sku(1, i), "click", time.time()) for i in range(4)])
+    trips = 0
+    stock_script = svc._stock
+
+    async def counted(**kwargs: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return await stock_script(**kwargs)
+
+    svc._stock = counted  # type: ignore[method-assign]
+    first = [o["sku"] for o in (await svc.offers(mid, 4, None, None))["offers"]]
+    assert trips >= 1 and len(first) == 4
+    trips = 0
+    assert [o["sku"] for o in (await svc.offers(mid, 4, None, None))["offers"]] == first
+    assert trips == 0
+    await catalog.set_stock(first[0], WAREHOUSE, 0)
+    after = [o["sku"] for o in (await svc.offers(mid, 4, None, None))["offers"]]
+    assert first[0] not in after and len(after) == 4
+    assert after[:3] == first[1:]
+    at_store = (await svc.offers(mid, 4, "s1", None))["offers"]
+    assert all(o["sku"].startswith("0") for o in at_store)  # s1 holds group 0 only
