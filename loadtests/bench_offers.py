@@ -35,6 +35,7 @@ import psutil
 
 from identity.members import Members
 from identity.tokens import KeyRing
+from live.app import tune_gc
 from live.catalog import Catalog
 from live.offers import OfferService
 from live.store import EmbeddedStore, connect
@@ -121,12 +122,16 @@ async def bench_server_side(url: str, model_dir: Path, mids: list[str], requests
     await svc.products_warmed()
     for mid in mids[:50]:
         await svc.offers(mid, 10, None, None)
+    tune_gc()  # the collector as a web process runs it, once started
     kind = rec.model.index.kind if rec.model else "?"
     n = len(rec.model.item_ids) if rec.model else 0
     # computed: every offer folds in, searches and blends (a member's first offer after an
     # event of theirs); kept: the member asked within a minute with the same history.
     for label, keep in (("computed", 0.0), ("kept", 60.0)):
         rec.taste_seconds = keep
+        if keep:  # every member asked once already, as in a shop that has run a while
+            for mid in mids:
+                await svc.offers(mid, 10, None, None)
         full, cpu, core = [], [], []
         for k in range(requests):
             mid = mids[k % len(mids)]
@@ -189,7 +194,9 @@ async def open_loop(port: int, token: str, mids: list[str], rate: int, seconds: 
     pool: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(64):
         pool.put_nowait(await Connection.open(port, token))
-    for k in range(100):  # warm up: connections, product cache, model pages
+    # warm up: connections, product cache, model pages, and every member asked once (their
+    # tastes are then kept, as in a shop that has run a while)
+    for k in range(max(100, len(mids))):
         conn = await pool.get()
         await conn.get(f"/offers?member_id={mids[k % len(mids)]}&n=10")
         pool.put_nowait(conn)
