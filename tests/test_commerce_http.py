@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from starlette.testclient import TestClient
 
 from identity.tokens import KeyRing
-from live.store import connect
-from tests.commerce_helpers import make_members, seed
+from tests.commerce_helpers import seed_sync
 from tests.identity_support import sign_in
-
-
-def _seed(store_url: str, members: int = 2) -> list[str]:
-    async def run() -> list[str]:
-        redis = connect(store_url)
-        try:
-            await seed(redis)
-            return await make_members(redis, members, home="store-a")
-        finally:
-            await redis.aclose()
-    return asyncio.run(run())
 
 
 def _auth(client: TestClient, sub: str, role: str) -> dict[str, str]:
@@ -32,7 +18,7 @@ def _auth(client: TestClient, sub: str, role: str) -> dict[str, str]:
 def test_cart_checkout_and_orders(client: TestClient, store_url: str) -> None:
     """A member fills a cart, checks out (201), retries the key (200, same order), then sees
     the order in /orders; the admin sees everyone's, another member gets 404 for it."""
-    a, b = _seed(store_url)
+    a, b = seed_sync(store_url, 2)
     ha, hb = _auth(client, a, "member"), _auth(client, b, "member")
     r = client.post(f"/carts/{a}/items", json={"sku": "mug", "qty": 2}, headers=ha)
     assert r.status_code == 200 and r.json()["cart"]["total"] == 25.0
@@ -73,7 +59,7 @@ def test_bad_requests_get_a_clear_error(
     client: TestClient, store_url: str, path: str, body: object, status: int, code: str,
 ) -> None:
     """Every bad input gets its status and code, and leaves stock, carts and orders as they were."""
-    a, b = _seed(store_url)
+    a, b = seed_sync(store_url, 2)
     ha = _auth(client, a, "member")
     client.post(f"/carts/{b}/items", json={"sku": "kite", "qty": 1},
                 headers=_auth(client, b, "member"))
@@ -87,7 +73,7 @@ def test_bad_requests_get_a_clear_error(
 
 def test_viewers_are_asked_to_sign_in_to_buy(client: TestClient, store_url: str) -> None:
     """An anonymous viewer may fill a cart but checkout says sign_in_required."""
-    _seed(store_url)
+    seed_sync(store_url, 2)
     hv = _auth(client, "anon_9", "viewer")
     assert client.post("/carts/anon_9/items", json={"sku": "kite", "qty": 1},
                        headers=hv).status_code == 200
@@ -102,7 +88,7 @@ def test_the_anonymous_cart_follows_the_viewer_who_signs_in(
 ) -> None:
     """A viewer fills a cart anonymously, signs in with that anonymous id (the identity
     hook), and finds the lines in the member's cart, quantities added; then buys them."""
-    _seed(store_url, 0)
+    seed_sync(store_url, 0)
     anon = client.post("/identity/anonymous").json()
     hv = {"authorization": f"Bearer {anon['token']}"}
     for sku, qty in (("mug", 2), ("kite", 1)):
@@ -122,7 +108,7 @@ def test_the_anonymous_cart_follows_the_viewer_who_signs_in(
 def test_host_runs_a_flash_sale(client: TestClient, store_url: str) -> None:
     """A host starts a sale (201) in a session that exists, anyone reads it, a second start
     is 409, stop ends it, and figures are for hosts only."""
-    [a, _] = _seed(store_url)
+    [a, _] = seed_sync(store_url, 2)
     hh = _auth(client, "host_1", "host")
     body = {"sku": "kite", "price": 5, "qty": 10, "seconds": 30, "limit": 2}
     unknown = client.post("/live/sessions/nope/flash-sale", json=body, headers=hh)
