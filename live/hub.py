@@ -183,6 +183,13 @@ class Hub:
         """A personal message to every connection of ``user`` on every process."""
         await self.redis.publish(USER_CHANNEL, orjson.dumps({"to": user, "m": message}))
 
+    async def close_user(self, user: str, code: int, reason: str) -> None:
+        """Close every connection of ``user`` on every process (an erased member's too)."""
+        for conn in list(self.by_user.get(user, ())):
+            conn.close(code, reason)
+        await self.redis.publish(USER_CHANNEL, orjson.dumps(
+            {"to": user, "close": [code, reason]}))
+
     async def send_to_screen(self, screen_id: str, message: dict[str, Any]) -> None:
         """A personal message to every connection of store screen ``screen_id``."""
         await self.redis.publish(SCREEN_CHANNEL, orjson.dumps({"to": screen_id, "m": message}))
@@ -420,7 +427,10 @@ class Hub:
             body = orjson.loads(data)
             targets = (self.by_user if name == USER_CHANNEL else self.screens).get(body["to"])
             for conn in list(targets or ()):
-                conn.send_message(body["m"])
+                if "close" in body:
+                    conn.close(*body["close"])
+                else:
+                    conn.send_message(body["m"])
             return
         sid = name.rsplit(":", 1)[1].strip("{}")
         room = self.rooms.get(sid)

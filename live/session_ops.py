@@ -105,10 +105,9 @@ class SessionOps:
     async def erase_users(self, member_id: str, user_ids: list[str]) -> None:
         """``IdentityService.on_erase`` hook: the users' chat, mutes and presence go from
         every session; viewers of a live one are told their messages were removed. Their
-        connections to this process are closed (a late hello is refused in any)."""
+        connections are closed on every process (a late hello is refused in any)."""
         for uid in user_ids:
-            for conn in list(self.hub.by_user.get(uid, ())):
-                conn.close(CLOSE_POLICY, "erased")
+            await self.hub.close_user(uid, CLOSE_POLICY, "erased")
         for sid, chat_id in await self.store.forget_users(set(user_ids)):
             try:
                 live = (await self.store.get(sid)).state is SessionState.LIVE

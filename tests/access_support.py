@@ -19,7 +19,9 @@ from tests.commerce_helpers import seed_sync
 # The server signs with k2; k1 was retired (no longer in its ring).
 RETIRED = KeyRing.from_spec("k1:" + "retired-key-of-the-access-tests-0123456789")
 RING = KeyRing.from_spec("k2:" + "current-key-of-the-access-tests-0123456789")
+# Web processes of one deployment share their keys (each var dir would make its own).
 SERVER_ENV = {"NEWRETAIL_JWT_KEYS": "k2:current-key-of-the-access-tests-0123456789",
+              "NEWRETAIL_IDENTITY_PEPPER": "pepper-of-the-access-tests-0123456789",
               "NEWRETAIL_LIVE_COALESCE": "0.05", "NEWRETAIL_WS_MAX_FRAME": "65536"}
 ROLES = ("viewer", "member", "host", "screen", "admin")
 

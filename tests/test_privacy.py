@@ -249,3 +249,26 @@ async def test_erasure_leaves_nothing(server: ServerProcess, store_url: str, by:
         assert not leftovers, "\n".join(leftovers)
     finally:
         store.close()
+
+
+async def test_erasure_closes_the_members_sockets_on_every_process(
+    server: ServerProcess, store_url: str, tmp_path: Path,
+) -> None:
+    """A member watching through another web process than the one that erases them is
+    disconnected there too (1008), and cannot say hello again on either."""
+    trace = await leave_traces(server, 403)
+    with run_server(store_url, tmp_path / "other", env=SERVER_ENV) as other:
+        watching = await Client.open(other.ws_url, f"/ws/live/{trace.session_id}")
+        assert (await watching.hello(trace.token))["type"] == "welcome"
+        r = httpx.delete(f"{server.url}/identity/me", headers=auth(trace.token))
+        assert r.status_code == 200, r.text
+        with pytest.raises(ConnectionClosed):
+            await watching.until(lambda m: False, timeout=10)
+        assert watching.ws.close_code == 1008
+        for srv in (server, other):
+            late = await Client.open(srv.ws_url, f"/ws/live/{trace.session_id}")
+            try:
+                refused = await late.hello(trace.token)
+                assert (refused["type"], refused.get("code")) == ("error", "unauthorized"), refused
+            finally:
+                await late.close()
