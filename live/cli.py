@@ -7,9 +7,11 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from types import FrameType
 
 from identity.types import ROLES
 from live.config import Settings
@@ -24,11 +26,19 @@ log = logging.getLogger("newretail.live")
 WS_IMPL = "websockets-sansio"
 
 
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
     """Serve the app; with no store URL, start the embedded store here first so every
     worker process shares it."""
     import uvicorn
 
+    # uvicorn shuts down on SIGTERM, then raises the signal again with the handler it
+    # found: with the default one the process dies at once and the embedded store it
+    # started outlives it. Exiting through Python stops the store on the way out.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     embedded: EmbeddedStore | None = None
     if settings.redis_url is None:
         embedded = EmbeddedStore(settings.store_dir, fsync=settings.store_fsync)

@@ -519,3 +519,37 @@ async def test_embedded_store_frozen_then_killed_is_restarted_by_the_service(
                 hub_delivering_after_s=round(recovered_after, 2), lost=0)
         for c in (host, viewer):
             await c.close()
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process ``pid`` is gone (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigterm_stops_the_embedded_store_the_service_started(tmp_path: Path) -> None:
+    """SIGTERM to ``newretail serve`` shuts it down with the embedded store it started,
+    also one its supervisor restarted after a crash: nothing is left running and the
+    state file is gone (the next start launches a store of its own)."""
+    var = tmp_path / "web"
+    env = {**RING_ENV, "REDIS_URL": ""}
+    state_file = var / "store" / "server.json"
+    with run_server("", var, env=env) as server:
+        first = json.loads(state_file.read_text())
+        os.kill(first["pid"], signal.SIGKILL)
+        restarted = asyncio.run(_state_after(state_file, first["pid"]))
+        assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+    assert server.process.returncode == 128 + signal.SIGTERM
+    assert _gone(restarted["pid"]), "the restarted store outlived the service"
+    assert not state_file.exists()
+    with run_server("", var, env=env) as again:
+        fresh = json.loads(state_file.read_text())
+        assert fresh["pid"] != restarted["pid"]
+    assert again.process.returncode == 128 + signal.SIGTERM
+    assert _gone(fresh["pid"]), "the store outlived the service"
