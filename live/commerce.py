@@ -357,8 +357,9 @@ class Commerce:
                                  return_exceptions=True)
 
     async def _stage_stock(self) -> None:
-        """Stage the latest stock per (session, sku), one stager per process so a later
-        figure is never overwritten by an earlier one."""
+        """Mark the products whose stock moved, once per (session, sku) however many
+        orders moved it meanwhile; the hub's flush publishes the figure it reads then
+        (``session_stock``, registered as the ``stock`` refresher), not the one staged."""
         try:
             while self._stock_due and self.notifier is not None:
                 due, self._stock_due = self._stock_due, {}
@@ -418,8 +419,8 @@ class Commerce:
         if sale is None or self.notifier is None:
             return
         await self.notifier.publish(session_id, dict(sale.ended_message(sale.reason)))
-        units = (await self.inventory.available([sale.sku]))[sale.sku]
-        await self.notifier.publish_coalesced(session_id, "stock", sale.sku, units)
+        # the sale's units go back to the pool: the flush reads the figure it shows
+        await self.notifier.publish_coalesced(session_id, "stock", sale.sku, sale.qty_left)
 
     async def expire(self, session_id: str) -> bool:
         """End the session's sale if its time is up; True for the process that did it."""

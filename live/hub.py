@@ -425,11 +425,13 @@ class Hub:
     async def _on_message(self, name: str, data: bytes) -> None:
         if name == USER_CHANNEL or name == SCREEN_CHANNEL:
             body = orjson.loads(data)
-            targets = (self.by_user if name == USER_CHANNEL else self.screens).get(body["to"])
-            for conn in list(targets or ()):
-                if "close" in body:
+            targets = list((self.by_user if name == USER_CHANNEL else self.screens).get(
+                body["to"], ()))
+            if "close" in body:
+                for conn in targets:
                     conn.close(*body["close"])
-                else:
+            else:
+                for conn in targets:
                     conn.send_message(body["m"])
             return
         sid = name.rsplit(":", 1)[1].strip("{}")
