@@ -19,7 +19,7 @@ from live.commerce import Commerce
 from live.commerce_types import Caller
 from live.errors import LiveError, bad_request
 from live.protocol import SessionState
-from live.routes import int_param, json_response, read_json, services
+from live.routes import int_param, json_response, read_json, require_session_host, services
 
 
 def commerce(request: Request) -> Commerce:
@@ -52,14 +52,6 @@ async def _session(request: Request, body: dict[str, Any]) -> str | None:
         raise bad_request("session_id must be a string of 1 to 64 characters")
     await services(request).hub.store.get(session)  # not_found for an unknown session
     return session
-
-
-async def _live_session(request: Request) -> str:
-    session_id: str = request.path_params["session_id"]
-    info = await services(request).hub.store.get(session_id)
-    if info.state is not SessionState.LIVE:
-        raise LiveError("session_ended", "the session has ended", 409)
-    return session_id
 
 
 async def get_cart(request: Request) -> Response:
@@ -117,15 +109,17 @@ async def get_order(request: Request) -> Response:
 
 
 async def start_flash(request: Request) -> Response:
-    claims = require(request, "host", "admin")
+    claims, info = await require_session_host(request, "flash sales")
     body = await _body(request)
-    session_id = await _live_session(request)
+    if info.state is not SessionState.LIVE:
+        raise LiveError("session_ended", "the session has ended", 409)
+    session_id = info.id
     sale = await commerce(request).start_flash(Caller(claims.sub, claims.role), session_id, body)
     return json_response(sale.message(), 201)
 
 
 async def stop_flash(request: Request) -> Response:
-    claims = require(request, "host", "admin")
+    claims, _ = await require_session_host(request, "flash sales")
     await commerce(request).stop_flash(
         Caller(claims.sub, claims.role), request.path_params["session_id"])
     return json_response({"stopped": True})
@@ -137,7 +131,7 @@ async def get_flash(request: Request) -> Response:
 
 
 async def get_figures(request: Request) -> Response:
-    require(request, "host", "admin")
+    await require_session_host(request, "figures")
     return json_response(await commerce(request).figures(request.path_params["session_id"]))
 
 

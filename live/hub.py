@@ -28,6 +28,7 @@ from identity.errors import IdentityError
 from live.errors import STORE_ERRORS, LiveError, log_store_error, store_unavailable
 from live.metrics import WS_MESSAGES_SENT
 from live.protocol import (
+    HOST_ROLES,
     Arrival,
     ClientOp,
     Coalescer,
@@ -37,6 +38,7 @@ from live.protocol import (
     ReplayKind,
     Since,
     check_role,
+    check_session_host,
     classify_arrival,
     coalesced_events,
     frame,
@@ -120,6 +122,8 @@ class Room:
 class Op:
     handler: OpHandler
     roles: frozenset[str]
+    # Only for hosts and admins: then only the session's own host (or an admin) may run it.
+    hosts_only: bool
 
 
 class Hub:
@@ -157,7 +161,7 @@ class Hub:
         """Serve client op ``op`` with ``handler`` for the given roles."""
         if op == "hello":
             raise ValueError("hello is the hub's own")
-        self.ops[op] = Op(handler, frozenset(roles))
+        self.ops[op] = Op(handler, frozenset(roles), frozenset(roles) <= HOST_ROLES)
 
     def add_snapshot_part(self, name: str, provider: SnapshotProvider) -> None:
         """Put ``await provider(session_id, user)`` under ``state[name]`` in each welcome."""
@@ -242,6 +246,8 @@ class Hub:
         if spec is None:
             raise LiveError("unknown_op", f"unknown op {op.op!r}")
         check_role(op.op, spec.roles, conn.role)
+        if spec.hosts_only:
+            check_session_host(op.op, conn.role, conn.user, conn.session_host)
         ctx = OpContext(conn.session_id, conn.user, conn.role, conn.member_id, conn.id)
         try:
             reply = await spec.handler(ctx, op.payload)
@@ -294,6 +300,7 @@ class Hub:
             self.by_user.setdefault(conn.user, set()).add(conn)
             snap = await self.store.snapshot(sid)
             info, current = snap.info, snap.seq
+            conn.session_host = info.host
             plan = plan_replay(since, info.epoch, current, snap.oldest)
             replay: list[tuple[int, bytes]] = []
             if plan.kind is ReplayKind.REPLAY:

@@ -21,7 +21,7 @@ from live import keys
 from live.catalog import REVISION, Catalog
 from live.errors import LiveError, bad_request
 from live.keys import text
-from live.routes import int_param, json_response, read_json
+from live.routes import int_param, json_response, read_json, require_session_host
 from recommender.events import erased_tag
 from recommender.rank import Candidate, Offer, ProductInfo, compose_offers, is_offerable
 from recommender.service import ERASED, History, Recommender, history_key, parse_history
@@ -359,8 +359,8 @@ async def post_events(request: Request) -> Response:
 async def suggestions(request: Request) -> Response:
     """``GET /live/sessions/{id}/suggestions``: what the viewers now in the session want
     most, pinned products left out."""
-    require(request, "host", "admin")
-    sid = request.path_params["session_id"]
+    _, info = await require_session_host(request, "suggestions")
+    sid = info.id
     n = int_param(request, "n", 5, 1, 50)
     hub = request.app.state.services.hub
     who = await hub.viewers(sid)

@@ -202,6 +202,12 @@ def chat_text(payload: dict[str, Any]) -> str:
     return text
 
 
+def check_session_host(what: str, role: str, user: str, host: str) -> None:
+    """A host runs the sessions they host and no other; admins run any."""
+    if role == "host" and user != host:
+        raise LiveError("forbidden", f"{what}: this session is hosted by someone else", 403)
+
+
 def reaction_kind(payload: dict[str, Any]) -> str:
     kind = payload.get("kind")
     if not isinstance(kind, str) or kind not in REACTION_KINDS:  # a list is unhashable

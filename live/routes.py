@@ -15,9 +15,12 @@ from identity.auth import require
 from live.catalog import Catalog
 from live.errors import bad_request
 from live.metrics import metrics_endpoint
+from live.protocol import check_session_host
 
 if TYPE_CHECKING:
+    from identity.types import Claims
     from live.services import Services
+    from live.sessions import SessionInfo
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -36,6 +39,14 @@ async def read_json(request: Request) -> Any:
 def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
+
+
+async def require_session_host(request: Request, what: str) -> tuple[Claims, SessionInfo]:
+    """A host or admin token and the session of the path; a host must be its own host."""
+    claims = require(request, "host", "admin")
+    info = await services(request).hub.store.get(request.path_params["session_id"])
+    check_session_host(what, claims.role, claims.sub, info.host)
+    return claims, info
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -45,7 +45,7 @@ class Conn:
 
     __slots__ = (
         "id", "fmt", "bound", "state", "user", "role", "member_id", "session_id",
-        "pending", "after_seq", "closed",
+        "pending", "after_seq", "closed", "session_host",
     )
 
     def __init__(self, conn_id: ConnId, fmt: Format, bound: int) -> None:
@@ -57,6 +57,7 @@ class Conn:
         self.role = ""
         self.member_id: str | None = None
         self.session_id = ""
+        self.session_host = ""  # who hosts the session joined: host ops are theirs alone
         # Events that arrive while the client is being welcomed, with their seq.
         self.pending: list[tuple[int, bytes]] | None = []
         self.after_seq = -1

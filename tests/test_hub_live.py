@@ -254,6 +254,47 @@ async def test_only_hosts_run_host_ops_and_a_refusal_changes_nothing(
         await c.close()
 
 
+async def test_a_host_runs_only_the_sessions_they_host(
+    servers: tuple[ServerProcess, ServerProcess], session: str
+) -> None:
+    """Another host may watch and chat, but every host op, over the socket or HTTP, is
+    forbidden and changes nothing; an admin may run any session; its own host goes on."""
+    a, b = servers
+    other = await Client.open(b.ws_url, f"/ws/live/{session}")
+    assert (await other.hello(token("host-2", "host")))["role"] == "host"
+    assert (await other.op("chat", "o0", text="hello from next door"))["type"] == "ack"
+    for i, (name, payload) in enumerate([
+            ("pin", {"sku": "SKU1"}), ("unpin", {}), ("mute", {"member_id": "member-3"}),
+            ("chat.remove", {"id": "c000000000000"}), ("end", {}), ("flash.stop", {}),
+            ("flash.start", {"sku": "SKU1", "price": 1.0, "qty": 5, "seconds": 30})]):
+        err = await other.op(name, f"o{i + 1}", **payload)
+        assert (err["type"], err["code"]) == ("error", "forbidden"), name
+        assert "hosted by someone else" in err["message"]
+    intruder = {"Authorization": f"Bearer {token('host-2', 'host')}"}
+    sale = {"sku": "SKU1", "price": 1.0, "qty": 5, "seconds": 30}
+    for method, path, body in [
+            ("POST", "flash-sale", sale), ("DELETE", "flash-sale", None),
+            ("GET", "figures", None), ("GET", "suggestions", None)]:
+        r = httpx.request(method, f"{a.url}/live/sessions/{session}/{path}", json=body,
+                          headers=intruder, timeout=10)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", (path, r.text)
+    state = httpx.get(f"{a.url}/live/sessions/{session}").json()
+    assert state["status"] == "live" and state["host"] == "host-1"
+    assert httpx.get(f"{a.url}/live/sessions/{session}/flash-sale").json()["flash_sale"] is None
+    admin = await Client.open(a.ws_url, f"/ws/live/{session}")
+    await admin.hello(token("ops-1", "admin"))
+    assert (await admin.op("pin", "a1", sku="SKU1"))["type"] == "ack"
+    assert (await other.until(lambda m: m.get("type") == "pinned"))["sku"] == "SKU1"
+    host = await _host(a, session)
+    assert (await host.op("unpin", "h1", sku="SKU1"))["type"] == "ack"
+    assert (await other.until(lambda m: m.get("type") == "unpinned"))["sku"] == "SKU1"
+    r = httpx.get(f"{a.url}/live/sessions/{session}/figures", timeout=10,
+                  headers={"Authorization": f"Bearer {token('host-1', 'host')}"})
+    assert r.status_code == 200
+    for c in (other, admin, host):
+        await c.close()
+
+
 async def test_frame_over_the_limit_closes_1009(
     servers: tuple[ServerProcess, ServerProcess], session: str
 ) -> None:
