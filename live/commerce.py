@@ -49,6 +49,9 @@ log = logging.getLogger("newretail.live")
 
 FIGURES_DELAY = 0.25  # host figures are pushed at most this often per session and process
 EXPIRY_SWEEP = 0.25
+# Purchase events follow an order's answer within milliseconds; an order still owed them
+# this long after is taken over (its process stopped first), at most once per this time.
+RECORD_GRACE = 30.0
 # Cart changes in flight per process: past this they queue here rather than exhaust the
 # store client's connection pool (a burst of buyers at a flash sale).
 STORE_CONCURRENCY = 64
@@ -94,6 +97,15 @@ class _Waiting:
     request: CheckoutRequest
     tell_buyer: bool
     future: asyncio.Future[Checkout]
+
+
+def purchase_events(orders: Sequence[Order]) -> list[Event]:
+    """One ``purchase`` event per order line, at the order's time (pure)."""
+    return [
+        Event(o["member_id"], line["sku"], "purchase", o["created_at"], o["session_id"],
+              line["location"] if line["location"] != "warehouse" else None, line["qty"])
+        for o in orders for line in o["lines"]
+    ]
 
 
 def _resolve(w: _Waiting, result: Checkout) -> None:
@@ -330,12 +342,7 @@ class Commerce:
         if won:
             # One call for the whole batch: the recommender's checks and writes are per
             # call, not per buyer.
-            work.append(self.record([
-                Event(o["member_id"], line["sku"], "purchase", o["created_at"], o["session_id"],
-                      line["location"] if line["location"] != "warehouse" else None,
-                      line["qty"])
-                for _, o in won for line in o["lines"]
-            ]))
+            work.append(self._record_purchases([o for _, o in won]))
         if self.notifier is not None:
             for w, order in won:
                 work.append(self.notifier.send_to_user(
@@ -348,6 +355,25 @@ class Commerce:
                 log.error("after a checkout", exc_info=failure)
         for session_id in {o["session_id"] for _, o in won if o["session_id"]}:
             self._push_figures(session_id)
+
+    async def _record_purchases(self, orders: list[Order]) -> None:
+        await self.record(purchase_events(orders))
+        await self.inventory.recorded([o["id"] for o in orders])
+
+    async def record_owed(self) -> int:
+        """Record the purchase events of orders answered by a process that stopped before
+        it recorded them (``RECORD_GRACE`` after the order); returns how many orders.
+        Events may be recorded twice if a process stops between the two steps, never
+        lost."""
+        ids = await self.inventory.claim_unrecorded(self.clock(), RECORD_GRACE)
+        if not ids:
+            return 0
+        orders = await self.orders.many(ids)
+        if orders:
+            await self.record(purchase_events(orders))
+        await self.inventory.recorded(ids)  # orders gone since (erased) owe nothing
+        log.warning("recorded the purchase events of %d orders after their process", len(ids))
+        return len(ids)
 
     async def settled(self) -> None:
         """Wait until the work that follows answered checkouts (purchase events, carts,
@@ -447,10 +473,15 @@ class Commerce:
         return ended
 
     async def run_expiry(self, interval: float = EXPIRY_SWEEP) -> None:
-        """Sweep for expired sales until cancelled (one task per web process)."""
+        """Sweep for expired sales, and now and then for owed purchase events, until
+        cancelled (one task per web process)."""
+        owed_at = 0.0
         while True:
             try:
                 await self.expire_due()
+                if time.monotonic() >= owed_at:
+                    owed_at = time.monotonic() + RECORD_GRACE / 6
+                    await self.record_owed()
             except Exception:  # a store hiccup must not stop the sweep
                 log.exception("flash sale expiry sweep failed")
             await asyncio.sleep(interval)

@@ -47,6 +47,10 @@ def order_key(order_id: str) -> str:
 
 
 ORDERS = "nr:orders"  # zset: order id -> created_at
+# zset: order id -> when its purchase events were owed (the order, or the last claim of it).
+# The order and this mark are written together; the mark goes once the events are in the
+# event log, so an order answered by a process that stopped right after is still recorded.
+UNRECORDED = "nr:orders:unrecorded"
 
 
 def member_orders_key(member_id: str) -> str:
@@ -86,7 +90,7 @@ def pool(stock: Mapping[str, int]) -> int:
 # cart is read here, inside the script, so nothing can change it between the read and the
 # reservation; the keys of its lines follow from the cart, so they are built here from the
 # prefixes in ARGV (this needs one store, not a cluster).
-# KEYS: orders index, running flash sales.
+# KEYS: orders index, running flash sales, orders whose purchase events are owed.
 # ARGV: idempotency ttl, key prefixes (idempotency, cart, order, member orders, figures,
 # flash sale, product, stock), then per checkout: order id, member, idempotency key, now,
 # session ('' none), home store ('' read it from the member record), member record key.
@@ -194,6 +198,7 @@ local function checkout(order_id, member, idem, at, session, home, mkey)
     session_id = session ~= '' and session or cjson.null})
   redis.call('SET', P_ORDER .. order_id, order)
   redis.call('ZADD', KEYS[1], now, order_id)
+  redis.call('ZADD', KEYS[3], now, order_id)
   redis.call('ZADD', P_MORDERS .. member, now, order_id)
   redis.call('SET', ikey, order_id, 'EX', ttl)
   if session ~= '' then
@@ -210,6 +215,15 @@ for c = HEAD, #ARGV - 1, STRIDE do
 end
 out[1] = table.concat(ended, ',')
 return out
+"""
+
+
+# Orders owed for at least ARGV[1], each claimed (its mark moved to ARGV[2]) so that
+# another process takes it only if this one has not recorded it a grace period later.
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
 """
 
 
@@ -306,6 +320,7 @@ class Inventory:
     def __init__(self, redis: aredis.Redis) -> None:
         self.redis = redis
         self._checkout = redis.register_script(_CHECKOUT)
+        self._claim = redis.register_script(_CLAIM)
 
     async def available(self, skus: Sequence[str], store: str | None = None) -> dict[str, int]:
         """Units per sku: the pool, or the shelf of ``store`` when given."""
@@ -324,9 +339,21 @@ class Inventory:
         """Check out every request in one script call, one after another, each all or
         nothing (see the module doc); returns their outcomes and the sessions whose
         flash sale ended."""
-        reply: Any = await self._checkout(keys=[ORDERS, FLASH_ACTIVE],
+        reply: Any = await self._checkout(keys=[ORDERS, FLASH_ACTIVE, UNRECORDED],
                                           args=checkout_args(requests))
         return parse_batch(reply)
+
+    async def recorded(self, order_ids: Sequence[str]) -> None:
+        """The purchase events of these orders are in the event log."""
+        if order_ids:
+            await self.redis.zrem(UNRECORDED, *order_ids)
+
+    async def claim_unrecorded(self, now: float, grace: float, limit: int = 100) -> list[str]:
+        """Orders whose purchase events are still owed ``grace`` seconds after the order (or
+        after another claim), claimed for ``grace`` seconds."""
+        raw: Any = await self._claim(keys=[UNRECORDED],
+                                     args=[f"{now - grace:.3f}", f"{now:.3f}", limit])
+        return [text(x) for x in raw]
 
     async def reserve_order(self, request: CheckoutRequest) -> tuple[Reservation, tuple[str, ...]]:
         """One checkout on its own."""

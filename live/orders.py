@@ -3,6 +3,7 @@ overall and per member. Durable with the store's append-only file."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, TypedDict
 
 import orjson
@@ -57,6 +58,10 @@ class Orders:
         if raw is None:
             raise not_found(f"order {order_id!r}")
         return normalise(orjson.loads(raw))
+
+    async def many(self, ids: Sequence[str]) -> list[Order]:
+        """The orders of ``ids`` that exist, in that order."""
+        return await self._many(list(ids))
 
     async def _many(self, ids: list[Any]) -> list[Order]:
         if not ids:

@@ -12,15 +12,24 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
+from identity.members import Members
 from live.carts import MAX_LINE_QTY, CartLine, parse_idempotency_key, parse_qty, parse_sku
-from live.commerce import Commerce
+from live.catalog import Catalog
+from live.commerce import RECORD_GRACE, Commerce
 from live.commerce_types import Caller
 from live.errors import LiveError
 from live.flash import parse_flash_start
-from live.inventory import CheckoutRequest, checkout_args, choose_location, parse_batch
+from live.inventory import (
+    UNRECORDED,
+    CheckoutRequest,
+    checkout_args,
+    choose_location,
+    parse_batch,
+)
 from live.keys import stock as stock_key
 from recommender.events import EventLog
-from tests.commerce_helpers import Clock, make_commerce, make_members, seed
+from recommender.types import Event
+from tests.commerce_helpers import PEPPER, Clock, make_commerce, make_members, seed
 
 VIEWER = Caller("anon_1", "viewer")
 HOST = Caller("host_1", "host")
@@ -180,6 +189,48 @@ async def test_order_records_lines_total_and_events(redis: aredis.Redis) -> None
     await commerce.settled()  # purchase events follow the answer
     kinds = [e.kind async for _, e in EventLog(redis).read()]
     assert kinds.count("purchase") == 2
+
+
+async def test_purchase_events_owed_by_a_stopped_process_are_recorded_once(
+    redis: aredis.Redis,
+) -> None:
+    """An order answered by a process that stopped before recording its purchase events is
+    recorded by another process once the grace period has passed, once, even when two
+    processes look for owed orders; an order recorded as usual owes nothing."""
+    clock = Clock()
+    await seed(redis)
+    [a, b] = await make_members(redis, 2, home="store-b")
+    log = EventLog(redis)
+
+    async def stopped(events: list[Event]) -> int:
+        if any(e.kind == "purchase" for e in events):
+            raise ConnectionResetError("the process stopped before recording")
+        return await log.append(events)
+
+    first = Commerce(redis, Catalog(redis), Members(redis, PEPPER), log, record=stopped,
+                     clock=clock)
+    second = await make_commerce(redis, clock)
+    await first.add_to_cart(member(a), "mug", 2)
+    owed = (await first.checkout(member(a), "k1")).order
+    await second.add_to_cart(member(b), "kite", 1)
+    await second.checkout(member(b), "k2")
+    await first.settled()
+    await second.settled()
+
+    async def purchases() -> list[tuple[str, str, int]]:
+        return sorted([(e.user, e.sku, e.qty) async for _, e in log.read()
+                       if e.kind == "purchase"])
+
+    assert await purchases() == [(b, "kite", 1)]
+    assert await second.record_owed() == 0  # within the grace period: its process may still
+    clock.now += RECORD_GRACE + 1
+    assert await first.inventory.claim_unrecorded(clock(), RECORD_GRACE) == [owed["id"]]
+    assert await second.record_owed() == 0  # claimed by the first process
+    clock.now += RECORD_GRACE + 1
+    assert await second.record_owed() == 1
+    assert await second.record_owed() == 0
+    assert await purchases() == [(a, "mug", 2), (b, "kite", 1)]
+    assert await redis.zcard(UNRECORDED) == 0
 
 
 async def test_checkouts_arriving_together_share_one_script_call(
