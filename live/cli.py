@@ -34,6 +34,9 @@ def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
     """Serve the app; with no store URL, start the embedded store here first so every
     worker process shares it."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from live.listener import TcpConfig
 
     # uvicorn shuts down on SIGTERM, then raises the signal again with the handler it
     # found: with the default one the process dies at once and the embedded store it
@@ -46,15 +49,23 @@ def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
         embedded.supervise()
     os.environ["NEWRETAIL_VAR_DIR"] = str(settings.var_dir)
     os.environ["NEWRETAIL_MODE"] = settings.mode
+    config = TcpConfig(
+        "live.app:create_app", factory=True, host=host, port=port, workers=workers,
+        ws=WS_IMPL, ws_max_size=settings.ws_max_frame, ws_per_message_deflate=False,
+        log_level=settings.log_level.lower(), access_log=False, lifespan="on",
+        # Longer than clients' and proxies' idle pools, so the server is not the one
+        # closing a kept-alive connection just as a client reuses it.
+        timeout_keep_alive=75,
+    )
     try:
-        uvicorn.run(
-            "live.app:create_app", factory=True, host=host, port=port, workers=workers,
-            ws=WS_IMPL, ws_max_size=settings.ws_max_frame, ws_per_message_deflate=False,
-            log_level=settings.log_level.lower(), access_log=False, lifespan="on",
-            # Longer than clients' and proxies' idle pools, so the server is not the one
-            # closing a kept-alive connection just as a client reuses it.
-            timeout_keep_alive=75,
-        )
+        # What ``uvicorn.run`` does, with the listening socket of ``TcpConfig``.
+        if workers > 1:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            server = uvicorn.Server(config)
+            server.run()
+            if not server.started:
+                raise SystemExit(3)  # uvicorn's status for a failed start-up
     finally:
         if embedded is not None:
             embedded.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from identity.tokens import KeyRing
 from live.cli import main as cli_main
 from live.config import Settings
 from live.demo import make_products, seed_demo
+from live.listener import TcpConfig, as_tcp
 from live.services import open_services
 from live.store import EmbeddedStore, bounded, connect
 from tests.utils import run_server
@@ -208,10 +210,45 @@ def test_token_command_prints_a_verifiable_token(
     assert (claims.role, claims.sub, claims.store) == ("screen", "s1", "store-soho")
 
 
-def test_real_server_answers(store_url: str, tmp_path: Path, sync_redis: object) -> None:
-    """`newretail serve` runs the app under uvicorn on a real port."""
-    with run_server(store_url, tmp_path / "var") as server:
-        assert httpx.get(f"{server.url}/readyz").json()["ready"] is True
+@pytest.mark.parametrize("workers", [1, 2])
+def test_real_server_answers(store_url: str, tmp_path: Path, sync_redis: object,
+                             workers: int) -> None:
+    """`newretail serve` runs the app under uvicorn on a real port, in one process or in
+    several sharing the port; a kept-alive connection is served again and again."""
+    with run_server(store_url, tmp_path / "var", workers=workers) as server, \
+            httpx.Client(base_url=server.url, timeout=10) as http:
+        for _ in range(3):
+            assert http.get("/readyz").json()["ready"] is True
+
+
+async def test_the_socket_bound_for_several_workers_sends_without_delay() -> None:
+    """Connections accepted on the socket bound for several workers have TCP_NODELAY, as
+    with one worker: uvicorn's own socket left it off, so a kept-alive connection's every
+    response after the first waited for the client's delayed ACK (about 44 ms)."""
+    config = TcpConfig("live.app:create_app", factory=True, host="127.0.0.1", port=0,
+                       workers=2)
+    sock = config.bind_socket()
+    assert sock.proto == socket.IPPROTO_TCP
+    loop = asyncio.get_running_loop()
+    nodelay: asyncio.Future[int] = loop.create_future()
+
+    class Report(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted = transport.get_extra_info("socket")
+            nodelay.set_result(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    server = await loop.create_server(Report, sock=sock)
+    try:
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        assert await asyncio.wait_for(nodelay, 10) != 0
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with unix:
+        assert as_tcp(unix) is unix
 
 
 async def test_shutdown_step_that_stalls_is_left_behind(caplog: pytest.LogCaptureFixture) -> None:
