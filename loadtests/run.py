@@ -56,7 +56,7 @@ def _child_setup(nice: int) -> Callable[[], None]:
             os.nice(nice)
             # With autogroup scheduling (Linux's default for desktops and many VMs), CPU
             # is shared between sessions and a process's own niceness only counts inside
-            # its session: set the new session's as well.
+            # its session: set the session's as well, against other sessions' work.
             with contextlib.suppress(OSError):
                 Path("/proc/self/autogroup").write_text(str(nice))
 
@@ -76,7 +76,12 @@ class Processes:
         full = ["timeout", "-k", "10", f"{math.ceil(limit)}", *cmd]
         with log.open("wb") as out:
             proc = subprocess.Popen(full, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True,
+                                    # A process group of its own (stopped as one),
+                                    # in this session: a session per process would be
+                                    # an autogroup each, and the scheduler would share
+                                    # the cores per group, not per process (the web
+                                    # workers and the store got one share together).
+                                    process_group=0,
                                     preexec_fn=_child_setup(self.nice))
         self.started.append(proc)
         return proc

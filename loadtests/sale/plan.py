@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,3 +77,29 @@ def claim(plan_path: Path, pool: str, chunks: int) -> int | None:
         os.close(fd)
         return n
     return None
+
+
+class Pacing:
+    """When a user (a shopper, a store screen) next acts: at the times of a Poisson process
+    of ``rate`` per second, its own, so that many such users together are an open stream
+    of arrivals at the summed rate, as independent shoppers are.
+
+    Locust's ``constant_throughput`` instead starts each user a fixed period after its
+    last start: users held up by the same slow moment all start again at the same instant
+    and stay in step, and the service sees bursts of simultaneous requests that no crowd
+    makes. Here a user that fell behind acts at once and then goes on from there, without
+    a burst to catch up.
+    """
+
+    def __init__(self, rate: float, rng: random.Random | None = None) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.rng = rng or random.Random()
+        self.due: float | None = None
+
+    def wait(self, now: float) -> float:
+        """Seconds from ``now`` to the next action (0: at once)."""
+        start = now if self.due is None else self.due
+        self.due = max(start + self.rng.expovariate(self.rate), now)
+        return self.due - now

@@ -41,7 +41,7 @@ from typing import Any
 import gevent
 import gevent.event
 import orjson
-from locust import FastHttpUser, User, constant, constant_throughput, events, task
+from locust import FastHttpUser, User, constant, events, task
 from locust.dispatch import UsersDispatcher
 from locust.env import Environment
 from locust.exception import StopUser
@@ -49,7 +49,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from identity.codes import member_code, totp_step
 from identity.types import DeviceIndex
-from loadtests.sale.plan import Plan, claim
+from loadtests.sale.plan import Pacing, Plan, claim
 from loadtests.sale.wsclient import WsClient, WsError
 
 log = logging.getLogger("newretail.loadtest")
@@ -639,12 +639,12 @@ class Shopper(FastHttpUser):
     fixed_count = 52
 
     def wait_time(self) -> float:
-        opts = self.environment.parsed_options
-        rate = float(opts.offers_rate) / max(1, int(opts.shoppers))
-        return float(constant_throughput(rate)(self))
+        return self.pace.wait(time.monotonic())
 
     def on_start(self) -> None:
         self.plan, _ = plan_of(self.environment)
+        opts = self.environment.parsed_options
+        self.pace = Pacing(float(opts.offers_rate) / max(1, int(opts.shoppers)))
 
     @task
     def offers(self) -> None:
@@ -663,12 +663,11 @@ class StoreScreen(FastHttpUser):
     fixed_count = 10
 
     def wait_time(self) -> float:
-        opts = self.environment.parsed_options
-        rate = float(opts.checkin_rate) / max(1, int(opts.screens))
-        return float(constant_throughput(rate)(self))
+        return self.pace.wait(time.monotonic())
 
     def on_start(self) -> None:
         opts = self.environment.parsed_options
+        self.pace = Pacing(float(opts.checkin_rate) / max(1, int(opts.screens)))
         plan, path = plan_of(self.environment)
         screens = max(1, int(opts.screens))
         chunk = claim(path, "screens", screens)
