@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             finally:
                 expiry.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await expiry
+                    await bounded(expiry, "flash sale sweep")
                 await bounded(services.commerce.close(), "commerce")
                 await bounded(services.hub.stop(), "hub")
                 await bounded(services.identity.drain(), "identity")

@@ -483,6 +483,11 @@ class Commerce:
                     owed_at = time.monotonic() + RECORD_GRACE / 6
                     await self.record_owed()
             except Exception:  # a store hiccup must not stop the sweep
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Cancelled, and a client library answered with an error of its own
+                    # (a read cut short): stop, or shutdown would wait for ever.
+                    raise asyncio.CancelledError from None
                 log.exception("flash sale expiry sweep failed")
             await asyncio.sleep(interval)
 

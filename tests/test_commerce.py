@@ -233,6 +233,30 @@ async def test_purchase_events_owed_by_a_stopped_process_are_recorded_once(
     assert await redis.zcard(UNRECORDED) == 0
 
 
+async def test_the_sweep_stops_when_cancelled_even_if_a_library_swallows_it(
+    redis: aredis.Redis,
+) -> None:
+    """Cancelled while a store call turns the cancellation into an error of its own, the
+    expiry sweep still ends (it is what a web process's shutdown waits for)."""
+    commerce = await make_commerce(redis)
+    started = asyncio.Event()
+
+    async def swallowing() -> int:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise ConnectionError("connection closed while reading") from None
+        return 0
+
+    commerce.expire_due = swallowing  # type: ignore[method-assign]
+    sweep = asyncio.create_task(commerce.run_expiry(0.01))
+    await started.wait()
+    sweep.cancel()
+    done, _ = await asyncio.wait({sweep}, timeout=10)
+    assert done == {sweep} and sweep.cancelled()
+
+
 async def test_checkouts_arriving_together_share_one_script_call(
     redis: aredis.Redis,
 ) -> None:
