@@ -16,7 +16,6 @@ from live.commerce import Commerce
 from live.commerce_types import BUYER_ROLES, CART_ROLES, HOST_ROLES, Caller
 from live.errors import LiveError
 from live.hub import Hub, OpContext
-from live.protocol import SessionState
 
 # The hub's roles are the first gate; the service checks again (a viewer's checkout is
 # let through here so it can be told to sign in rather than just "forbidden").
@@ -36,9 +35,7 @@ def register_commerce_ops(hub: Hub, commerce: Commerce) -> None:
     commerce.session_info = session_info
 
     async def live_session(session_id: str) -> None:
-        info = await hub.store.get(session_id)
-        if info.state is not SessionState.LIVE:
-            raise LiveError("session_ended", "the session has ended", 409)
+        (await hub.store.get(session_id)).require_live()
 
     async def cart_add(ctx: OpContext, payload: dict[str, Any]) -> None:
         await commerce.add_to_cart(Caller(ctx.user, ctx.role), payload.get("sku"),

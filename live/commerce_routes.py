@@ -18,7 +18,6 @@ from identity.types import Claims
 from live.commerce import Commerce
 from live.commerce_types import Caller
 from live.errors import LiveError, bad_request
-from live.protocol import SessionState
 from live.routes import int_param, json_response, read_json, require_session_host, services
 
 
@@ -111,10 +110,8 @@ async def get_order(request: Request) -> Response:
 async def start_flash(request: Request) -> Response:
     claims, info = await require_session_host(request, "flash sales")
     body = await _body(request)
-    if info.state is not SessionState.LIVE:
-        raise LiveError("session_ended", "the session has ended", 409)
-    session_id = info.id
-    sale = await commerce(request).start_flash(Caller(claims.sub, claims.role), session_id, body)
+    sale = await commerce(request).start_flash(Caller(claims.sub, claims.role),
+                                               info.require_live().id, body)
     return json_response(sale.message(), 201)
 
 
@@ -131,8 +128,8 @@ async def get_flash(request: Request) -> Response:
 
 
 async def get_figures(request: Request) -> Response:
-    await require_session_host(request, "figures")
-    return json_response(await commerce(request).figures(request.path_params["session_id"]))
+    _, info = await require_session_host(request, "figures")
+    return json_response(await commerce(request).figures(info.id))
 
 
 ROUTES = [

@@ -208,9 +208,9 @@ class OfferService:
         hist: History = []
         checked: dict[str, bool] = {}  # sku -> in stock, read once per request
         if member_id is not None:
-            guess = [s for s in rec.kept_skus(member_id, 2 * n) if is_offerable(s)]
+            # a kept taste holds offerable products only (``blend_personal``)
             member, hist, erased, checked = await self._member_context(
-                member_id, guess, store_id)
+                member_id, rec.kept_skus(member_id, 2 * n), store_id)
             tier = member.tier
             personalized = member.consents_to("personalization") and not erased
         else:

@@ -51,9 +51,7 @@ class SessionOps:
         hub.register_op("end", self.end_session, HOST_ROLES)
 
     async def _live(self, ctx: OpContext) -> None:
-        info = await self.store.get(ctx.session_id)
-        if info.state is not SessionState.LIVE:
-            raise LiveError("session_ended", "the session has ended", 409)
+        (await self.store.get(ctx.session_id)).require_live()
 
     async def chat(self, ctx: OpContext, payload: dict[str, Any]) -> None:
         text = chat_text(payload)

@@ -124,6 +124,12 @@ class SessionInfo:
     epoch: str
     created_at: float
 
+    def require_live(self) -> SessionInfo:
+        """This session, or ``session_ended`` when it is over."""
+        if self.state is not SessionState.LIVE:
+            raise LiveError("session_ended", "the session has ended", 409)
+        return self
+
     def public(self) -> dict[str, Any]:
         return {
             "session_id": self.id, "title": self.title, "products": self.products,

@@ -319,12 +319,10 @@ class Recommender:
         TASTE_LOOKUPS.labels("computed").inc()
         vec = self.vector(user, hist)
         candidates = self.blend_personal(user, hist, vec, k, set())
-        if user not in self._erased:
-            self._tastes[user] = _Taste(model, key, k, now + self.taste_seconds, vec,
-                                        candidates)
-            self._tastes.move_to_end(user)
-            while len(self._tastes) > TASTE_MAX:
-                self._tastes.popitem(last=False)
+        self._tastes[user] = _Taste(model, key, k, now + self.taste_seconds, vec, candidates)
+        self._tastes.move_to_end(user)
+        while len(self._tastes) > TASTE_MAX:
+            self._tastes.popitem(last=False)
         return vec, candidates
 
     def kept_skus(self, user: str, k: int) -> list[str]:
