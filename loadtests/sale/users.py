@@ -13,8 +13,8 @@ Request types reported to Locust (``Type`` and ``Name`` in its statistics and CS
 - ``handler /offers``, ``handler /identity/checkin``: the service's own time for those
   requests (the body's ``took_ms``, the ``server-timing`` header), for the record.
 
-Viewers come in groups: one ``Viewers`` user holds ``--viewer-group`` connections, each with
-its own reader greenlet, and acts for each of them (react, chat now and then, add to cart,
+Viewers come in groups: one ``Viewers`` user holds ``--viewer-group`` connections, all read
+by one greenlet (``WsMux``), and acts for each of them (react, chat now and then, add to cart,
 buy in flash sales). A Locust user per connection would cost a greenlet, a scheduler and a
 wait per viewer for no gain; the group is what lets 2,000 viewers run next to the server on
 two cores. Pin latency is still measured on every connection.
@@ -50,7 +50,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from identity.codes import member_code, totp_step
 from identity.types import DeviceIndex
 from loadtests.sale.plan import Pacing, Plan, claim
-from loadtests.sale.wsclient import WsClient, WsError
+from loadtests.sale.wsclient import WsClient, WsError, WsMux
 
 log = logging.getLogger("newretail.loadtest")
 
@@ -356,12 +356,18 @@ class Participant:
         self.welcomed = gevent.event.Event()
         self.hello_at = 0.0
         self.reader: gevent.Greenlet[Any] | None = None
+        self.mux: WsMux | None = None
 
-    def connect(self) -> bool:
+    def connect(self, mux: WsMux | None = None) -> bool:
+        """Open the connection and say hello; ``mux`` reads it (else a greenlet of its own)."""
         self.hello_at = time.perf_counter()
         try:
             self.ws = WsClient(self.url)
-            self.reader = gevent.spawn(self._read)
+            if mux is None:
+                self.reader = gevent.spawn(self._read)
+            else:
+                self.mux = mux
+                mux.add(self.ws, self.on_frames)
             self.send({"op": "hello", "token": self.token})
         except (WsError, OSError) as exc:
             fire(self.env, "join", (time.perf_counter() - self.hello_at) * 1000, error=exc)
@@ -392,15 +398,7 @@ class Participant:
         try:
             while not ws.closed:
                 frames = ws.recv_frames()
-                now = time.time()
-                READ["frames"] += len(frames)
-                for payload in frames:
-                    kind = message_type(payload)
-                    if kind == b"welcome":
-                        fire(self.env, "join", (time.perf_counter() - self.hello_at) * 1000,
-                             len(payload))
-                        self.welcomed.set()
-                    self.on_message(kind, payload, now)
+                self.on_frames(frames, time.time())
         except WsError:
             pass
         except gevent.GreenletExit:
@@ -410,6 +408,20 @@ class Participant:
         finally:
             ws.close()
 
+    def on_frames(self, frames: list[bytes], now: float) -> None:
+        """The payloads of one read, read at wall-clock time ``now``."""
+        READ["frames"] += len(frames)
+        for payload in frames:
+            kind = message_type(payload)
+            if kind == b"welcome":
+                fire(self.env, "join", (time.perf_counter() - self.hello_at) * 1000,
+                     len(payload))
+                self.welcomed.set()
+            try:
+                self.on_message(kind, payload, now)
+            except Exception:
+                log.exception("a message of %s failed: %r", self.url, payload[:200])
+
     def on_message(self, kind: bytes, payload: bytes, now: float) -> None:
         """Override: one message read at wall-clock time ``now``."""
 
@@ -417,6 +429,8 @@ class Participant:
         if self.reader is not None:
             self.reader.kill(block=False)
         if self.ws is not None:
+            if self.mux is not None:
+                self.mux.drop(self.ws)
             self.ws.close()
 
 
@@ -520,13 +534,15 @@ class Viewers(User):
         first = chunk * size
         count = min(size, int(opts.viewers) - first)
         self.viewers: list[Viewer] = []
+        self.mux = WsMux()
+        self.mux_reader = gevent.spawn(self.mux.run)
         for i in range(count):
             n = first + i
             member = i < members_per_group and n < len(plan.members)
             token = (plan.members[n][1] if member
                      else plan.viewer_tokens[n % len(plan.viewer_tokens)])
             viewer = Viewer(self, plan.ws_url, token, member)
-            if viewer.connect():
+            if viewer.connect(self.mux):
                 self.viewers.append(viewer)
         deadline = time.monotonic() + 120
         for viewer in self.viewers:
@@ -554,6 +570,8 @@ class Viewers(User):
     def on_stop(self) -> None:
         for v in getattr(self, "viewers", ()):
             v.close()
+        if hasattr(self, "mux_reader"):
+            self.mux_reader.kill(block=False)
 
 
 class HostConn(Participant):
