@@ -2,6 +2,13 @@
 
 The ring signs with its first key and verifies with any key it still holds; a
 token whose ``kid`` was retired no longer verifies.
+
+A client sends the same token with every request until it expires, so each ring keeps
+the claims of the tokens it verified (``VERIFIED_KEPT`` of them): verifying a known token
+again is a dict lookup and an expiry check (0.2 µs) instead of a base64, JSON and HMAC
+pass (65 µs on a slow machine, some 5 % of the CPU of an offer). The key is the token's
+exact text, so a token that differs in any byte, a forged signature included, is verified
+in full.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +29,20 @@ from identity.types import ROLES, Claims, Role
 
 ALGORITHM = "HS256"
 ISSUER = "newretail"
+VERIFIED_KEPT = 20_000  # tokens whose claims a ring keeps (about 10 MB)
 
 
 class KeyRing:
     """HMAC keys by id; the first one signs.
 
     Args:
-        keys: ``kid -> secret`` in order, the signing key first.
+        keys: ``kid -> secret`` in order, the signing key first. A ring's keys never
+            change: a rotation is a new ring, which starts with no verified tokens.
+        clock: seconds since the epoch, for the expiry of tokens verified before.
     """
 
-    def __init__(self, keys: Mapping[str, bytes]) -> None:
+    def __init__(self, keys: Mapping[str, bytes],
+                 clock: Callable[[], float] = time.time) -> None:
         if not keys:
             raise ValueError("a key ring needs at least one key")
         for kid, secret in keys.items():
@@ -39,6 +50,8 @@ class KeyRing:
                 raise ValueError(f"key {kid!r} must have an id and at least 32 bytes of secret")
         self._keys = dict(keys)
         self.active_kid = next(iter(self._keys))
+        self._clock = clock
+        self._verified: dict[str, Claims] = {}
 
     @classmethod
     def from_spec(cls, spec: str) -> KeyRing:
@@ -100,6 +113,19 @@ class KeyRing:
 
     def verify(self, token: str) -> Claims:
         """Check signature, expiry and shape; raise ``IdentityError`` (401) otherwise."""
+        claims = self._verified.get(token)
+        if claims is not None:
+            if claims.exp > self._clock():  # PyJWT's rule: expired from ``exp`` on
+                return claims
+            del self._verified[token]
+            raise unauthorized("token expired")
+        claims = self._verify(token)
+        if len(self._verified) >= VERIFIED_KEPT:
+            del self._verified[next(iter(self._verified))]  # the oldest goes
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> Claims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -108,21 +134,26 @@ class KeyRing:
         if not isinstance(kid, str) or kid not in self._keys:
             raise unauthorized("token signed with an unknown or retired key")
         try:
+            # expiry is checked below, by the ring's clock, the same rule as for a token
+            # verified before
             data = jwt.decode(
                 token, self._keys[kid], algorithms=[ALGORITHM], issuer=ISSUER,
-                options={"require": ["sub", "role", "exp"]},
+                options={"require": ["sub", "role", "exp"], "verify_exp": False},
             )
-        except jwt.ExpiredSignatureError:
-            raise unauthorized("token expired") from None
         except jwt.PyJWTError as exc:
             raise unauthorized(f"invalid token: {exc}") from None
+        if isinstance(data["exp"], bool) or not isinstance(data["exp"], int | float):
+            raise unauthorized("invalid token: exp must be a number")
+        exp = int(data["exp"])
+        if exp <= self._clock():
+            raise unauthorized("token expired")
         role = data.get("role")
         if role not in ROLES or not isinstance(data.get("sub"), str):
             raise unauthorized("token has no valid sub and role")
         store = data.get("store")
         device = data.get("dev")
         return Claims(
-            sub=data["sub"], role=role, exp=int(data["exp"]),
+            sub=data["sub"], role=role, exp=exp,
             store=store if isinstance(store, str) else None, kid=kid,
             device=device if isinstance(device, str) else None,
         )

@@ -66,6 +66,35 @@ def test_keyring_refuses_expired_forged_and_unknown_roles() -> None:
         ring.issue("x", "root", ttl=60)  # type: ignore[arg-type]
 
 
+def test_keyring_keeps_verified_tokens_until_they_expire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A token verified once is known by its text until its ``exp``; a copy that differs
+    in any byte is verified in full; the ring keeps a bounded number of tokens."""
+    now = [time.time()]
+    ring = KeyRing({"k1": b"a" * 32}, clock=lambda: now[0])
+    token = ring.issue("alice", "member", ttl=60)
+    first = ring.verify(token)
+    assert ring.verify(token) is first  # known: not decoded again
+    head, payload, signature = token.split(".")
+    tampered = f"{head}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    with pytest.raises(IdentityError, match="invalid"):
+        ring.verify(tampered)
+    # the token's exp is a whole second: from then on it is refused, known or not
+    now[0] = first.exp - 0.001
+    assert ring.verify(token).sub == "alice"
+    now[0] = first.exp
+    with pytest.raises(IdentityError, match="expired"):
+        ring.verify(token)
+    with pytest.raises(IdentityError, match="expired"):
+        ring.verify(token)  # forgotten, and refused in full by the same clock
+    monkeypatch.setattr("identity.tokens.VERIFIED_KEPT", 3)
+    now[0] = time.time()
+    tokens = [ring.issue(f"m{i}", "member", ttl=60) for i in range(5)]
+    assert [ring.verify(t).sub for t in tokens] == [f"m{i}" for i in range(5)]
+    assert list(ring._verified) == tokens[2:]  # the oldest went first
+
+
 def test_keyring_is_kept_under_var(tmp_path: Path) -> None:
     """The dev key ring is made once and read back the same."""
     path = tmp_path / "secrets" / "jwt-keys.json"
