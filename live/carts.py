@@ -77,7 +77,8 @@ def decode_cart(raw: dict[Any, Any]) -> list[CartLine]:
     return sorted(lines, key=lambda line: line.sku)
 
 
-# KEYS[1] cart; ARGV sku, qty, encoded-suffix ("" or "|session|sale"), max qty, max lines, ttl
+# KEYS[1] cart; ARGV sku, qty, encoded-suffix ("" or "|session|sale"), max qty, max lines, ttl.
+# Returns -1 (line over the max), -2 (cart full) or the whole cart after the add (HGETALL).
 _ADD = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local have = 0
@@ -90,7 +91,7 @@ local qty = have + tonumber(ARGV[2])
 if qty > tonumber(ARGV[4]) then return -1 end
 redis.call('HSET', KEYS[1], ARGV[1], qty .. ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-return qty
+return redis.call('HGETALL', KEYS[1])
 """
 
 # KEYS[1] from-cart, KEYS[2] into-cart; ARGV max qty, ttl. Quantities add up, capped.
@@ -122,18 +123,18 @@ class Carts:
     async def lines(self, user: str) -> list[CartLine]:
         return decode_cart(await self.redis.hgetall(cart_key(user)))
 
-    async def add(self, user: str, line: CartLine) -> int:
-        """Add ``line.qty`` units; returns the line's new quantity."""
+    async def add(self, user: str, line: CartLine) -> list[CartLine]:
+        """Add ``line.qty`` units; returns the cart as it is after the add (one trip)."""
         suffix = line.encode()[len(str(line.qty)):]
-        result = int(await self._add(
+        result: Any = await self._add(
             keys=[cart_key(user)],
             args=[line.sku, line.qty, suffix, MAX_LINE_QTY, MAX_LINES, CART_TTL],
-        ))
+        )
         if result == -1:
             raise LiveError("invalid_qty", f"a cart line holds at most {MAX_LINE_QTY} units")
         if result == -2:
             raise LiveError("cart_full", f"a cart holds at most {MAX_LINES} products", 409)
-        return result
+        return decode_cart(dict(zip(result[::2], result[1::2], strict=True)))
 
     async def remove(self, user: str, sku: str) -> bool:
         """Remove a product from the cart; False when it was not there."""

@@ -41,7 +41,7 @@ from live.flash import FlashSale, FlashSales, parse_flash_start
 from live.inventory import CheckoutRequest, Inventory, Reservation, figures_key
 from live.keys import text
 from live.orders import Order, Orders, normalise
-from live.types import Sku
+from live.types import Product, Sku
 from recommender.events import EventLog
 from recommender.types import Event
 
@@ -67,6 +67,10 @@ async def _no() -> bool:
 
 async def _none() -> None:
     return None
+
+
+async def _all(work: Sequence[Awaitable[Any]]) -> None:
+    await asyncio.gather(*work)
 
 
 def _check_role(caller: Caller, roles: frozenset[str], what: str) -> None:
@@ -159,17 +163,29 @@ class Commerce:
 
     async def cart(self, user: str) -> CartView:
         """The cart as shown: titles and the price the buyer pays now."""
-        lines = await self.carts.lines(user)
-        products = await self.catalog.get_many([line.sku for line in lines])
-        sales: dict[str, FlashSale | None] = {}
-        for line in lines:
-            if line.session and line.session not in sales:
-                sales[line.session] = await self.flash.get(line.session)
+        return await self._view(await self.carts.lines(user))
+
+    async def _view(
+        self, lines: list[CartLine], products: Mapping[str, Product] | None = None,
+        sales: Mapping[str, FlashSale | None] | None = None,
+    ) -> CartView:
+        """``lines`` as shown. ``products`` and ``sales`` (by session) already read are not
+        read again; the rest is read in one wait."""
+        known = dict(products or {})
+        by_session = dict(sales or {})
+        missing = [line.sku for line in lines if line.sku not in known]
+        unread = list(dict.fromkeys(line.session for line in lines
+                                    if line.session and line.session not in by_session))
+        fetched, read_sales = await asyncio.gather(
+            self.catalog.get_many(missing), self._sales(unread))
+        known.update((sku, p) for sku, p in zip(missing, fetched, strict=True) if p)
+        by_session.update(zip(unread, read_sales, strict=True))
         now, items = self.clock(), []
-        for line, product in zip(lines, products, strict=True):
+        for line in lines:
+            product = known.get(line.sku)
             if product is None:
                 continue
-            sale = sales.get(line.session or "")
+            sale = by_session.get(line.session or "")
             on_sale = sale is not None and sale.id == line.sale and sale.running(now)
             items.append(CartItem(
                 sku=line.sku, title=product.title, qty=line.qty,
@@ -178,6 +194,9 @@ class Commerce:
             ))
         total = round(sum(i["price"] * i["qty"] for i in items), 2)
         return {"lines": items, "count": sum(i["qty"] for i in items), "total": total}
+
+    async def _sales(self, sessions: list[str]) -> list[FlashSale | None]:
+        return list(await asyncio.gather(*(self.flash.get(s) for s in sessions)))
 
     async def add_to_cart(
         self, caller: Caller, sku: object, qty: object, session_id: str | None = None,
@@ -202,9 +221,10 @@ class Commerce:
             raise erased
         if erased:
             raise LiveError("forbidden", "this user was erased", 403)
-        for answer in (product, sale):
-            if isinstance(answer, BaseException):
-                raise answer
+        if isinstance(product, BaseException):
+            raise product
+        if isinstance(sale, BaseException):
+            raise sale
         line = CartLine(sku, count)
         if session_id and isinstance(sale, FlashSale) and sale.sku == sku and sale.running(
                 self.clock()):
@@ -212,7 +232,8 @@ class Commerce:
                 raise LiveError("limit_exceeded",
                                 f"this flash sale allows {sale.limit} per member", 409)
             line = CartLine(sku, count, session_id, sale.id)
-        await self.carts.add(caller.user, line)  # refused: nothing else was written
+        # refused: nothing else was written; else the cart as the add left it
+        lines = await self.carts.add(caller.user, line)
         work: list[Awaitable[Any]] = [
             self.record([Event(caller.user, sku, "cart", self.clock(), session_id, None,
                                count)]),
@@ -222,9 +243,13 @@ class Commerce:
             pipe.sadd(_carts_key(session_id), caller.user)
             pipe.sadd(_skus_key(session_id), sku)
             work.append(pipe.execute())
-        await asyncio.gather(*work)
+        # the view needs only what the other lines show: the added product and the
+        # session's sale were read above
+        sales = {session_id: sale} if session_id else {}
+        view, _ = await asyncio.gather(self._view(lines, {sku: product}, sales),
+                                       _all(work))
         # last, so the devices' cart push follows everything the add wrote
-        view = await self._cart_changed(caller.user)
+        await self._push_cart(caller.user, view)
         if session_id:
             self._push_figures(session_id)
         return view
@@ -237,9 +262,12 @@ class Commerce:
 
     async def _cart_changed(self, user: str) -> CartView:
         view = await self.cart(user)
+        await self._push_cart(user, view)
+        return view
+
+    async def _push_cart(self, user: str, view: CartView) -> None:
         if self.notifier is not None:
             await self.notifier.send_to_user(user, {"type": "cart", "cart": view})
-        return view
 
     async def stitch(self, anon_id: str, member_id: str) -> None:
         """The anonymous viewer signed in: their cart moves into the member's."""

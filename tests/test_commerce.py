@@ -440,6 +440,31 @@ async def test_flash_sale_price_limit_and_sell_out(redis: aredis.Redis) -> None:
     assert (figures["orders"], figures["revenue"], figures["carts"]) == (3, 49.96, 2)
 
 
+async def test_the_cart_an_add_answers_is_the_cart_as_read(redis: aredis.Redis) -> None:
+    """The view an add answers with (built from the add's own reply and the product and sale
+    it checked) is the cart as a fresh read shows it: other products, lines of a running
+    sale at its price, lines of an ended one at the full price."""
+    clock = Clock()
+    commerce = await make_commerce(redis, clock)
+    await seed(redis)
+    [mid] = await make_members(redis, 1)
+    await commerce.add_to_cart(member(mid), "mug", 2)
+    await _flash(commerce, 5, seconds=10)
+    view = await commerce.add_to_cart(member(mid), "kite", 1, "s1")
+    assert view == await commerce.cart(mid)
+    assert {(i["sku"], i["price"], i["flash_sale"] is not None) for i in view["lines"]} == {
+        ("mug", 12.5, False), ("kite", 9.99, True)}
+    view = await commerce.add_to_cart(member(mid), "lamp", 1, "s1")  # same session, no sale on it
+    assert view == await commerce.cart(mid) and view["count"] == 4
+    kite = next(i for i in view["lines"] if i["sku"] == "kite")
+    assert kite["price"] == 9.99 and kite["flash_sale"]
+    clock.now += 10  # the sale is over: its line shows the full price
+    view = await commerce.add_to_cart(member(mid), "mug", 1)
+    assert view == await commerce.cart(mid)
+    kite = next(i for i in view["lines"] if i["sku"] == "kite")
+    assert kite["price"] == 19.99 and kite["flash_sale"] is None
+
+
 async def test_flash_line_after_the_sale_is_out_of_stock(redis: aredis.Redis) -> None:
     """A line put in the cart during a sale is not silently charged full price once it ended."""
     clock = Clock()
