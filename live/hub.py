@@ -314,12 +314,17 @@ class Hub:
             "chat": snap.chat,
             "viewers": self._viewer_totals.get(sid, len(room)),
         }
-        for name, provider in self.snapshot_parts.items():
-            try:
-                state[name] = await provider(sid, conn.user)
-            except Exception:
-                log.exception("conn %s: snapshot part %s failed", conn.id, name)
-                state[name] = None
+        # the parts are independent reads: one wait for all of them
+        parts = list(self.snapshot_parts.items())
+        answers = await asyncio.gather(*(provider(sid, conn.user) for _, provider in parts),
+                                       return_exceptions=True)
+        for (name, _), answer in zip(parts, answers, strict=True):
+            if isinstance(answer, Exception):
+                log.error("conn %s: snapshot part %s failed", conn.id, name, exc_info=answer)
+                answer = None
+            elif isinstance(answer, BaseException):
+                raise answer
+            state[name] = answer
         welcome: dict[str, Any] = {
             "type": "welcome", "epoch": info.epoch, "seq": current, "role": conn.role,
             "state": state,
