@@ -2,13 +2,20 @@
 
 Locust users run in gevent greenlets, so the client is a blocking socket (cooperative once
 Locust has patched the standard library) pumped through ``websockets.client.ClientProtocol``,
-the same protocol core the ``websockets`` library runs under asyncio. A connection is read
-either by a greenlet of its own (``WsClient.run``) or, with many others, by one greenlet
-(``WsMux``); each text frame's bytes go to a callback and nothing else runs per frame.
+the same protocol core the ``websockets`` library runs under asyncio, for the opening
+handshake and for every frame the client sends. What the server sends afterwards is split
+into frames here (``server_frames``): the service's frames are unmasked, unfragmented and
+without extensions, and splitting those takes 0.2 µs a frame against 3 µs through the
+protocol's parser. A ping is answered and a close ends the connection through the protocol;
+anything else the service never sends (a fragment, an extension bit) fails the connection
+loudly. A connection is read either by a greenlet of its own (``WsClient.run``) or, with
+many others, by one greenlet (``WsMux``); each text frame's bytes go to a callback and
+nothing else runs per frame.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -16,17 +23,45 @@ import time
 from collections.abc import Callable
 
 from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
+from websockets.exceptions import InvalidState, ProtocolError
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 RECV_BYTES = 65536
+TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 class WsError(Exception):
     """The connection failed or was closed."""
+
+
+def server_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """The whole frames at the start of ``buf`` as ``(opcode, payload)``, and how many bytes
+    they took; a frame the service never sends raises ``WsError`` (pure)."""
+    out: list[tuple[int, bytes]] = []
+    pos, size = 0, len(buf)
+    while size - pos >= 2:
+        head, n = buf[pos], buf[pos + 1]
+        if head & 0x70 or not head & 0x80 or n & 0x80:
+            raise WsError(f"unexpected frame from the server: first bytes {head:#04x} {n:#04x}"
+                          " (extension bits, a fragment or a mask)")
+        n &= 0x7F
+        start = pos + 2
+        if n == 126:
+            if size - pos < 4:
+                break
+            n, start = int.from_bytes(buf[pos + 2:pos + 4], "big"), pos + 4
+        elif n == 127:
+            if size - pos < 10:
+                break
+            n, start = int.from_bytes(buf[pos + 2:pos + 10], "big"), pos + 10
+        if size - start < n:
+            break
+        out.append((head & 0x0F, buf[start:start + n]))
+        pos = start + n
+    return out, pos
 
 
 class WsClient:
@@ -55,6 +90,8 @@ class WsClient:
                     raise WsError(f"handshake refused: HTTP {event.status_code}")
         if self.proto.handshake_exc is not None:
             raise WsError(f"handshake failed: {self.proto.handshake_exc}")
+        # The server speaks only after hello, so the handshake's read held nothing more.
+        self._rest = b""
         self.sock.settimeout(None)  # from now on the reader waits as long as it takes
 
     def _recv(self) -> bytes:
@@ -91,15 +128,34 @@ class WsClient:
         return self.frames_from(self._recv())
 
     def frames_from(self, data: bytes) -> list[bytes]:
-        """Feed bytes read from the socket (``b""``: it ended); the payloads they completed."""
-        self._feed(data)
-        # Payloads are bytes as the protocol builds them; the type allows other buffers.
-        out: list[bytes] = [e.data for e in self.proto.events_received()  # type: ignore[misc]
-                            if isinstance(e, Frame) and e.opcode in (Opcode.TEXT, Opcode.BINARY)]
-        self._flush()  # pongs and the close handshake answer
-        if self.proto.state is State.CLOSED:
+        """Bytes read from the socket (``b""``: it ended); the payloads they completed."""
+        if not data:
             self.closed = True
+            return []
+        buf = self._rest + data if self._rest else data
+        frames, used = server_frames(buf)
+        self._rest = buf[used:]
+        out: list[bytes] = []
+        for opcode, payload in frames:
+            if opcode == TEXT or opcode == BINARY:
+                out.append(payload)
+            elif opcode == PING:
+                self.proto.send_pong(payload)
+                self._flush()
+            elif opcode == CLOSE:
+                self._answer_close(payload)
+                break
+            elif opcode != PONG:
+                raise WsError(f"unexpected frame from the server: opcode {opcode:#x}")
         return out
+
+    def _answer_close(self, payload: bytes) -> None:
+        """The closing handshake: echo the server's code; the caller closes the socket."""
+        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
+        with contextlib.suppress(WsError, ProtocolError, InvalidState):
+            self.proto.send_close(code)  # a code one may not send back is not answered
+            self._flush()
+        self.closed = True
 
     def run(self, on_frame: Callable[[bytes], None]) -> None:
         """Read until the connection ends, calling ``on_frame`` with each payload."""
