@@ -1,7 +1,7 @@
 """A light WebSocket client for the fault and flood tests: thousands in one process.
 
-An ``asyncio.Protocol`` (HTTP upgrade, frame parser, pong, close) in the manner of
-``loadtests/fanout_loadgen.py``, keeping every decoded JSON message with its arrival time,
+An ``asyncio.Protocol`` (HTTP upgrade, the load test's frame splitter, pong, close) in the
+manner of ``loadtests/fanout_loadgen.py``, keeping every decoded JSON message with its arrival time,
 so a test can hold a few thousand viewers and still check each one's events.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from loadtests.fanout_loadgen import client_frame
+from loadtests.sale.wsclient import server_frames
 
 Message = dict[str, Any]
 
@@ -83,22 +84,10 @@ class LightClient(asyncio.Protocol):
     # Frames ----------------------------------------------------------------------
 
     def _frames(self) -> None:
-        buf, pos, size = self.buf, 0, len(self.buf)
+        frames, used = server_frames(bytes(self.buf))
+        del self.buf[:used]
         got = False
-        while size - pos >= 2:
-            opcode, n, start = buf[pos] & 0x0F, buf[pos + 1] & 0x7F, pos + 2
-            if n == 126:
-                if size - pos < 4:
-                    break
-                n, start = int.from_bytes(buf[pos + 2:pos + 4], "big"), pos + 4
-            elif n == 127:
-                if size - pos < 10:
-                    break
-                n, start = int.from_bytes(buf[pos + 2:pos + 10], "big"), pos + 10
-            if size - start < n:
-                break
-            payload = bytes(buf[start:start + n])
-            pos = start + n
+        for opcode, payload in frames:
             if opcode == 0x9:
                 self._write(client_frame(payload, 0xA))
             elif opcode == 0x8:
@@ -108,8 +97,6 @@ class LightClient(asyncio.Protocol):
                 self.messages.append(orjson.loads(payload))
                 self.arrived.append(time.time())
                 got = True
-        if pos:
-            del buf[:pos]
         if got or self.close_code is not None:
             self.changed.set()
 
