@@ -392,21 +392,16 @@ class Participant:
         return name
 
     def _read(self) -> None:
-        ws = self.ws
-        if ws is None:
+        if self.ws is None:
             return
         try:
-            while not ws.closed:
-                frames = ws.recv_frames()
-                self.on_frames(frames, time.time())
+            self.ws.run(self.on_frames)
         except WsError:
             pass
         except gevent.GreenletExit:
             raise
         except Exception:
             log.exception("reader of %s failed", self.url)
-        finally:
-            ws.close()
 
     def on_frames(self, frames: list[bytes], now: float) -> None:
         """The payloads of one read, read at wall-clock time ``now``."""

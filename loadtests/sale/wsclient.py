@@ -30,6 +30,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 RECV_BYTES = 65536
+FramesHandler = Callable[[list[bytes], float], None]
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
@@ -157,12 +158,14 @@ class WsClient:
             self._flush()
         self.closed = True
 
-    def run(self, on_frame: Callable[[bytes], None]) -> None:
-        """Read until the connection ends, calling ``on_frame`` with each payload."""
+    def run(self, on_frames: FramesHandler) -> None:
+        """Read until the connection ends: ``on_frames(payloads, read_at)`` per read with
+        frames, as ``WsMux`` calls it; then close."""
         try:
             while not self.closed:
-                for payload in self.recv_frames():
-                    on_frame(payload)
+                frames = self.recv_frames()
+                if frames:
+                    on_frames(frames, time.time())
         finally:
             self.close()
 
@@ -178,8 +181,6 @@ class WsClient:
         self.closed = True
         self.sock.close()
 
-
-FramesHandler = Callable[[list[bytes], float], None]
 
 
 def _real_epoll() -> select.epoll:
