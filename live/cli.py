@@ -21,10 +21,6 @@ from live.store import EmbeddedStore
 
 log = logging.getLogger("newretail.live")
 
-# uvicorn's sans-I/O websockets protocol: the fastest of its implementations for
-# fan-out and the leanest per connection (see loadtests/README.md).
-WS_IMPL = "websockets-sansio"
-
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
@@ -37,6 +33,7 @@ def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
     from uvicorn.supervisors import Multiprocess
 
     from live.listener import TcpConfig
+    from live.wsproto import WS_PROTOCOL
 
     # uvicorn shuts down on SIGTERM, then raises the signal again with the handler it
     # found: with the default one the process dies at once and the embedded store it
@@ -51,7 +48,10 @@ def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
     os.environ["NEWRETAIL_MODE"] = settings.mode
     config = TcpConfig(
         "live.app:create_app", factory=True, host=host, port=port, workers=workers,
-        ws=WS_IMPL, ws_max_size=settings.ws_max_frame, ws_per_message_deflate=False,
+        # uvicorn's sans-I/O websockets protocol (the fastest of its implementations for
+        # fan-out and the leanest per connection, see loadtests/README.md), without a
+        # pause in reading per message.
+        ws=WS_PROTOCOL, ws_max_size=settings.ws_max_frame, ws_per_message_deflate=False,
         log_level=settings.log_level.lower(), access_log=False, lifespan="on",
         # Longer than clients' and proxies' idle pools, so the server is not the one
         # closing a kept-alive connection just as a client reuses it.

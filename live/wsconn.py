@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any
 
 from starlette.types import Send
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from live.metrics import WS_DISCONNECTS
 from live.protocol import (
@@ -209,7 +210,7 @@ def make_conn(conn_id: ConnId, fmt: Format, bound: int, send: Send) -> Conn:
     proto = getattr(send, "__self__", None)
     if (
         proto is not None
-        and type(proto).__name__ == "WebSocketsSansIOProtocol"
+        and isinstance(proto, WebSocketsSansIOProtocol)
         and hasattr(proto, "transport") and hasattr(proto, "conn")
     ):
         return RawConn(conn_id, fmt, bound, proto)
