@@ -225,7 +225,7 @@ class Recommender:
                 await self.refresh()
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     def start(self) -> None:
         self._watcher = asyncio.create_task(self._watch_through_outages())
