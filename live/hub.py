@@ -27,6 +27,7 @@ import redis.asyncio as aredis
 from identity.errors import IdentityError
 from live.errors import STORE_ERRORS, LiveError, log_store_error, store_unavailable
 from live.metrics import WS_MESSAGES_SENT
+from live.outbox import FANOUT_CHUNK, Outbox
 from live.protocol import (
     HOST_ROLES,
     Arrival,
@@ -98,13 +99,16 @@ class Room:
     """The local connections to one session."""
 
     __slots__ = ("sid", "live", "joining", "last_seq", "ready", "arrived", "departed",
-                 "presence_at")
+                 "presence_at", "outbox", "writer")
 
     def __init__(self, sid: str) -> None:
         self.sid = sid
         self.live: dict[ConnId, Conn] = {}
         self.joining: dict[ConnId, Conn] = {}
         self.last_seq = 0
+        # Events not yet written to every live connection, and the task writing them.
+        self.outbox = Outbox(Hub.msgpack_frame)
+        self.writer: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         # Presence is written as it changes; all of it only every PRESENCE_REFRESH.
         self.arrived: set[str] = set()
@@ -226,6 +230,9 @@ class Hub:
         ]
 
     async def stop(self) -> None:
+        for room in self.rooms.values():
+            if room.writer is not None:
+                room.writer.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -381,15 +388,21 @@ class Hub:
                     conn.push(data if conn.fmt is Format.JSON else self._reframe(data))
             del room.joining[cid]
             if not conn.closed:
+                conn.sent = room.last_seq  # its pending frames reach that far
                 room.live[cid] = conn
 
     # Fan-out --------------------------------------------------------------------------
 
     @staticmethod
+    def msgpack_frame(data: bytes) -> bytes:
+        """The msgpack frame of an event stored as JSON."""
+        return frame(msgpack.packb(orjson.loads(data), use_bin_type=True), Format.MSGPACK)
+
+    @staticmethod
     def _frame(data: bytes, fmt: Format) -> bytes:
         if fmt is Format.JSON:
             return frame(data, Format.JSON)
-        return frame(msgpack.packb(orjson.loads(data), use_bin_type=True), Format.MSGPACK)
+        return Hub.msgpack_frame(data)
 
     @staticmethod
     def _reframe(json_frame: bytes) -> bytes:
@@ -472,26 +485,51 @@ class Hub:
             self.deliver(room, s, d)
 
     def deliver(self, room: Room, seq: int, data: bytes) -> None:
-        """Write one event to every local viewer: one frame per format, same bytes."""
+        """Hand one event to every local viewer: the live ones get it from the room's
+        writer (one frame per format, the same bytes for all), the joining ones once
+        welcomed."""
         room.last_seq = seq
         json_frame = frame(data, Format.JSON)
-        msgpack_frame: bytes | None = None
-        sent = 0
-        for conn in room.live.values():
-            if conn.fmt is Format.JSON:
-                conn.push(json_frame)
-            else:
-                if msgpack_frame is None:
-                    msgpack_frame = self._frame(data, Format.MSGPACK)
-                conn.push(msgpack_frame)
-            sent += 1
+        if room.live or len(room.outbox):
+            room.outbox.add(seq, data, json_frame)
+            if room.writer is None:
+                room.writer = asyncio.get_running_loop().create_task(self._write_out(room))
         for conn in room.joining.values():
             if conn.pending is not None:
                 conn.pending.append((seq, json_frame))
         if room.joining:
             self._promote(room)
-        if sent:
-            WS_MESSAGES_SENT.labels("event").inc(sent)
+
+    async def _write_out(self, room: Room) -> None:
+        """Bring every live connection of ``room`` up to the newest event, a chunk of
+        connections at a time; each connection gets everything it lacks in one write."""
+        outbox = room.outbox
+        try:
+            while len(outbox):
+                start = outbox.top
+                sent = 0
+                for i, conn in enumerate(list(room.live.values())):
+                    if i and not i % FANOUT_CHUNK:
+                        await asyncio.sleep(0)  # ops and store replies run in between
+                    if conn.sent < outbox.top and not conn.closed:
+                        data, n = outbox.after(conn.sent, conn.fmt)
+                        conn.sent = outbox.top
+                        conn.push(data)
+                        sent += n
+                if sent:
+                    WS_MESSAGES_SENT.labels("event").inc(sent)
+                if outbox.top == start:
+                    outbox.clear()  # nothing came during the pass: everyone has it all
+                else:
+                    outbox.trim(start)
+        except Exception:
+            # They would miss events otherwise: each resumes from what it has.
+            log.exception("session %s: writing events to its viewers failed", room.sid)
+            outbox.clear()
+            for conn in list(room.live.values()):
+                conn.close(CLOSE_RESYNC, "resync")
+        finally:
+            room.writer = None
 
     # Coalescing and viewer counts ---------------------------------------------------------
 

@@ -46,7 +46,7 @@ class Conn:
 
     __slots__ = (
         "id", "fmt", "bound", "state", "user", "role", "member_id", "session_id",
-        "pending", "after_seq", "closed", "session_host",
+        "pending", "after_seq", "sent", "closed", "session_host",
     )
 
     def __init__(self, conn_id: ConnId, fmt: Format, bound: int) -> None:
@@ -62,6 +62,8 @@ class Conn:
         # Events that arrive while the client is being welcomed, with their seq.
         self.pending: list[tuple[int, bytes]] | None = []
         self.after_seq = -1
+        # The last session event written to it (set when it goes live).
+        self.sent = -1
         self.closed = False
 
     def push(self, data: bytes) -> None:
@@ -187,7 +189,8 @@ class QueuedConn(Conn):
                                          "reason": item[1]})
                         return
                     self.queued -= len(item)
-                    await self.send(_unframe(item, self.fmt))
+                    for message in _unframe(item, self.fmt):
+                        await self.send(message)
         except Exception:  # the client went away; the receive loop sees the disconnect
             self.closed = True
 
@@ -195,14 +198,25 @@ class QueuedConn(Conn):
         self.task.cancel()
 
 
-def _unframe(data: bytes, fmt: Format) -> dict[str, Any]:
-    """The ASGI message for a frame built by ``protocol.frame``."""
-    n = data[1] & 0x7F
-    start = 2 if n < 126 else (4 if n == 126 else 10)
-    payload = data[start:]
-    if fmt is Format.JSON:
-        return {"type": "websocket.send", "text": payload.decode()}
-    return {"type": "websocket.send", "bytes": payload}
+def _unframe(data: bytes, fmt: Format) -> list[dict[str, Any]]:
+    """The ASGI messages for frames built by ``protocol.frame`` (one write may join
+    several)."""
+    messages: list[dict[str, Any]] = []
+    at = 0
+    while at < len(data):
+        n = data[at + 1] & 0x7F
+        if n < 126:
+            start = at + 2
+        elif n == 126:
+            n, start = int.from_bytes(data[at + 2:at + 4], "big"), at + 4
+        else:
+            n, start = int.from_bytes(data[at + 2:at + 10], "big"), at + 10
+        payload, at = data[start:start + n], start + n
+        if fmt is Format.JSON:
+            messages.append({"type": "websocket.send", "text": payload.decode()})
+        else:
+            messages.append({"type": "websocket.send", "bytes": payload})
+    return messages
 
 
 def make_conn(conn_id: ConnId, fmt: Format, bound: int, send: Send) -> Conn:

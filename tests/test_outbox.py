@@ -1,0 +1,157 @@
+"""The room's outbox (pure) and the hub's chunked writer that pumps it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import orjson
+import pytest
+import redis.asyncio as aredis
+
+from live.hub import Hub, Room
+from live.outbox import FANOUT_CHUNK, Outbox
+from live.protocol import ConnId, Format, frame
+from live.wsconn import Conn
+
+
+def payload(seq: int) -> bytes:
+    return orjson.dumps({"type": "pinned", "seq": seq, "sku": f"S{seq}"})
+
+
+def outbox_with(*seqs: int) -> Outbox:
+    box = Outbox(Hub.msgpack_frame)
+    for seq in seqs:
+        box.add(seq, payload(seq), frame(payload(seq), Format.JSON))
+    return box
+
+
+def split(data: bytes) -> list[bytes]:
+    """The payloads of the short unmasked frames joined in ``data``."""
+    out = []
+    while data:
+        n = data[1]
+        assert n < 126
+        out.append(data[2:2 + n])
+        data = data[2 + n:]
+    return out
+
+
+def test_a_connection_gets_everything_after_its_seq_in_one_write() -> None:
+    """The frames after a connection's last seq come joined, in seq order."""
+    box = outbox_with(5, 6, 7)
+    data, n = box.after(5, Format.JSON)
+    assert n == 2 and split(data) == [payload(6), payload(7)]
+    assert box.after(4, Format.JSON)[1] == 3
+    assert box.after(7, Format.JSON) == (b"", 0)
+
+
+def test_joined_bytes_are_made_once_per_point_until_a_newer_event() -> None:
+    """Every connection at the same point gets the same bytes object; a new event
+    makes new ones."""
+    box = outbox_with(1, 2)
+    first, _ = box.after(0, Format.JSON)
+    assert box.after(0, Format.JSON)[0] is first
+    box.add(3, payload(3), frame(payload(3), Format.JSON))
+    data, n = box.after(0, Format.JSON)
+    assert n == 3 and data is not first and data.startswith(first)
+
+
+def test_msgpack_frames_are_made_once_per_event_and_only_when_needed() -> None:
+    """A msgpack connection gets binary frames of the same events; each is packed once."""
+    packed: list[bytes] = []
+
+    def pack(data: bytes) -> bytes:
+        packed.append(data)
+        return Hub.msgpack_frame(data)
+
+    box = Outbox(pack)
+    for seq in (1, 2):
+        box.add(seq, payload(seq), frame(payload(seq), Format.JSON))
+    box.after(0, Format.JSON)
+    assert packed == []
+    data, n = box.after(0, Format.MSGPACK)
+    assert n == 2 and data[0] == 0x82  # binary frame, FIN
+    first_len = data[1]
+    assert msgpack.unpackb(data[2:2 + first_len]) == orjson.loads(payload(1))
+    box.after(1, Format.MSGPACK)
+    assert packed == [payload(1), payload(2)]
+
+
+def test_events_must_follow_each_other_and_trimmed_ones_are_gone() -> None:
+    """A gap is refused; after a trim, asking for trimmed events is an error, not a
+    partial answer."""
+    box = outbox_with(3, 4, 5)
+    with pytest.raises(ValueError, match="does not follow"):
+        box.add(7, payload(7), frame(payload(7), Format.JSON))
+    box.trim(4)
+    assert len(box) == 1 and box.top == 5
+    assert split(box.after(4, Format.JSON)[0]) == [payload(5)]
+    with pytest.raises(ValueError, match="no longer held"):
+        box.after(2, Format.JSON)
+    box.trim(5)
+    assert len(box) == 0 and box.top == -1
+
+
+class Recorder(Conn):
+    """A connection that keeps what the hub writes to it, write by write."""
+
+    __slots__ = ("writes",)
+
+    def __init__(self, i: int, fmt: Format = Format.JSON) -> None:
+        super().__init__(ConnId(f"c{i}"), fmt, 1 << 20)
+        self.writes: list[bytes] = []
+
+    def push(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = True
+
+
+def live_room(n: int) -> tuple[Room, list[Recorder]]:
+    room = Room("s1")
+    conns = [Recorder(i) for i in range(n)]
+    for conn in conns:
+        conn.sent = 0
+        room.live[conn.id] = conn
+    return room, conns
+
+
+async def test_events_arriving_during_a_fanout_join_the_writes_not_yet_made() -> None:
+    """Two events in one turn go out as one write per connection; an event arriving
+    while the writer is between chunks goes with the current one to the connections not
+    reached yet, and alone to the others; every connection gets every event, in order."""
+    hub = Hub(aredis.Redis())
+    room, conns = live_room(FANOUT_CHUNK * 2 + 5)
+    hub.deliver(room, 1, payload(1))
+    hub.deliver(room, 2, payload(2))
+    await asyncio.sleep(0)  # the writer writes its first chunk, then lets others run
+    assert all(len(c.writes) == 1 for c in conns[:FANOUT_CHUNK])
+    assert all(not c.writes for c in conns[FANOUT_CHUNK:])
+    hub.deliver(room, 3, payload(3))
+    assert room.writer is not None
+    await room.writer
+    for conn in conns[:FANOUT_CHUNK]:
+        assert [split(w) for w in conn.writes] == [[payload(1), payload(2)], [payload(3)]]
+    for conn in conns[FANOUT_CHUNK:]:
+        assert [split(w) for w in conn.writes] == [[payload(1), payload(2), payload(3)]]
+    assert all(c.sent == 3 for c in conns) and len(room.outbox) == 0
+
+
+async def test_a_closed_connection_is_skipped_and_a_new_one_starts_where_it_joined() -> None:
+    """The writer skips closed connections and writes a connection promoted mid-stream
+    only the events after the seq it went live at."""
+    hub = Hub(aredis.Redis())
+    room, conns = live_room(3)
+    conns[1].closed = True
+    hub.deliver(room, 1, payload(1))
+    late = Recorder(99)
+    late.sent = 1
+    room.live[late.id] = late
+    hub.deliver(room, 2, payload(2))
+    assert room.writer is not None
+    await room.writer
+    assert [split(w) for w in conns[0].writes] == [[payload(1), payload(2)]]
+    assert conns[1].writes == []
+    assert [split(w) for w in late.writes] == [[payload(2)]]
