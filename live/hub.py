@@ -506,16 +506,24 @@ class Hub:
         outbox = room.outbox
         try:
             while len(outbox):
-                start = outbox.top
+                start = top = outbox.top
                 sent = 0
+                # The bytes for the last (seq, format) asked: most connections share it.
+                point: tuple[int, Format, int] | None = None
+                data, n = b"", 0
                 for i, conn in enumerate(list(room.live.values())):
                     if i and not i % FANOUT_CHUNK:
                         await asyncio.sleep(0)  # ops and store replies run in between
-                    if conn.sent < outbox.top and not conn.closed:
-                        data, n = outbox.after(conn.sent, conn.fmt)
-                        conn.sent = outbox.top
-                        conn.push(data)
-                        sent += n
+                        top = outbox.top
+                    at = conn.sent
+                    if at >= top or conn.closed:
+                        continue
+                    if point != (at, conn.fmt, top):
+                        point = (at, conn.fmt, top)
+                        data, n = outbox.after(at, conn.fmt)
+                    conn.sent = top
+                    conn.push(data)
+                    sent += n
                 if sent:
                     WS_MESSAGES_SENT.labels("event").inc(sent)
                 if outbox.top == start:
