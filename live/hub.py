@@ -3,7 +3,8 @@ session events arriving from the store, personal messages, ops and snapshots.
 
 Events travel through the store (``SessionStore.publish``: history stream + pub/sub); each
 process that has viewers of a session subscribes to its channel, encodes each event once
-per format and writes the same frame bytes to every local viewer.
+per format and writes the same frame bytes to every local viewer, through the room's
+writer (``live/outbox.py``).
 """
 
 from __future__ import annotations

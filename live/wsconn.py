@@ -1,8 +1,8 @@
 """One WebSocket connection as the hub writes to it: whole frames, never awaited, bounded.
 
 Under uvicorn's sans-I/O websockets protocol the hub writes pre-encoded frames straight
-to the connection's socket: one ``send`` per delivery, no task and no await per
-recipient; whatever the socket does not take goes through the transport, whose buffer
+to the connection's socket: one ``send`` per write (which may join several frames), no
+task and no await per recipient; whatever the socket does not take goes through the transport, whose buffer
 size is the bound. Under any other ASGI server
 (or Starlette's TestClient) a small writer task drains a bounded queue through ``send``.
 Either way a connection whose pending output passes the bound is closed with
