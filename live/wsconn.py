@@ -2,9 +2,9 @@
 
 Under uvicorn's sans-I/O websockets protocol the hub writes pre-encoded frames straight
 to the connection's socket: one ``send`` per write (which may join several frames), no
-task and no await per recipient; whatever the socket does not take goes through the transport, whose buffer
-size is the bound. Under any other ASGI server
-(or Starlette's TestClient) a small writer task drains a bounded queue through ``send``.
+task and no await per recipient; whatever the socket does not take goes through the
+transport, whose buffer size is the bound. Under any other ASGI server (or Starlette's
+TestClient) a small writer task drains a bounded queue through ``send``.
 Either way a connection whose pending output passes the bound is closed with
 ``CLOSE_SLOW_CONSUMER`` and the others never wait for it.
 """
