@@ -249,9 +249,10 @@ def measure(kind: str, n: int, args: argparse.Namespace, store_url: str,
                 time.sleep(0.05)
             return rep, t0, cpu_seconds(target.pids) - cpu0 if sent else 0.0
 
-        rep, t0, _ = phase(args.rate_count, args.rate, 30)
+        rep, t0, paced_cpu = phase(args.rate_count, args.rate, 30)
         row.update(p50_ms=rep["p50"], p99_ms=rep["p99"], max_ms=rep["max"],
-                   latency_delivered=rep["count"] / (n * args.rate_count))
+                   latency_delivered=rep["count"] / (n * args.rate_count),
+                   us_cpu_per_paced_delivery=paced_cpu / max(1, rep["count"]) * 1e6)
         k = max(10, min(300, args.fast_deliveries // n)) // 2 * 2
         rep, t0, cpu = phase(k, 0, 60)
         span = max(1e-6, rep["last"] - t0)
@@ -311,9 +312,9 @@ def median_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]]) -> str:
     ceiling = {r["n"]: r["deliveries_per_s"] for r in rows if r["server"] == "ws"}
     lines = ["| server | N | deliveries/s | vs broadcast() | µs CPU/delivery | server CPU | "
-             "p50 / p99 / max ms at 5/s | RSS/conn KB | delivered | load gen µs/delivery "
-             "| load avg |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+             "p50 / p99 / max ms at 5/s | µs CPU/delivery at 5/s | RSS/conn KB | delivered "
+             "| load gen µs/delivery | load avg |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = r["deliveries_per_s"] / ceiling[r["n"]] if r["n"] in ceiling else float("nan")
         lines.append(
@@ -321,6 +322,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{ratio:.0%} | {r['us_cpu_per_delivery']:.1f} | "
             f"{r.get('server_cpu_pct', float('nan')):.0f} % | "
             f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} / {r['max_ms']:.0f} | "
+            f"{r.get('us_cpu_per_paced_delivery', float('nan')):.1f} | "
             f"{r['rss_per_conn_kb']:.1f} | "
             f"{min(r['latency_delivered'], r['fast_delivered']):.0%} | "
             f"{r.get('gen_us_per_delivery', float('nan')):.1f} | "
