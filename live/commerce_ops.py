@@ -86,3 +86,8 @@ def register_commerce_ops(hub: Hub, commerce: Commerce) -> None:
     hub.add_snapshot_part("stock", stock_part)
     hub.add_snapshot_part("figures", figures_part)
     hub.add_refresher("stock", stock_now)
+
+    async def cart_state(user: str) -> dict[str, Any]:
+        return {"type": "cart", "cart": await commerce.cart(user)}
+
+    hub.add_personal_state(cart_state)

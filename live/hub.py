@@ -30,6 +30,7 @@ from live.errors import STORE_ERRORS, LiveError, log_store_error, store_unavaila
 from live.metrics import WS_MESSAGES_SENT
 from live.outbox import FANOUT_CHUNK, Outbox
 from live.protocol import (
+    CLOSE_POLICY,
     HOST_ROLES,
     Arrival,
     ClientOp,
@@ -65,6 +66,7 @@ class OpContext:
 
 
 OpHandler = Callable[[OpContext, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+PersonalState = Callable[[str], Awaitable[dict[str, Any] | None]]
 SnapshotProvider = Callable[[str, str | None], Awaitable[Any]]
 Refresher = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -151,8 +153,12 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._ids = itertools.count(1)
         self._subscribed: dict[str, asyncio.Event] = {}
-        # Session channels to catch up on once resubscribed after a store outage.
-        self._stale: set[str] = set()
+        # Personal messages published while the subscription was broken are lost: once it is
+        # back, each connected user is sent their state again (``add_personal_state``).
+        self.personal_parts: list[PersonalState] = []
+        self.is_erased: Callable[[str], Awaitable[bool]] | None = None
+        self._listening_to_users = False
+        self._resync: asyncio.Task[None] | None = None
         self._viewer_totals: dict[str, int] = {}
         self._viewers_due = 0.0
         self._rooms_lock = asyncio.Lock()
@@ -175,6 +181,12 @@ class Hub:
     async def publish(self, session_id: str, event: dict[str, Any]) -> int:
         """A session event to every viewer on every process, in seq order; returns its seq."""
         return await self.store.publish(session_id, event)
+
+    def add_personal_state(self, provider: PersonalState) -> None:
+        """After this process missed personal messages (its subscription broke with the
+        store), ``await provider(user)`` is sent to every connection of each connected user
+        (``None``: nothing), so a cart changed meanwhile on another device shows again."""
+        self.personal_parts.append(provider)
 
     def add_refresher(self, kind: str, refresh: Refresher) -> None:
         """Coalesced ``kind`` values are re-read with ``await refresh(session_id, values)``
@@ -231,6 +243,8 @@ class Hub:
         ]
 
     async def stop(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
         for room in self.rooms.values():
             if room.writer is not None:
                 room.writer.cancel()
@@ -421,9 +435,14 @@ class Hub:
                 name = msg["channel"].decode()
                 kind = msg["type"]
                 if kind == "subscribe" or kind == "ssubscribe":
+                    # The client resubscribes by itself after the store dropped it (quietly,
+                    # when it reconnects at once): what was published in between is lost.
                     self._subscribed.setdefault(name, asyncio.Event()).set()
-                    if name in self._stale:
-                        self._stale.discard(name)
+                    if name == USER_CHANNEL:
+                        if self._listening_to_users and self._resync is None:
+                            self._resync = asyncio.create_task(self._resync_personal())
+                        self._listening_to_users = True
+                    elif name != SCREEN_CHANNEL:
                         await self._catch_up(name)
                 elif kind == "message" or kind == "smessage":
                     await self._on_message(name, msg["data"])
@@ -432,15 +451,39 @@ class Hub:
             except STORE_ERRORS as exc:
                 # The store went away: the client resubscribes when it reconnects, and
                 # each session then catches up on what was published in between.
-                self._stale = {channel(sid) for sid in self.rooms}
                 log_store_error(exc, "hub listener")
                 await asyncio.sleep(0.5)
             except Exception:
                 log.exception("hub listener failed; reconnecting")
                 await asyncio.sleep(0.5)
 
+    async def _resync_personal(self) -> None:
+        """Send each connected user their personal state again; close the connections of
+        users erased meanwhile (the erasure's close went out while this process was not
+        listening)."""
+        try:
+            for user in list(self.by_user):
+                if not self.by_user.get(user):
+                    continue
+                if self.is_erased is not None and await self.is_erased(user):
+                    for conn in list(self.by_user.get(user, ())):
+                        conn.close(CLOSE_POLICY, "erased")
+                    continue
+                for provider in self.personal_parts:
+                    message = await provider(user)
+                    if message is not None:
+                        for conn in list(self.by_user.get(user, ())):
+                            conn.send_message(message)
+        except STORE_ERRORS as exc:  # down again: the next resubscription starts over
+            log_store_error(exc, "personal state after an outage")
+        except Exception:
+            log.exception("sending personal state after an outage failed")
+        finally:
+            self._resync = None
+
     async def _catch_up(self, name: str) -> None:
-        """Deliver the events a session got while this process was not subscribed."""
+        """Deliver the events a session got while this process was not subscribed (nothing
+        on the first subscription: the room is not ready yet)."""
         sid = name.rsplit(":", 1)[1].strip("{}")
         room = self.rooms.get(sid)
         if room is not None and room.ready.is_set():

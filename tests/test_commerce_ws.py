@@ -11,6 +11,8 @@ import httpx
 import pytest
 import redis as redis_sync
 
+from live.carts import cart_key
+from live.sessions import USER_CHANNEL
 from tests.commerce_helpers import JWT_SPEC, keyring, seed_sync
 from tests.hub_support import Client
 from tests.utils import ServerProcess, run_server
@@ -143,6 +145,43 @@ def test_cart_follows_the_user_across_devices_and_processes(
     with run_server(store_url, tmp_path / "a", ENV) as a, \
             run_server(store_url, tmp_path / "b", ENV) as b:
         asyncio.run(_devices(a, b, _session(a), mid))
+
+
+def test_a_cart_change_missed_while_resubscribing_reaches_the_other_device(
+    store_url: str, sync_redis: redis_sync.Redis, tmp_path: Path,
+) -> None:
+    """A cart change whose announcement the process missed (the store dropped its
+    subscription; a change made meanwhile is announced to no one) still reaches the
+    member's devices: once resubscribed, the process sends every connected user their
+    cart again."""
+    [mid] = seed_sync(store_url, 1)
+    with run_server(store_url, tmp_path / "a", ENV) as server:
+        asyncio.run(_missed_cart(server, _session(server), mid, sync_redis))
+
+
+async def _missed_cart(server: ServerProcess, sid: str, mid: str,
+                       redis: redis_sync.Redis) -> None:
+    phone = await _join(server, sid, mid, "member")
+    laptop = await _join(server, sid, mid, "member")
+    try:
+        assert redis.pubsub_numsub(USER_CHANNEL)[0][1] >= 1
+        # The change as the process would have missed it: in the store, announced to no one.
+        redis.hset(cart_key(mid), "kite", "2")
+        assert redis.client_kill_filter(_type="pubsub") >= 1
+        for device in (phone, laptop):
+            cart = await device.until(lambda m: m.get("type") == "cart" and m["cart"]["lines"])
+            assert [(line["sku"], line["qty"]) for line in cart["cart"]["lines"]] == [
+                ("kite", 2)]
+        assert redis.pubsub_numsub(USER_CHANNEL)[0][1] >= 1
+        # Session events still reach both after the resubscription.
+        host = await _join(server, sid, HOST, "host")
+        assert (await host.op("pin", "p", sku="kite"))["type"] == "ack"
+        for device in (phone, laptop):
+            await device.until(_is("pinned", sku="kite"))
+        await host.close()
+    finally:
+        await phone.close()
+        await laptop.close()
 
 
 async def _rush(servers: list[ServerProcess], sid: str, buyers: int) -> dict[str, Any]:

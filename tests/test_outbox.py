@@ -1,4 +1,5 @@
-"""The room's outbox (pure) and the hub's chunked writer that pumps it."""
+"""The room's outbox (pure), the hub's chunked writer that pumps it, and what the hub
+sends its connections again after its subscription to personal messages broke."""
 
 from __future__ import annotations
 
@@ -96,17 +97,19 @@ def test_events_must_follow_each_other_and_trimmed_ones_are_gone() -> None:
 class Recorder(Conn):
     """A connection that keeps what the hub writes to it, write by write."""
 
-    __slots__ = ("writes",)
+    __slots__ = ("writes", "closed_with")
 
     def __init__(self, i: int, fmt: Format = Format.JSON) -> None:
         super().__init__(ConnId(f"c{i}"), fmt, 1 << 20)
         self.writes: list[bytes] = []
+        self.closed_with: tuple[int, str] | None = None
 
     def push(self, data: bytes) -> None:
         self.writes.append(data)
 
     def close(self, code: int, reason: str) -> None:
         self.closed = True
+        self.closed_with = (code, reason)
 
 
 def live_room(n: int) -> tuple[Room, list[Recorder]]:
@@ -155,3 +158,27 @@ async def test_a_closed_connection_is_skipped_and_a_new_one_starts_where_it_join
     assert [split(w) for w in conns[0].writes] == [[payload(1), payload(2)]]
     assert conns[1].writes == []
     assert [split(w) for w in late.writes] == [[payload(2)]]
+
+
+async def test_after_a_resubscription_users_get_their_state_and_the_erased_are_closed() -> None:
+    """Every connected user is sent each personal state part again (on every connection,
+    ``None`` sends nothing); a user erased meanwhile is closed instead (1008)."""
+    hub = Hub(aredis.Redis())
+    conns = {user: [Recorder(i), Recorder(i + 10)] for i, user in enumerate(("m1", "m2", "gone"))}
+    for user, pair in conns.items():
+        hub.by_user[user] = set(pair)
+    async def erased(user: str) -> bool:
+        return user == "gone"
+
+    async def cart(user: str) -> dict[str, object] | None:
+        return None if user == "m2" else {"type": "cart", "cart": {"owner": user}}
+
+    hub.is_erased = erased
+    hub.add_personal_state(cart)
+    await hub._resync_personal()
+    for conn in conns["m1"]:
+        assert [orjson.loads(w[2:]) for w in conn.writes] == [
+            {"type": "cart", "cart": {"owner": "m1"}}]
+    assert all(not c.writes for c in (*conns["m2"], *conns["gone"]))
+    assert [c.closed_with for c in conns["gone"]] == [(1008, "erased")] * 2
+    assert all(c.closed_with is None for c in (*conns["m1"], *conns["m2"]))
