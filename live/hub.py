@@ -86,6 +86,13 @@ class HubConfig:
     viewers_interval: float = 1.0
     send_buffer: int = 256 * 1024
     pubsub: str = "auto"
+    # Connections written between turns of the event loop; 0: a whole room in one turn.
+    fanout_chunk: int = FANOUT_CHUNK
+
+    def __post_init__(self) -> None:
+        if self.fanout_chunk < 0:
+            raise ValueError(f"NEWRETAIL_LIVE_FANOUT_CHUNK must be 0 or more, got "
+                             f"{self.fanout_chunk}")
 
     @classmethod
     def from_env(cls, send_buffer: int) -> HubConfig:
@@ -95,6 +102,7 @@ class HubConfig:
             viewers_interval=float(os.environ.get("NEWRETAIL_LIVE_VIEWERS_EVERY", "1.0")),
             send_buffer=send_buffer,
             pubsub=os.environ.get("NEWRETAIL_LIVE_PUBSUB", "auto"),
+            fanout_chunk=int(os.environ.get("NEWRETAIL_LIVE_FANOUT_CHUNK", str(FANOUT_CHUNK))),
         )
 
 
@@ -548,6 +556,7 @@ class Hub:
         """Bring every live connection of ``room`` up to the newest event, a chunk of
         connections at a time; each connection gets everything it lacks in one write."""
         outbox = room.outbox
+        chunk = self.config.fanout_chunk or 1 << 62
         try:
             while len(outbox):
                 start = top = outbox.top
@@ -556,7 +565,7 @@ class Hub:
                 point: tuple[int, Format, int] | None = None
                 data, n = b"", 0
                 for i, conn in enumerate(list(room.live.values())):
-                    if i and not i % FANOUT_CHUNK:
+                    if i and not i % chunk:
                         await asyncio.sleep(0)  # ops and store replies run in between
                         top = outbox.top
                     at = conn.sent

@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from live.protocol import Format
 
-# Connections written between two turns of the event loop during a fan-out.
+# Connections written between two turns of the event loop during a fan-out (the default
+# of ``NEWRETAIL_LIVE_FANOUT_CHUNK``).
 FANOUT_CHUNK = 128
 
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import redis.asyncio as aredis
 
-from live.hub import Hub, Room
+from live.hub import Hub, HubConfig, Room
 from live.outbox import FANOUT_CHUNK, Outbox
 from live.protocol import ConnId, Format, frame
 from live.wsconn import Conn
@@ -140,6 +140,18 @@ async def test_events_arriving_during_a_fanout_join_the_writes_not_yet_made() ->
     for conn in conns[FANOUT_CHUNK:]:
         assert [split(w) for w in conn.writes] == [[payload(1), payload(2), payload(3)]]
     assert all(c.sent == 3 for c in conns) and len(room.outbox) == 0
+
+
+async def test_a_chunk_of_zero_writes_the_whole_room_in_one_turn() -> None:
+    """With ``fanout_chunk=0`` every connection is written before anything else runs; a
+    negative chunk is refused."""
+    hub = Hub(aredis.Redis(), HubConfig(fanout_chunk=0))
+    room, conns = live_room(FANOUT_CHUNK * 2 + 5)
+    hub.deliver(room, 1, payload(1))
+    await asyncio.sleep(0)
+    assert all([split(w) for w in c.writes] == [[payload(1)]] for c in conns)
+    with pytest.raises(ValueError, match="0 or more"):
+        HubConfig(fanout_chunk=-1)
 
 
 async def test_a_closed_connection_is_skipped_and_a_new_one_starts_where_it_joined() -> None:
