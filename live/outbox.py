@@ -1,11 +1,11 @@
 """What one room still owes its live connections: the session events not yet written to
 every one of them, and the bytes that bring a connection up to date in one write (sans-I/O).
 
-The hub writes an event to a room's connections a chunk at a time and lets the event loop
-run between chunks. Events that arrive meanwhile (a pin right after an unpin, a burst of
-coalesced figures, a catch-up after an outage) go to the connections not reached yet
-together with the one being written: one ``send`` carries several frames, so a burst costs
-the server and every viewer a system call per connection, not one per event.
+The hub's writer for a room brings each connection up to the newest event in one write.
+Events that arrive before it runs (a burst read from the store in one go, a catch-up after
+an outage) or, when it pauses between chunks of connections, while it runs (a pin right
+after an unpin) go out together: one ``send`` carries several frames, so a burst costs the
+server and every viewer a system call per connection, not one per event.
 """
 
 from __future__ import annotations
@@ -13,10 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from live.protocol import Format
-
-# Connections written between two turns of the event loop during a fan-out (the default
-# of ``NEWRETAIL_LIVE_FANOUT_CHUNK``).
-FANOUT_CHUNK = 128
 
 
 class Outbox:

@@ -11,9 +11,12 @@ import pytest
 import redis.asyncio as aredis
 
 from live.hub import Hub, HubConfig, Room
-from live.outbox import FANOUT_CHUNK, Outbox
+from live.outbox import Outbox
 from live.protocol import ConnId, Format, frame
 from live.wsconn import Conn
+
+# Connections between pauses, where the tests ask for pauses.
+FANOUT_CHUNK = 128
 
 
 def payload(seq: int) -> bytes:
@@ -125,7 +128,7 @@ async def test_events_arriving_during_a_fanout_join_the_writes_not_yet_made() ->
     """Two events in one turn go out as one write per connection; an event arriving
     while the writer is between chunks goes with the current one to the connections not
     reached yet, and alone to the others; every connection gets every event, in order."""
-    hub = Hub(aredis.Redis())
+    hub = Hub(aredis.Redis(), HubConfig(fanout_chunk=FANOUT_CHUNK))
     room, conns = live_room(FANOUT_CHUNK * 2 + 5)
     hub.deliver(room, 1, payload(1))
     hub.deliver(room, 2, payload(2))
@@ -142,10 +145,10 @@ async def test_events_arriving_during_a_fanout_join_the_writes_not_yet_made() ->
     assert all(c.sent == 3 for c in conns) and len(room.outbox) == 0
 
 
-async def test_a_chunk_of_zero_writes_the_whole_room_in_one_turn() -> None:
-    """With ``fanout_chunk=0`` every connection is written before anything else runs; a
-    negative chunk is refused."""
-    hub = Hub(aredis.Redis(), HubConfig(fanout_chunk=0))
+async def test_by_default_the_whole_room_is_written_in_one_turn() -> None:
+    """By default (``fanout_chunk=0``) every connection is written before anything else
+    runs; a negative chunk is refused."""
+    hub = Hub(aredis.Redis())
     room, conns = live_room(FANOUT_CHUNK * 2 + 5)
     hub.deliver(room, 1, payload(1))
     await asyncio.sleep(0)
