@@ -103,6 +103,11 @@ class _Waiting:
     future: asyncio.Future[Checkout]
 
 
+def cart_message(view: CartView) -> dict[str, Any]:
+    """The personal ``cart`` message a user's devices get."""
+    return {"type": "cart", "cart": view}
+
+
 def purchase_events(orders: Sequence[Order]) -> list[Event]:
     """One ``purchase`` event per order line, at the order's time (pure)."""
     return [
@@ -267,7 +272,7 @@ class Commerce:
 
     async def _push_cart(self, user: str, view: CartView) -> None:
         if self.notifier is not None:
-            await self.notifier.send_to_user(user, {"type": "cart", "cart": view})
+            await self.notifier.send_to_user(user, cart_message(view))
 
     async def stitch(self, anon_id: str, member_id: str) -> None:
         """The anonymous viewer signed in: their cart moves into the member's."""
@@ -374,7 +379,7 @@ class Commerce:
         if self.notifier is not None:
             for w, order in won:
                 work.append(self.notifier.send_to_user(
-                    order["member_id"], {"type": "cart", "cart": EMPTY_CART}))
+                    order["member_id"], cart_message(EMPTY_CART)))
                 if w.tell_buyer:
                     work.append(self.notifier.send_to_user(
                         order["member_id"], {"type": "order", "order": order}))

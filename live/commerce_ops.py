@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from live.commerce import Commerce
+from live.commerce import Commerce, cart_message
 from live.commerce_types import BUYER_ROLES, CART_ROLES, HOST_ROLES, Caller
 from live.errors import LiveError
 from live.hub import Hub, OpContext
@@ -88,6 +88,6 @@ def register_commerce_ops(hub: Hub, commerce: Commerce) -> None:
     hub.add_refresher("stock", stock_now)
 
     async def cart_state(user: str) -> dict[str, Any]:
-        return {"type": "cart", "cart": await commerce.cart(user)}
+        return cart_message(await commerce.cart(user))
 
     hub.add_personal_state(cart_state)

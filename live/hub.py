@@ -45,6 +45,7 @@ from live.protocol import (
     classify_arrival,
     coalesced_events,
     frame,
+    frame_payloads,
     plan_replay,
     replay_complete,
 )
@@ -431,9 +432,7 @@ class Hub:
 
     @staticmethod
     def _reframe(json_frame: bytes) -> bytes:
-        n = json_frame[1] & 0x7F
-        start = 2 if n < 126 else (4 if n == 126 else 10)
-        return Hub._frame(json_frame[start:], Format.MSGPACK)
+        return Hub.msgpack_frame(frame_payloads(json_frame)[0])
 
     async def _listen(self) -> None:
         while True:
@@ -559,33 +558,31 @@ class Hub:
         connections between turns of the event loop when ``fanout_chunk`` says so); each
         connection gets everything it lacks in one write."""
         outbox = room.outbox
-        chunk = self.config.fanout_chunk or 1 << 62
         try:
             while len(outbox):
-                start = top = outbox.top
+                start = outbox.top
+                conns = list(room.live.values())
+                chunk = self.config.fanout_chunk or len(conns) or 1
                 sent = 0
-                # The bytes for the last (seq, format) asked: most connections share it.
-                point: tuple[int, Format, int] | None = None
-                data, n = b"", 0
-                for i, conn in enumerate(list(room.live.values())):
-                    if i and not i % chunk:
+                for lo in range(0, len(conns), chunk):
+                    if lo:
                         await asyncio.sleep(0)  # ops and store replies run in between
-                        top = outbox.top
-                    at = conn.sent
-                    if at >= top or conn.closed:
-                        continue
-                    if point != (at, conn.fmt, top):
-                        point = (at, conn.fmt, top)
-                        data, n = outbox.after(at, conn.fmt)
-                    conn.sent = top
-                    conn.push(data)
-                    sent += n
+                    top = outbox.top
+                    # The bytes for the last point asked: most connections share it.
+                    last_at, last_fmt, data, n = -2, Format.JSON, b"", 0
+                    for conn in conns[lo:lo + chunk]:
+                        at = conn.sent
+                        if at >= top or conn.closed:
+                            continue
+                        if at != last_at or conn.fmt is not last_fmt:
+                            last_at, last_fmt = at, conn.fmt
+                            data, n = outbox.after(at, last_fmt)
+                        conn.sent = top
+                        conn.push(data)
+                        sent += n
                 if sent:
                     WS_MESSAGES_SENT.labels("event").inc(sent)
-                if outbox.top == start:
-                    outbox.clear()  # nothing came during the pass: everyone has it all
-                else:
-                    outbox.trim(start)
+                outbox.trim(start)  # every connection has it up to there (all, if no more)
         except Exception:
             # They would miss events otherwise: each resumes from what it has.
             log.exception("session %s: writing events to its viewers failed", room.sid)

@@ -56,7 +56,7 @@ class Outbox:
         The same bytes are returned to every connection at the same point until a newer
         event arrives."""
         top = self.top
-        if not self._seqs or sent >= top:
+        if sent >= top:
             return b"", 0
         cached = self._joined.get((sent, fmt))
         if cached is not None and cached[0] == top:

@@ -85,6 +85,21 @@ def frame(payload: bytes, fmt: Format) -> bytes:
     return head + payload
 
 
+def frame_payloads(data: bytes) -> list[bytes]:
+    """The payloads of the complete frames built by ``frame`` and joined in ``data``."""
+    payloads = []
+    at = 0
+    while at < len(data):
+        n = data[at + 1] & 0x7F
+        head = 2 if n < 126 else (4 if n == 126 else 10)
+        if head > 2:
+            n = int.from_bytes(data[at + 2:at + head], "big")
+        at += head
+        payloads.append(data[at:at + n])
+        at += n
+    return payloads
+
+
 def decode_frame(data: str | bytes, fmt: Format) -> dict[str, Any]:
     """A client frame as an object, or ``bad_frame``."""
     try:

@@ -30,6 +30,7 @@ from live.protocol import (
     conn_transition,
     encode,
     frame,
+    frame_payloads,
 )
 
 log = logging.getLogger("newretail.live")
@@ -201,22 +202,9 @@ class QueuedConn(Conn):
 def _unframe(data: bytes, fmt: Format) -> list[dict[str, Any]]:
     """The ASGI messages for frames built by ``protocol.frame`` (one write may join
     several)."""
-    messages: list[dict[str, Any]] = []
-    at = 0
-    while at < len(data):
-        n = data[at + 1] & 0x7F
-        if n < 126:
-            start = at + 2
-        elif n == 126:
-            n, start = int.from_bytes(data[at + 2:at + 4], "big"), at + 4
-        else:
-            n, start = int.from_bytes(data[at + 2:at + 10], "big"), at + 10
-        payload, at = data[start:start + n], start + n
-        if fmt is Format.JSON:
-            messages.append({"type": "websocket.send", "text": payload.decode()})
-        else:
-            messages.append({"type": "websocket.send", "bytes": payload})
-    return messages
+    if fmt is Format.JSON:
+        return [{"type": "websocket.send", "text": p.decode()} for p in frame_payloads(data)]
+    return [{"type": "websocket.send", "bytes": p} for p in frame_payloads(data)]
 
 
 def make_conn(conn_id: ConnId, fmt: Format, bound: int, send: Send) -> Conn:

@@ -32,6 +32,7 @@ from live.protocol import (
     conn_transition,
     decode_frame,
     frame,
+    frame_payloads,
     friendly_label,
     parse_hello,
     parse_op,
@@ -249,3 +250,12 @@ def test_gc_plan_freezes_settled_waves_and_compacts_after_departures() -> None:
     plan.left()
     assert plan.due(31.1) == "compact" and plan.frozen == 825
     assert plan.due(40.0) is None
+
+
+def test_joined_frames_split_back_into_their_payloads() -> None:
+    """Frames of 7-, 16- and 64-bit lengths written in one go come back as their payloads,
+    in order; an empty write has none."""
+    payloads = [b"x" * 5, b"y" * 300, b"z" * 70_000, b""]
+    joined = b"".join(frame(p, Format.JSON) for p in payloads)
+    assert frame_payloads(joined) == payloads
+    assert frame_payloads(b"") == []
