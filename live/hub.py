@@ -449,6 +449,8 @@ class Hub:
                     self._subscribed.setdefault(name, asyncio.Event()).set()
                     if name == USER_CHANNEL:
                         if self._listening_to_users and self._resync is None:
+                            log.warning("resubscribed to personal messages; sending %d "
+                                        "connected users their state again", len(self.by_user))
                             self._resync = asyncio.create_task(self._resync_personal())
                         self._listening_to_users = True
                     elif name != SCREEN_CHANNEL:
