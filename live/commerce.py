@@ -100,7 +100,9 @@ class _Waiting:
 
     request: CheckoutRequest
     tell_buyer: bool
-    future: asyncio.Future[Checkout]
+    # A refusal is a result too: raised by the buyer's own ``checkout`` call, it costs a
+    # fraction of an exception thrown into the awaiting task (a fifth of a herd's buyers).
+    future: asyncio.Future[Checkout | Exception]
 
 
 def cart_message(view: CartView) -> dict[str, Any]:
@@ -124,7 +126,7 @@ def _resolve(w: _Waiting, result: Checkout) -> None:
 
 def _fail(w: _Waiting, error: Exception) -> None:
     if not w.future.done():
-        w.future.set_exception(error)
+        w.future.set_result(error)
 
 
 class Commerce:
@@ -323,7 +325,10 @@ class Commerce:
         if self._drainer is None:
             # Started as a task, so every checkout arriving in this tick joins the batch.
             self._drainer = asyncio.create_task(self._drain())
-        return await waiting.future
+        result = await waiting.future
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     async def _drain(self) -> None:
         """Group commit: one script call at a time per process; checkouts that arrive
@@ -337,8 +342,7 @@ class Commerce:
                         [w.request for w in batch])
                 except Exception as exc:  # the store failed: every buyer of the batch hears it
                     for w in batch:
-                        if not w.future.done():
-                            w.future.set_exception(exc)
+                        _fail(w, exc)
                     continue
                 self._spawn(self._settle(batch, results, ended))
         finally:

@@ -292,10 +292,13 @@ class Hub:
         except Exception:
             log.exception("conn %s: op %s failed", conn.id, op.op)
             raise LiveError("internal", f"{op.op} failed on the server", 500) from None
-        if reply is not None:
-            conn.send_message(reply)
-        if op.ref is not None:
+        if op.ref is None:
+            if reply is not None:
+                conn.send_message(reply)
+        elif reply is None:
             conn.send_message({"type": "ack", "ref": op.ref})
+        else:
+            conn.send_messages(reply, {"type": "ack", "ref": op.ref})
 
     # Joining and leaving ---------------------------------------------------------------
 
@@ -608,7 +611,7 @@ class Hub:
                         continue
                     refresh = self.refreshers.get(kind)
                     if values and refresh is not None:
-                        values = await refresh(sid, values)
+                        values = await self.store.unshown(sid, kind, await refresh(sid, values))
                     for event in coalesced_events(kind, values):
                         await self.store.publish(sid, event)
                     await self.store.flushed(sid, kind, interval_ms)

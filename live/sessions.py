@@ -112,6 +112,22 @@ redis.call('DEL', KEYS[1])
 return values
 """
 
+# The values of KEYS[1] not already shown (ARGV: ttl in seconds, then key/value pairs),
+# each recorded as shown: flushes of a pair never overlap, so this is compare-and-set.
+_UNSHOWN = """
+local out = {}
+for i = 2, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    out[#out + 1] = ARGV[i]
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return out
+"""
+# How long a session's last shown figures are remembered without a flush.
+SHOWN_TTL = 86400
+
 
 @dataclass(frozen=True)
 class SessionInfo:
@@ -176,6 +192,7 @@ class SessionStore:
         self._unpin = redis.register_script(_UNPIN)
         self._remove = redis.register_script(_REMOVE_BY_FIELD)
         self._drain = redis.register_script(_DRAIN)
+        self._unshown = redis.register_script(_UNSHOWN)
 
     async def create(
         self, title: str, products: list[str], video_url: str | None, host: str
@@ -399,6 +416,18 @@ class SessionStore:
         if res is None:
             return None
         return {text(res[i]): orjson.loads(res[i + 1]) for i in range(0, len(res), 2)}
+
+    async def unshown(self, sid: str, kind: str, values: dict[str, Any]) -> dict[str, Any]:
+        """The figures among ``values`` that differ from those last shown for this pair
+        (by any process), now recorded as shown. For absolute figures (stock), not sums:
+        a figure that did not change since it was shown is not sent to everyone again."""
+        if not values:
+            return {}
+        args: list[Any] = [SHOWN_TTL]
+        for key, value in values.items():
+            args += [key, orjson.dumps(value, option=orjson.OPT_SORT_KEYS)]
+        raw: Any = await self._unshown(keys=[f"nr:live:shown:{{{sid}}}:{kind}"], args=args)
+        return {k: values[k] for k in map(text, raw)}
 
     async def flushed(self, sid: str, kind: str, interval_ms: int) -> None:
         """This pair's flush is published: the next one may start ``interval_ms`` from now,

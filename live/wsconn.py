@@ -78,6 +78,11 @@ class Conn:
         """A personal message, encoded for this connection."""
         self.push(frame(encode(message, self.fmt), self.fmt))
 
+    def send_messages(self, *messages: Any) -> None:
+        """Personal messages in order, in one write."""
+        fmt = self.fmt
+        self.push(b"".join(frame(encode(m, fmt), fmt) for m in messages))
+
     def joined(self) -> None:
         self.state = conn_transition(self.state, ConnState.JOINED)
 

@@ -566,3 +566,60 @@ async def test_a_coalesced_flush_carries_the_figure_as_it_is_not_the_last_staged
         await b.stop()
     assert [(e["sku"], e["left"]) for e in stock] == [("kite", 0)]
     assert reads == 1
+
+
+async def test_a_figure_already_shown_is_not_sent_again(redis: Any) -> None:
+    """A flush whose figure is the one viewers were last shown, by this process or
+    another, publishes nothing: after a sale sells out on two processes, one ``stock``
+    event says so, not one per process."""
+    config = HubConfig(coalesce_interval=0.05)
+    a, b = Hub(redis, config), Hub(redis, config)
+    truth = {"kite": 0}
+    reads = 0
+
+    async def stock_now(sid: str, values: dict[str, Any]) -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        return {sku: truth[sku] for sku in values}
+
+    for hub in (a, b):
+        hub.add_refresher("stock", stock_now)
+    sid = (await a.store.create("shown", ["kite"], None, "host-1")).id
+
+    async def stock_events(count: int) -> list[int]:
+        deadline = time.monotonic() + 10
+        while True:
+            rows = await a.store.history_range(sid, 1, await a.store.current_seq(sid))
+            left = [e["left"] for _, raw in rows if (e := orjson.loads(raw))["type"] == "stock"]
+            if len(left) >= count or time.monotonic() > deadline:
+                return left
+            await asyncio.sleep(0.02)
+
+    await a.start()
+    await b.start()
+    try:
+        await a.publish_coalesced(sid, "stock", "kite", 0)
+        assert await stock_events(1) == [0]
+        await b.publish_coalesced(sid, "stock", "kite", 0)  # the other process's last sale
+        deadline = time.monotonic() + 10
+        while reads < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        truth["kite"] = 5  # units back in the pool: a change, shown once
+        await b.publish_coalesced(sid, "stock", "kite", 5)
+        assert await stock_events(2) == [0, 5]
+    finally:
+        await a.stop()
+        await b.stop()
+    assert reads == 3
+
+
+async def test_unshown_figures_per_session_and_kind(redis: Any) -> None:
+    store = SessionStore(redis, HISTORY)
+    assert await store.unshown("s1", "stock", {"a": 1, "b": 2}) == {"a": 1, "b": 2}
+    assert await store.unshown("s1", "stock", {"a": 1, "b": 2}) == {}
+    assert await store.unshown("s1", "stock", {"a": 1, "b": 3}) == {"b": 3}
+    assert await store.unshown("s2", "stock", {"a": 1}) == {"a": 1}
+    assert await store.unshown("s1", "other", {"a": {"y": 1, "x": 2}}) == {"a": {"y": 1, "x": 2}}
+    assert await store.unshown("s1", "other", {"a": {"x": 2, "y": 1}}) == {}
+    assert await store.unshown("s1", "stock", {}) == {}
+    assert 0 < await redis.ttl("nr:live:shown:{s1}:stock") <= 86400

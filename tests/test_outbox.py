@@ -1,5 +1,6 @@
-"""The room's outbox (pure), the hub's chunked writer that pumps it, and what the hub
-sends its connections again after its subscription to personal messages broke."""
+"""The room's outbox (pure), the hub's chunked writer that pumps it, what the hub sends
+its connections again after its subscription to personal messages broke, and how an op's
+answer is written."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import orjson
 import pytest
 import redis.asyncio as aredis
 
+from live.errors import LiveError
 from live.hub import Hub, HubConfig, Room
 from live.outbox import Outbox
-from live.protocol import ConnId, Format, frame
+from live.protocol import ClientOp, ConnId, Format, frame, frame_payloads
 from live.wsconn import Conn
 
 # Connections between pauses, where the tests ask for pauses.
@@ -197,3 +199,29 @@ async def test_after_a_resubscription_users_get_their_state_and_the_erased_are_c
     assert all(not c.writes for c in (*conns["m2"], *conns["gone"]))
     assert [c.closed_with for c in conns["gone"]] == [(1008, "erased")] * 2
     assert all(c.closed_with is None for c in (*conns["m1"], *conns["m2"]))
+
+
+async def test_an_ops_reply_and_its_ack_go_out_in_one_write() -> None:
+    """The reply, then the ack, in one write; an op without a reply writes its ack alone,
+    and one without a ref its reply alone; a refused op writes nothing of its own."""
+    hub = Hub(aredis.Redis(), HubConfig())
+
+    async def answer(ctx: object, payload: dict[str, object]) -> dict[str, object] | None:
+        if payload.get("refuse"):
+            raise LiveError("out_of_stock", "none left", 409)
+        return {"type": "order", "n": payload["n"]} if payload.get("n") else None
+
+    hub.register_op("buy", answer, frozenset({"member"}))
+    for fmt, decode in ((Format.JSON, orjson.loads), (Format.MSGPACK, msgpack.unpackb)):
+        conn = Recorder(0, fmt)
+        conn.role, conn.user = "member", "m1"
+        await hub.run_op(conn, ClientOp("buy", {"n": 7}, "r1"))
+        await hub.run_op(conn, ClientOp("buy", {}, "r2"))
+        await hub.run_op(conn, ClientOp("buy", {"n": 8}, None))
+        with pytest.raises(LiveError):
+            await hub.run_op(conn, ClientOp("buy", {"refuse": True}, "r3"))
+        assert [[decode(p) for p in frame_payloads(w)] for w in conn.writes] == [
+            [{"type": "order", "n": 7}, {"type": "ack", "ref": "r1"}],
+            [{"type": "ack", "ref": "r2"}],
+            [{"type": "order", "n": 8}],
+        ]
