@@ -531,86 +531,84 @@ async def test_plain_pubsub_fallback_keeps_one_order(
             await c.close()
 
 
+class Stock:
+    """The stock as it is, read by the hubs' flushes (``stock`` refresher), counted."""
+
+    def __init__(self, **truth: int) -> None:
+        self.truth = truth
+        self.reads = 0
+
+    async def read(self, sid: str, values: dict[str, Any]) -> dict[str, Any]:
+        self.reads += 1
+        return {sku: self.truth[sku] for sku in values}
+
+
+def two_hubs(redis: Any, stock: Stock) -> tuple[Hub, Hub]:
+    """Two processes' hubs on one store, flushing often."""
+    config = HubConfig(coalesce_interval=0.05)
+    hubs = Hub(redis, config), Hub(redis, config)
+    for hub in hubs:
+        hub.add_refresher("stock", stock.read)
+    return hubs
+
+
+async def stock_events(hub: Hub, sid: str, count: int) -> list[tuple[str, int]]:
+    """The session's ``stock`` events, once there are ``count`` (or after 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = await hub.store.history_range(sid, 1, await hub.store.current_seq(sid))
+        found = [(e["sku"], e["left"]) for _, raw in rows
+                 if (e := orjson.loads(raw))["type"] == "stock"]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.02)
+
+
 async def test_a_coalesced_flush_carries_the_figure_as_it_is_not_the_last_staged(
     redis: Any,
 ) -> None:
     """Two processes stage stock figures that land out of order (the later checkout's
     figure first): the flush re-reads the figure, so viewers end on the true one; and a
     flush holds its pair until published, so two processes' flushes never interleave."""
-    config = HubConfig(coalesce_interval=0.05)
-    a, b = Hub(redis, config), Hub(redis, config)
-    truth = {"kite": 0}
-    reads = 0
-
-    async def stock_now(sid: str, values: dict[str, Any]) -> dict[str, Any]:
-        nonlocal reads
-        reads += 1
-        return {sku: truth[sku] for sku in values}
-
-    for hub in (a, b):
-        hub.add_refresher("stock", stock_now)
+    stock = Stock(kite=0)
+    a, b = two_hubs(redis, stock)
     sid = (await a.store.create("race", ["kite"], None, "host-1")).id
     await b.publish_coalesced(sid, "stock", "kite", 0)  # the last unit, staged first
     await a.publish_coalesced(sid, "stock", "kite", 1)  # the one before, staged late
     await a.start()
     await b.start()
     try:
-        deadline = time.monotonic() + 10
-        stock: list[dict[str, Any]] = []
-        while not stock and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-            rows = await a.store.history_range(sid, 1, await a.store.current_seq(sid))
-            stock = [e for _, raw in rows if (e := orjson.loads(raw))["type"] == "stock"]
+        shown = await stock_events(a, sid, 1)
     finally:
         await a.stop()
         await b.stop()
-    assert [(e["sku"], e["left"]) for e in stock] == [("kite", 0)]
-    assert reads == 1
+    assert shown == [("kite", 0)]
+    assert stock.reads == 1
 
 
 async def test_a_figure_already_shown_is_not_sent_again(redis: Any) -> None:
     """A flush whose figure is the one viewers were last shown, by this process or
     another, publishes nothing: after a sale sells out on two processes, one ``stock``
     event says so, not one per process."""
-    config = HubConfig(coalesce_interval=0.05)
-    a, b = Hub(redis, config), Hub(redis, config)
-    truth = {"kite": 0}
-    reads = 0
-
-    async def stock_now(sid: str, values: dict[str, Any]) -> dict[str, Any]:
-        nonlocal reads
-        reads += 1
-        return {sku: truth[sku] for sku in values}
-
-    for hub in (a, b):
-        hub.add_refresher("stock", stock_now)
+    stock = Stock(kite=0)
+    a, b = two_hubs(redis, stock)
     sid = (await a.store.create("shown", ["kite"], None, "host-1")).id
-
-    async def stock_events(count: int) -> list[int]:
-        deadline = time.monotonic() + 10
-        while True:
-            rows = await a.store.history_range(sid, 1, await a.store.current_seq(sid))
-            left = [e["left"] for _, raw in rows if (e := orjson.loads(raw))["type"] == "stock"]
-            if len(left) >= count or time.monotonic() > deadline:
-                return left
-            await asyncio.sleep(0.02)
-
     await a.start()
     await b.start()
     try:
         await a.publish_coalesced(sid, "stock", "kite", 0)
-        assert await stock_events(1) == [0]
+        assert await stock_events(a, sid, 1) == [("kite", 0)]
         await b.publish_coalesced(sid, "stock", "kite", 0)  # the other process's last sale
         deadline = time.monotonic() + 10
-        while reads < 2 and time.monotonic() < deadline:
+        while stock.reads < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        truth["kite"] = 5  # units back in the pool: a change, shown once
+        stock.truth["kite"] = 5  # units back in the pool: a change, shown once
         await b.publish_coalesced(sid, "stock", "kite", 5)
-        assert await stock_events(2) == [0, 5]
+        assert await stock_events(a, sid, 2) == [("kite", 0), ("kite", 5)]
     finally:
         await a.stop()
         await b.stop()
-    assert reads == 3
+    assert stock.reads == 3
 
 
 async def test_unshown_figures_per_session_and_kind(redis: Any) -> None:
