@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -325,6 +326,16 @@ class IdentityService:
     async def is_erased(self, user_id: str) -> bool:
         """True for a member id or stitched anonymous id that was erased."""
         return bool(await self.redis.exists(TOMB.format(digest=self._tomb(user_id))))
+
+    async def erased_among(self, user_ids: Sequence[str]) -> set[str]:
+        """The ids of ``user_ids`` that were erased, in one round trip."""
+        if not user_ids:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.exists(TOMB.format(digest=self._tomb(user_id)))
+            found = await pipe.execute()
+        return {u for u, n in zip(user_ids, found, strict=True) if n}
 
     async def erase(self, member_id: str, by_role: str) -> dict[str, Any]:
         """Erase a member everywhere. Tombstones go first (late events are refused from

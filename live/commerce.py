@@ -133,7 +133,7 @@ class Commerce:
     """Carts, flash sales, checkout and orders over one store.
 
     Args:
-        notifier: the hub (``publish``, ``publish_coalesced``, ``send_to_user``).
+        notifier: the hub (``publish``, ``publish_coalesced``, ``send_to_user(s)``).
         record: where purchase and cart events go (default: ``events.append``).
         clock: seconds since the epoch (tests may pass their own).
     """
@@ -380,13 +380,13 @@ class Commerce:
             # One call for the whole batch: the recommender's checks and writes are per
             # call, not per buyer.
             work.append(self._record_purchases([o for _, o in won]))
-        if self.notifier is not None:
+        if self.notifier is not None and won:
+            told: list[tuple[str, dict[str, Any]]] = []
             for w, order in won:
-                work.append(self.notifier.send_to_user(
-                    order["member_id"], cart_message(EMPTY_CART)))
+                told.append((order["member_id"], cart_message(EMPTY_CART)))
                 if w.tell_buyer:
-                    work.append(self.notifier.send_to_user(
-                        order["member_id"], {"type": "order", "order": order}))
+                    told.append((order["member_id"], {"type": "order", "order": order}))
+            work.append(self.notifier.send_to_users(told))
         for failure in await asyncio.gather(*work, return_exceptions=True):
             if isinstance(failure, BaseException):
                 log.error("after a checkout", exc_info=failure)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict
 
@@ -19,6 +20,7 @@ class Notifier(Protocol):
     async def publish_coalesced(
         self, session_id: str, kind: str, key: str, value: Any) -> None: ...
     async def send_to_user(self, user: str, message: dict[str, Any]) -> None: ...
+    async def send_to_users(self, messages: Sequence[tuple[str, dict[str, Any]]]) -> None: ...
 
 
 class CartItem(TypedDict):

@@ -17,7 +17,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,8 @@ CLOSE_RESYNC = 4002
 PRESENCE_REFRESH = 20.0
 # A coalesced flush holds its pair this long at most (a process that dies mid-flush).
 FLUSH_HOLD_MS = 5000
+# Personal messages per publish in ``send_to_users`` (a few hundred KB at most).
+PERSONAL_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,14 @@ class Hub:
     async def send_to_user(self, user: str, message: dict[str, Any]) -> None:
         """A personal message to every connection of ``user`` on every process."""
         await self.redis.publish(USER_CHANNEL, orjson.dumps({"to": user, "m": message}))
+
+    async def send_to_users(self, messages: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Personal messages, each to every connection of its user, in one publish per
+        ``PERSONAL_BATCH``: a batch of orders tells its buyers' devices at once, and every
+        process reads one message instead of one per buyer."""
+        for start in range(0, len(messages), PERSONAL_BATCH):
+            part = messages[start:start + PERSONAL_BATCH]
+            await self.redis.publish(USER_CHANNEL, orjson.dumps({"many": part}))
 
     async def close_user(self, user: str, code: int, reason: str) -> None:
         """Close every connection of ``user`` on every process (an erased member's too)."""
@@ -508,6 +518,11 @@ class Hub:
     async def _on_message(self, name: str, data: bytes) -> None:
         if name == USER_CHANNEL or name == SCREEN_CHANNEL:
             body = orjson.loads(data)
+            if "many" in body and name == USER_CHANNEL:
+                for user, message in body["many"]:
+                    for conn in list(self.by_user.get(user, ())):
+                        conn.send_message(message)
+                return
             targets = list((self.by_user if name == USER_CHANNEL else self.screens).get(
                 body["to"], ()))
             if "close" in body:

@@ -107,7 +107,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         catalog = Catalog(redis)
         hub = Hub(redis, HubConfig.from_env(settings.ws_send_buffer))
         session_ops = SessionOps(hub, catalog, identity.members)
-        recommender = Recommender(redis, settings.model_dir, identity.is_erased)
+        recommender = Recommender(redis, settings.model_dir, identity.erased_among)
         offers = OfferService(recommender, catalog, identity.members, hub.session_products)
         commerce = Commerce(
             redis, catalog, identity.members, events, notifier=hub, record=recommender.record,

@@ -68,8 +68,8 @@ class Figures:
         print(f"  {name}: {value}", file=sys.stderr, flush=True)
 
 
-async def no_one_erased(user: str) -> bool:
-    return False
+async def no_one_erased(users: object) -> set[str]:
+    return set()
 
 
 async def no_products(session_id: str) -> list[str]:

@@ -50,7 +50,7 @@ TASTE_LOOKUPS = Counter("newretail_rec_taste_lookups",
                         "Members' tastes asked for, by whether the kept one served",
                         ["result"])
 
-IsErased = Callable[[str], Awaitable[bool]]
+ErasedAmong = Callable[[Sequence[str]], Awaitable[set[str]]]
 History = list[tuple[str, str, float, int]]
 Vector = np.ndarray[Any, np.dtype[np.float32]]
 
@@ -78,14 +78,15 @@ class Recommender:
     """Events in, candidates out.
 
     Args:
-        is_erased: tells whether a user id was erased; their events are refused.
+        erased_among: the user ids of those given that were erased (one store round trip
+            for a batch); their events are refused.
     """
 
-    def __init__(self, redis: aredis.Redis, model_dir: Path, is_erased: IsErased,
+    def __init__(self, redis: aredis.Redis, model_dir: Path, erased_among: ErasedAmong,
                  blend: BlendParams | None = None) -> None:
         self.redis = redis
         self.model_dir = model_dir
-        self.is_erased = is_erased
+        self.erased_among = erased_among
         self.blend = blend or BlendParams()
         self.events = EventLog(redis)
         self.model: Model | None = None
@@ -112,10 +113,8 @@ class Recommender:
         users = sorted({e.user for e in events})
         refused = {u for u in users if u in self._erased}
         ask = [u for u in users if u not in refused]
-        for start in range(0, len(ask), 256):  # a bulk import names thousands of users
-            part = ask[start:start + 256]
-            gone = await asyncio.gather(*(self.is_erased(u) for u in part))
-            refused |= {u for u, g in zip(part, gone, strict=True) if g}
+        for start in range(0, len(ask), 1000):  # a bulk import names thousands of users
+            refused |= await self.erased_among(ask[start:start + 1000])
         if refused:
             self.forget(refused)
         kept = [e for e in events if e.user not in refused]

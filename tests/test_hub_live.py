@@ -374,11 +374,13 @@ async def test_reactions_and_viewer_counts_are_coalesced(
 async def test_personal_messages_reach_users_and_screens(
     servers: tuple[ServerProcess, ServerProcess], session: str, redis: Any
 ) -> None:
-    """send_to_user reaches every connection of that user on any process; screens get
-    theirs after hello with a screen token, and other tokens are refused."""
+    """send_to_user reaches every connection of that user on any process, and so does
+    each of a batch sent with send_to_users, in order; screens get theirs after hello
+    with a screen token, and other tokens are refused."""
     a, b = servers
     phone = await _viewer(a, session, 9)
     laptop = await _viewer(b, session, 9)
+    other = await _viewer(b, session, 8)
     screen = await Client.open(b.ws_url, "/ws/screen/screen-1")
     assert (await screen.hello(token("member-9", "member")))["code"] == "forbidden"
     assert (await screen.hello(token("screen-2", "screen")))["code"] == "forbidden"
@@ -389,7 +391,15 @@ async def test_personal_messages_reach_users_and_screens(
     for c in (phone, laptop):
         assert (await c.until(lambda m: m.get("type") == "cart"))["items"] == []
     assert (await screen.until(lambda m: m.get("type") == "idle"))["offers"] == []
-    for c in (phone, laptop, screen):
+    await hub.send_to_users([
+        ("member-9", {"type": "order", "n": 1}), ("nobody", {"type": "order", "n": 2}),
+        ("member-8", {"type": "order", "n": 3}), ("member-9", {"type": "cart", "n": 4}),
+    ])
+    for c in (phone, laptop):
+        assert (await c.until(lambda m: m.get("type") == "order"))["n"] == 1
+        assert (await c.until(lambda m: m.get("type") == "cart"))["n"] == 4
+    assert (await other.until(lambda m: m.get("type") == "order"))["n"] == 3
+    for c in (phone, laptop, other, screen):
         await c.close()
 
 

@@ -166,6 +166,9 @@ def test_erasure_then_late_event(client: TestClient, sync_redis: Any) -> None:
     assert client.portal.call(svc.is_erased, mid) is True  # type: ignore[union-attr]
     assert client.portal.call(svc.is_erased, anon["anon_id"]) is True  # type: ignore[union-attr]
     assert client.portal.call(svc.is_erased, "m_someone_else") is False  # type: ignore[union-attr]
+    assert client.portal.call(  # type: ignore[union-attr]
+        svc.erased_among, ["m_someone_else", anon["anon_id"], mid]) == {mid, anon["anon_id"]}
+    assert client.portal.call(svc.erased_among, []) == set()  # type: ignore[union-attr]
     # Nothing personal is left under any key or in the erasure record.
     for key in sync_redis.keys("*"):
         assert mid.encode() not in key and b"Zed" not in key

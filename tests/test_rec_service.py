@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,8 @@ def sku(group: int, i: int) -> str:
     return f"{group}{i:03d}"
 
 
-async def never_erased(user: str) -> bool:
-    return False
+async def never_erased(users: Sequence[str]) -> set[str]:
+    return set()
 
 
 async def seed(redis: aredis.Redis, now: float) -> tuple[Catalog, Members]:
@@ -65,11 +65,11 @@ Setup = Callable[..., Awaitable[tuple[Recommender, OfferService, Members]]]
 
 @pytest.fixture
 def setup(redis: aredis.Redis, tmp_path: Path) -> Setup:
-    async def make(is_erased: Callable[[str], Awaitable[bool]] = never_erased
+    async def make(erased_among: Callable[[Sequence[str]], Awaitable[set[str]]] = never_erased
                    ) -> tuple[Recommender, OfferService, Members]:
         catalog, members = await seed(redis, time.time())
         await train_from_log(redis, tmp_path / "models", PARAMS)
-        rec = Recommender(redis, tmp_path / "models", is_erased)
+        rec = Recommender(redis, tmp_path / "models", erased_among)
         await rec.refresh()
 
         async def session_products(sid: str) -> list[str]:
@@ -170,11 +170,15 @@ async def test_erasure_everywhere(setup: Setup, redis: aredis.Redis) -> None:
 
 async def test_erased_callable_refuses(setup: Setup) -> None:
     """Events of a user the identity service reports erased are refused."""
-    async def erased(user: str) -> bool:
-        return user == "gone"
+    asked: list[list[str]] = []
+
+    async def erased(users: Sequence[str]) -> set[str]:
+        asked.append(sorted(users))
+        return {u for u in users if u == "gone"}
     rec, _, _ = await setup(erased)
     assert await rec.record([Event("gone", sku(0, 1), "view", time.time()),
                              Event("here", sku(0, 1), "view", time.time())]) == 1
+    assert asked == [["gone", "here"]]  # one question for the batch
 
 
 async def test_stitch_moves_history(setup: Setup, redis: aredis.Redis) -> None:

@@ -104,8 +104,8 @@ async def test_watch_retrains_on_new_events(tmp_path: Path, store_url: str,
             await asyncio.sleep(0.02)
         from recommender.service import Recommender
 
-        async def no(user: str) -> bool:
-            return False
+        async def no(users: object) -> set[str]:
+            return set()
         rec = Recommender(redis, model_dir, no)
         await rec.record([Event(f"new{i}", "0001", "view", time.time()) for i in range(10)])
         await asyncio.sleep(0.3)
@@ -243,5 +243,5 @@ async def _train_into(url: str, model_dir: Path) -> str:
         await redis.aclose()
 
 
-async def _never(user: str) -> bool:
-    return False
+async def _never(users: object) -> set[str]:
+    return set()
