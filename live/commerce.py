@@ -481,8 +481,12 @@ class Commerce:
         sale = await self.flash.get(session_id)
         if sale is None or self.notifier is None:
             return
-        await self.notifier.publish(session_id, dict(sale.ended_message(sale.reason)))
-        # the sale's units go back to the pool: the flush reads the figure it shows
+        # The end, and the stock the sale leaves (its units back in the pool, or none), in
+        # one write to each viewer.
+        await self.notifier.publish_with_figures(
+            session_id, dict(sale.ended_message(sale.reason)), "stock", [sale.sku])
+        # A flush that read the figure before the end may publish after it: the next
+        # flush reads it again (and sends nothing if it is the one just shown).
         await self.notifier.publish_coalesced(session_id, "stock", sale.sku, sale.qty_left)
 
     async def expire(self, session_id: str) -> bool:

@@ -82,6 +82,20 @@ FLUSH_HOLD_MS = 5000
 PERSONAL_BATCH = 500
 
 
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again every second: on
+    Python 3.11 a cancellation that lands as an ``asyncio.timeout`` expires can be lost,
+    and the listener's store reads run under one (a stop would then wait forever)."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: a task that failed on its way out is not logged
+
+
 @dataclass(frozen=True)
 class HubConfig:
     history: int = 1000
@@ -207,6 +221,19 @@ class Hub:
         flush must carry the figures as they are, not the last one staged."""
         self.refreshers[kind] = refresh
 
+    async def publish_with_figures(
+        self, session_id: str, event: dict[str, Any], kind: str, keys: Sequence[str],
+    ) -> int:
+        """``event``, and right behind it the ``kind`` figures of ``keys`` as they are now
+        (read by the kind's refresher) where they differ from those last shown: a sale's
+        end and its final stock reach each viewer in one write. Returns the event's seq."""
+        refresh = self.refreshers.get(kind)
+        figures: list[dict[str, Any]] = []
+        if refresh is not None and keys:
+            values = await refresh(session_id, dict.fromkeys(keys))
+            figures = coalesced_events(kind, await self.store.unshown(session_id, kind, values))
+        return await self.store.publish_many(session_id, [event, *figures]) - len(figures)
+
     async def publish_coalesced(self, session_id: str, kind: str, key: str, value: Any) -> None:
         """High-rate state: the latest value per key (reactions: the sum) goes out as one
         ``kind`` event per session at most every ``coalesce_interval`` seconds."""
@@ -269,11 +296,7 @@ class Hub:
         for room in self.rooms.values():
             if room.writer is not None:
                 room.writer.cancel()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,16 @@ end
 
 _PUBLISH = _PUBLISH_FN + """
 return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+"""
+
+# Several events with consecutive seqs: every process reads them together and writes them
+# to each viewer in one send.
+_PUBLISH_MANY = _PUBLISH_FN + """
+local seq
+for i = 5, #ARGV do
+  seq = publish(KEYS[1], KEYS[2], ARGV[i], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+end
+return seq
 """
 
 # Pin and unpin check the session, change the pins and publish in one step, so a pin is
@@ -129,6 +140,12 @@ return out
 SHOWN_TTL = 86400
 
 
+def _rest(event: dict[str, Any]) -> str:
+    """An event's JSON after ``{``, for the publish script to put its seq and ts first."""
+    body = {k: v for k, v in event.items() if k not in ("seq", "ts")}
+    return orjson.dumps(body)[1:].decode()
+
+
 @dataclass(frozen=True)
 class SessionInfo:
     id: str
@@ -192,6 +209,7 @@ class SessionStore:
         self._unpin = redis.register_script(_UNPIN)
         self._remove = redis.register_script(_REMOVE_BY_FIELD)
         self._drain = redis.register_script(_DRAIN)
+        self._publish_many = redis.register_script(_PUBLISH_MANY)
         self._unshown = redis.register_script(_UNSHOWN)
 
     async def create(
@@ -252,6 +270,16 @@ class SessionStore:
                                        args=await self._event_args(sid, event))
         return int(seq)
 
+    async def publish_many(self, sid: str, events: Sequence[dict[str, Any]]) -> int:
+        """``publish`` for several events at once, with consecutive seqs; the last seq."""
+        if not events or any(not isinstance(e.get("type"), str) for e in events):
+            raise ValueError("publish_many needs events, each with a type")
+        rest, *common = await self._event_args(sid, events[0])
+        seq: Any = await self._publish_many(
+            keys=[seq_key(sid), history_key(sid)],
+            args=[*common, rest, *(_rest(e) for e in events[1:])])
+        return int(seq)
+
     async def snapshot(self, sid: str) -> Snapshot:
         """The session as of one instant: record, last seq, oldest kept seq, pins, chat."""
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -294,8 +322,7 @@ class SessionStore:
         return [orjson.loads(item) for item in raw]
 
     async def _event_args(self, sid: str, event: dict[str, Any]) -> list[Any]:
-        body = {k: v for k, v in event.items() if k not in ("seq", "ts")}
-        return [orjson.dumps(body)[1:].decode(), int(time.time() * 1000), self.history,
+        return [_rest(event), int(time.time() * 1000), self.history,
                 channel(sid), "SPUBLISH" if await self.sharded() else "PUBLISH"]
 
     def _event_keys(self, sid: str) -> list[str]:

@@ -631,3 +631,39 @@ async def test_unshown_figures_per_session_and_kind(redis: Any) -> None:
     assert await store.unshown("s1", "other", {"a": {"x": 2, "y": 1}}) == {}
     assert await store.unshown("s1", "stock", {}) == {}
     assert 0 < await redis.ttl("nr:live:shown:{s1}:stock") <= 86400
+
+
+async def test_events_published_together_have_consecutive_seqs(redis: Any) -> None:
+    store = SessionStore(redis, HISTORY)
+    sid = (await store.create("together", ["kite"], None, "host-1")).id
+    first = await store.publish(sid, {"type": "note", "n": 0})
+    last = await store.publish_many(sid, [{"type": "note", "n": 1}, {"type": "note", "n": 2}])
+    assert last == first + 2
+    rows = await store.history_range(sid, first, last)
+    assert [(s, orjson.loads(raw)["n"]) for s, raw in rows] == [
+        (first, 0), (first + 1, 1), (first + 2, 2)]
+    for bad in ([], [{"type": "note"}, {"n": 3}]):
+        with pytest.raises(ValueError):
+            await store.publish_many(sid, bad)
+    assert await store.current_seq(sid) == last
+
+
+async def test_an_event_with_its_figures_goes_out_as_consecutive_events(redis: Any) -> None:
+    """A sale's end carries the stock it leaves right behind it, unless that figure is the
+    one already shown; the flush that follows sends nothing more."""
+    stock = Stock(kite=0, yoyo=4)
+    hub, _ = two_hubs(redis, stock)
+    sid = (await hub.store.create("end", ["kite", "yoyo"], None, "host-1")).id
+    ended = {"type": "flash_sale_ended", "sku": "kite", "reason": "sold_out"}
+    seq = await hub.publish_with_figures(sid, ended, "stock", ["kite"])
+    assert await stock_events(hub, sid, 1) == [("kite", 0)]
+    assert await hub.store.current_seq(sid) == seq + 1
+    assert await hub.publish_with_figures(sid, ended, "stock", ["kite"]) == seq + 2
+    assert await hub.store.current_seq(sid) == seq + 2  # the figure was shown: the event alone
+    await hub.publish_coalesced(sid, "stock", "kite", 0)
+    await hub.publish_coalesced(sid, "stock", "yoyo", 4)
+    await hub.start()
+    try:
+        assert await stock_events(hub, sid, 2) == [("kite", 0), ("yoyo", 4)]
+    finally:
+        await hub.stop()

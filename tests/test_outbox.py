@@ -1,6 +1,6 @@
 """The room's outbox (pure), the hub's chunked writer that pumps it, what the hub sends
-its connections again after its subscription to personal messages broke, and how an op's
-answer is written."""
+its connections again after its subscription to personal messages broke, how an op's
+answer is written, and a stop that a lost cancellation cannot hang."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aredis
 
 from live.errors import LiveError
-from live.hub import Hub, HubConfig, Room
+from live.hub import Hub, HubConfig, Room, cancel_and_wait
 from live.outbox import Outbox
 from live.protocol import ClientOp, ConnId, Format, frame, frame_payloads
 from live.wsconn import Conn
@@ -225,3 +225,24 @@ async def test_an_ops_reply_and_its_ack_go_out_in_one_write() -> None:
             [{"type": "ack", "ref": "r2"}],
             [{"type": "order", "n": 8}],
         ]
+
+
+async def test_a_stop_outlasts_a_lost_cancellation() -> None:
+    """A task whose first cancellation is lost (as one landing when a timeout expires
+    can be, on Python 3.11) is cancelled again until it ends."""
+    lost = 0
+
+    async def stubborn() -> None:
+        nonlocal lost
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost += 1
+
+    tasks = [asyncio.create_task(stubborn()), asyncio.create_task(asyncio.sleep(3600))]
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(tasks), 10)
+    assert all(t.cancelled() for t in tasks) and lost == 1
