@@ -92,13 +92,13 @@ def pool(stock: Mapping[str, int]) -> int:
 # prefixes in ARGV (this needs one store, not a cluster).
 # KEYS: orders index, running flash sales, orders whose purchase events are owed.
 # ARGV: idempotency ttl, key prefixes (idempotency, cart, order, member orders, figures,
-# flash sale, product, stock), then per checkout: order id, member, idempotency key, now,
-# session ('' none), home store ('' read it from the member record), member record key.
+# flash sale, product, stock), then the checkouts as one JSON array (one argument to pack
+# instead of seven per checkout), each: order id, member, idempotency key, now, session
+# ('' none), home store ('' read it from the member record), member record key.
 _CHECKOUT = """
 local ttl = ARGV[1]
 local P_IDEM, P_CART, P_ORDER, P_MORDERS = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local P_FIG, P_FLASH, P_PRODUCT, P_STOCK = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local HEAD, STRIDE = 9, 7
 local ended = {}
 local function end_sale(fkey, sid, reason, at)
   redis.call('HSET', fkey, 'state', 'ended', 'reason', reason, 'ended_at', at)
@@ -209,9 +209,8 @@ local function checkout(order_id, member, idem, at, session, home, mkey)
 end
 
 local out = {''}
-for c = HEAD, #ARGV - 1, STRIDE do
-  out[#out + 1] = checkout(ARGV[c + 1], ARGV[c + 2], ARGV[c + 3], ARGV[c + 4], ARGV[c + 5],
-                           ARGV[c + 6], ARGV[c + 7])
+for _, c in ipairs(cjson.decode(ARGV[10])) do
+  out[#out + 1] = checkout(c[1], c[2], c[3], c[4], c[5], c[6], c[7])
 end
 out[1] = table.concat(ended, ',')
 return out
@@ -280,11 +279,9 @@ _PREFIXES = (
 
 def checkout_args(requests: Sequence[CheckoutRequest]) -> list[Any]:
     """The script's ARGV for a batch (pure)."""
-    args: list[Any] = [IDEMPOTENCY_TTL, *_PREFIXES]
-    for r in requests:
-        args += [r.order_id, r.user, r.idempotency, f"{r.now:.3f}", r.session_id or "",
-                 r.home_store or "", r.member_key or ""]
-    return args
+    return [IDEMPOTENCY_TTL, *_PREFIXES, orjson.dumps([
+        (r.order_id, r.user, r.idempotency, f"{r.now:.3f}", r.session_id or "",
+         r.home_store or "", r.member_key or "") for r in requests])]
 
 
 def parse_result(result: Sequence[Any]) -> Reservation:

@@ -9,6 +9,7 @@ import asyncio
 import random
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aredis
 
@@ -112,7 +113,7 @@ def test_cart_line_round_trip_and_reply_parsing() -> None:
     assert (results[1].code, results[1].sku, results[1].order) == ("out_of_stock", "mug", None)
     assert results[2].order_id == "o_2" and results[2].left[0].pool == 4
     args = checkout_args([CheckoutRequest("o_9", "m_1", "k", 1.5, "s1", None, "nr:member:m_1")])
-    assert args[-7:] == ["o_9", "m_1", "k", "1.500", "s1", "", "nr:member:m_1"]
+    assert orjson.loads(args[-1]) == [["o_9", "m_1", "k", "1.500", "s1", "", "nr:member:m_1"]]
 
 
 # store ------------------------------------------------------------------------------
