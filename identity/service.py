@@ -323,9 +323,12 @@ class IdentityService:
     def _tomb(self, user_id: str) -> str:
         return hmac.new(self._pepper, f"tomb:{user_id}".encode(), hashlib.sha256).hexdigest()
 
+    def _tomb_key(self, user_id: str) -> str:
+        return TOMB.format(digest=self._tomb(user_id))
+
     async def is_erased(self, user_id: str) -> bool:
         """True for a member id or stitched anonymous id that was erased."""
-        return bool(await self.redis.exists(TOMB.format(digest=self._tomb(user_id))))
+        return bool(await self.redis.exists(self._tomb_key(user_id)))
 
     async def erased_among(self, user_ids: Sequence[str]) -> set[str]:
         """The ids of ``user_ids`` that were erased, in one round trip."""
@@ -333,7 +336,7 @@ class IdentityService:
             return set()
         async with self.redis.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
-                pipe.exists(TOMB.format(digest=self._tomb(user_id)))
+                pipe.exists(self._tomb_key(user_id))
             found = await pipe.execute()
         return {u for u, n in zip(user_ids, found, strict=True) if n}
 
@@ -347,7 +350,7 @@ class IdentityService:
         user_ids = [member_id, *await self.members.anon_ids(member_id)]
         pipe = self.redis.pipeline(transaction=True)
         for uid in user_ids:
-            pipe.set(TOMB.format(digest=self._tomb(uid)), "1")
+            pipe.set(self._tomb_key(uid), "1")
         await pipe.execute()
         for hook in self.on_erase:
             try:

@@ -327,7 +327,8 @@ class Commerce:
             self._drainer = asyncio.create_task(self._drain())
         result = await waiting.future
         if isinstance(result, Exception):
-            raise result
+            # one store failure is every buyer's of the batch: its traceback is theirs alone
+            raise result.with_traceback(None)
         return result
 
     async def _drain(self) -> None:

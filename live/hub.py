@@ -183,7 +183,8 @@ class Hub:
         # Personal messages published while the subscription was broken are lost: once it is
         # back, each connected user is sent their state again (``add_personal_state``).
         self.personal_parts: list[PersonalState] = []
-        self.is_erased: Callable[[str], Awaitable[bool]] | None = None
+        # Which of the given user ids were erased (identity's tombstones), in one round trip.
+        self.erased_among: Callable[[Sequence[str]], Awaitable[set[str]]] | None = None
         self._listening_to_users = False
         self._resync: asyncio.Task[None] | None = None
         self._viewer_totals: dict[str, int] = {}
@@ -291,12 +292,8 @@ class Hub:
         ]
 
     async def stop(self) -> None:
-        if self._resync is not None:
-            self._resync.cancel()
-        for room in self.rooms.values():
-            if room.writer is not None:
-                room.writer.cancel()
-        await cancel_and_wait(self._tasks)
+        writers = [r.writer for r in self.rooms.values() if r.writer is not None]
+        await cancel_and_wait([*self._tasks, *writers, *([self._resync] if self._resync else [])])
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
@@ -509,24 +506,29 @@ class Hub:
         users erased meanwhile (the erasure's close went out while this process was not
         listening)."""
         try:
-            for user in list(self.by_user):
-                if not self.by_user.get(user):
-                    continue
-                if self.is_erased is not None and await self.is_erased(user):
+            users = [u for u, conns in self.by_user.items() if conns]
+            erased = await self.erased_among(users) if self.erased_among and users else set()
+            for user in users:
+                if user in erased:
                     for conn in list(self.by_user.get(user, ())):
                         conn.close(CLOSE_POLICY, "erased")
                     continue
                 for provider in self.personal_parts:
                     message = await provider(user)
                     if message is not None:
-                        for conn in list(self.by_user.get(user, ())):
-                            conn.send_message(message)
+                        self._send_local(self.by_user, user, message)
         except STORE_ERRORS as exc:  # down again: the next resubscription starts over
             log_store_error(exc, "personal state after an outage")
         except Exception:
             log.exception("sending personal state after an outage failed")
         finally:
             self._resync = None
+
+    @staticmethod
+    def _send_local(by: dict[str, set[Conn]], to: str, message: dict[str, Any]) -> None:
+        """``message`` to every connection here of user (or screen) ``to``."""
+        for conn in list(by.get(to, ())):
+            conn.send_message(message)
 
     async def _catch_up(self, name: str) -> None:
         """Deliver the events a session got while this process was not subscribed (nothing
@@ -541,19 +543,15 @@ class Hub:
     async def _on_message(self, name: str, data: bytes) -> None:
         if name == USER_CHANNEL or name == SCREEN_CHANNEL:
             body = orjson.loads(data)
-            if "many" in body and name == USER_CHANNEL:
+            by = self.by_user if name == USER_CHANNEL else self.screens
+            if "many" in body:
                 for user, message in body["many"]:
-                    for conn in list(self.by_user.get(user, ())):
-                        conn.send_message(message)
-                return
-            targets = list((self.by_user if name == USER_CHANNEL else self.screens).get(
-                body["to"], ()))
-            if "close" in body:
-                for conn in targets:
+                    self._send_local(by, user, message)
+            elif "close" in body:
+                for conn in list(by.get(body["to"], ())):
                     conn.close(*body["close"])
             else:
-                for conn in targets:
-                    conn.send_message(body["m"])
+                self._send_local(by, body["to"], body["m"])
             return
         sid = name.rsplit(":", 1)[1].strip("{}")
         room = self.rooms.get(sid)

@@ -121,7 +121,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             identity.on_stitch.append(on_stitch)
         identity.on_erase.append(commerce.erase_users)
         identity.on_erase.append(session_ops.erase_users)
-        commerce.is_erased = session_ops.is_erased = hub.is_erased = identity.is_erased
+        commerce.is_erased = session_ops.is_erased = identity.is_erased
+        hub.erased_among = identity.erased_among
         identity.on_erase.append(_erase_from(recommender))
         identity.on_checkin.append(offers.record_checkin)
         yield Services(

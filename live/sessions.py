@@ -69,10 +69,11 @@ return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 
 # Several events with consecutive seqs: every process reads them together and writes them
 # to each viewer in one send.
+# ARGV as for one publish, then the rest of each further event.
 _PUBLISH_MANY = _PUBLISH_FN + """
-local seq
-for i = 5, #ARGV do
-  seq = publish(KEYS[1], KEYS[2], ARGV[i], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+local seq = publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+for i = 6, #ARGV do
+  seq = publish(KEYS[1], KEYS[2], ARGV[i], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 end
 return seq
 """
@@ -274,10 +275,9 @@ class SessionStore:
         """``publish`` for several events at once, with consecutive seqs; the last seq."""
         if not events or any(not isinstance(e.get("type"), str) for e in events):
             raise ValueError("publish_many needs events, each with a type")
-        rest, *common = await self._event_args(sid, events[0])
         seq: Any = await self._publish_many(
             keys=[seq_key(sid), history_key(sid)],
-            args=[*common, rest, *(_rest(e) for e in events[1:])])
+            args=[*await self._event_args(sid, events[0]), *map(_rest, events[1:])])
         return int(seq)
 
     async def snapshot(self, sid: str) -> Snapshot:

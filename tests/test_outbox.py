@@ -5,6 +5,7 @@ answer is written, and a stop that a lost cancellation cannot hang."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import msgpack
 import orjson
@@ -184,13 +185,13 @@ async def test_after_a_resubscription_users_get_their_state_and_the_erased_are_c
     conns = {user: [Recorder(i), Recorder(i + 10)] for i, user in enumerate(("m1", "m2", "gone"))}
     for user, pair in conns.items():
         hub.by_user[user] = set(pair)
-    async def erased(user: str) -> bool:
-        return user == "gone"
+    async def erased(users: Sequence[str]) -> set[str]:
+        return {u for u in users if u == "gone"}
 
     async def cart(user: str) -> dict[str, object] | None:
         return None if user == "m2" else {"type": "cart", "cart": {"owner": user}}
 
-    hub.is_erased = erased
+    hub.erased_among = erased
     hub.add_personal_state(cart)
     await hub._resync_personal()
     for conn in conns["m1"]:
