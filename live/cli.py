@@ -32,6 +32,7 @@ def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from live.httpproto import HTTP_PROTOCOL
     from live.listener import TcpConfig
     from live.wsproto import WS_PROTOCOL
 
@@ -51,6 +52,8 @@ def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
         # uvicorn's sans-I/O websockets protocol (the fastest of its implementations for
         # fan-out and the leanest per connection, see loadtests/README.md), without a
         # pause in reading per message.
+        # uvicorn's httptools protocol, writing a response's head with its body.
+        http=HTTP_PROTOCOL,
         ws=WS_PROTOCOL, ws_max_size=settings.ws_max_frame, ws_per_message_deflate=False,
         log_level=settings.log_level.lower(), access_log=False, lifespan="on",
         # Longer than clients' and proxies' idle pools, so the server is not the one
