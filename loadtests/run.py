@@ -250,10 +250,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--checkin-rate", type=float, default=50.0)
     parser.add_argument("--screens", type=int, default=10)
     parser.add_argument("--members", type=int, default=3000, help="demo members to seed")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="uvicorn workers serving HTTP (offers cost about 1.2 ms of CPU "
-                             "each: two processes halve the queue; the WebSocket process, "
-                             "with --split, keeps one)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn workers serving HTTP (one: on two cores shared with "
+                             "the WebSocket process, the store and Locust, a second worker "
+                             "cost more CPU per offer and kept every member's taste twice; "
+                             "the WebSocket process, with --split, keeps one)")
     parser.add_argument("--split", action=argparse.BooleanOptionalAction, default=True,
                         help="WebSockets and HTTP on web processes of their own (default), or "
                              "everything on one (--no-split)")
