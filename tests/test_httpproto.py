@@ -5,7 +5,6 @@ one write, and everything HTTP/1.1 asks of the order of writes still holds (inte
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from live.httpproto import LiveHttpProtocol
+from tests.utils import uvicorn_in_loop
 
 
 @dataclass
@@ -78,19 +78,10 @@ class Served:
 
 async def _serve(protocol: type[HttpToolsProtocol]) -> AsyncIterator[Served]:
     writes = Writes()
-    server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=0, http=spied(protocol, writes), lifespan="off",
-        log_level="critical"))
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.01)
-    try:
-        yield Served(server.servers[0].sockets[0].getsockname()[1], writes)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    async with uvicorn_in_loop(uvicorn.Config(
+            app, host="127.0.0.1", port=0, http=spied(protocol, writes), lifespan="off",
+            log_level="critical")) as port:
+        yield Served(port, writes)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from live.wsproto import QUEUE_HIGH, QUEUE_LOW, WS_PROTOCOL, between_frames
+from tests.utils import uvicorn_in_loop
 
 
 @dataclass
@@ -60,20 +61,10 @@ class Served:
 
 async def _serve(ws: str) -> AsyncIterator[Served]:
     app = Echo()
-    server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=0, ws=ws, lifespan="off", log_level="warning",
-        ws_per_message_deflate=False))
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    async with uvicorn_in_loop(uvicorn.Config(
+            app, host="127.0.0.1", port=0, ws=ws, lifespan="off", log_level="warning",
+            ws_per_message_deflate=False)) as port:
         yield Served(app, f"ws://127.0.0.1:{port}/")
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 @pytest.fixture

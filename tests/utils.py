@@ -1,19 +1,37 @@
-"""Helpers for tests that run the real service in its own process."""
+"""Helpers for tests that run the real service in its own process, or uvicorn in theirs."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import uvicorn
+
+
+@asynccontextmanager
+async def uvicorn_in_loop(config: uvicorn.Config) -> AsyncIterator[int]:
+    """uvicorn serving ``config`` in this event loop; yields the port it listens on."""
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and not task.done(), "uvicorn did not start"
+        await asyncio.sleep(0.01)
+    try:
+        yield int(server.servers[0].sockets[0].getsockname()[1])
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
 
 
 def free_port() -> int:
