@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, TypedDict
+from typing import Literal, NamedTuple, TypedDict
 
 Reason = Literal["buy_again", "for_you", "in_this_live", "trending"]
 
@@ -26,15 +25,15 @@ def offer_price(price: float, tier: str) -> float:
     return round(price * (1.0 - TIER_DISCOUNT.get(tier, 0.0)), 2)
 
 
-@dataclass(frozen=True)
-class Candidate:
+# Named tuples: one object each where a dataclass instance is two (itself and its
+# attributes), and a process keeps many (kept tastes, cached products).
+class Candidate(NamedTuple):
     sku: str
     score: float
     reason: Reason
 
 
-@dataclass(frozen=True)
-class ProductInfo:
+class ProductInfo(NamedTuple):
     title: str
     category: str
     price: float

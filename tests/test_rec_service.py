@@ -4,6 +4,7 @@ erasure in every process, stitching, model swaps under concurrent requests."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +20,7 @@ from live.offers import OfferService
 from live.types import WAREHOUSE, Product, Sku, Store
 from recommender.events import ERASED, EventLog, erased_tag, index_key
 from recommender.model import current_version, read_version
+from recommender.rank import Candidate
 from recommender.service import TASTE_LOOKUPS, Recommender
 from recommender.train import AlsParams
 from recommender.trainer import train_from_log
@@ -400,6 +402,27 @@ async def test_a_kept_taste_serves_until_history_model_or_erasure_changes(
     rec.forget([mid])
     assert rec.taste(mid, await rec.history(mid), 12) == (None, [])
     assert mid not in rec._tastes
+
+
+async def test_kept_tastes_stay_out_of_the_cycle_collectors_walk(setup: Setup) -> None:
+    """A process keeps thousands of tastes: after one collection a kept taste's candidates
+    are no longer tracked by the cycle collector (as tracked objects they made each full
+    collection stall every request for tens of ms), and they come back as the same
+    candidates."""
+    rec, _, members = await setup()
+    mid = await member(members)
+    await rec.record([Event(mid, sku(1, i), "click", time.time()) for i in range(4)])
+    hist = await rec.history(mid)
+    _, computed = rec.taste(mid, hist, 12)
+    assert computed and all(isinstance(c, Candidate) for c in computed)
+    gc.collect()
+    gc.collect()  # a tuple of tuples is let go on the pass after its contents
+    kept = rec._tastes[mid]
+    assert not gc.is_tracked(kept.rows)
+    assert not any(gc.is_tracked(row) for row in kept.rows)
+    _, again = rec.taste(mid, hist, 12)
+    assert again == computed and all(isinstance(c, Candidate) for c in again)
+    assert rec.kept_skus(mid, 3) == [c.sku for c in computed[:3]]
 
 
 async def test_a_kept_taste_reads_its_stock_with_the_member(
