@@ -19,15 +19,20 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 HTTP_PROTOCOL = "live.httpproto:LiveHttpProtocol"
 
 
+INTERIM = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
 class HeadWithBody:
-    """The transport as one response cycle sees it: its first write once the response
-    has started (the head) waits for the next one (the body) and goes out with it."""
+    """The transport as one response cycle sees it: its first write (the head; only a
+    ``100 Continue`` may come before it, and goes out at once) waits for the next one (the
+    body) and goes out with it. It holds no reference to the cycle, which holds it: one
+    reference cycle per request would leave every request's objects to the cycle
+    collector."""
 
-    __slots__ = ("transport", "cycle", "head", "started")
+    __slots__ = ("transport", "head", "started")
 
-    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        self.cycle = cycle
         self.head: bytes | None = None
         self.started = False
 
@@ -36,7 +41,7 @@ class HeadWithBody:
         if head is not None:
             self.head = None
             self.transport.write(head + data)
-        elif not self.started and self.cycle.response_started:
+        elif not self.started and data != INTERIM:
             self.started = True
             self.head = data
         else:
@@ -64,4 +69,4 @@ class LiveHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle is not before:
-            cycle.transport = HeadWithBody(self.transport, cycle)  # type: ignore[assignment]
+            cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
