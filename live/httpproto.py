@@ -6,6 +6,9 @@ often two wake-ups of the client, for a response that fits in one. Here the head
 until the first body write and goes out with it; what follows is written as it comes.
 A ``100 Continue`` interim response is written at once, as before.
 
+Once a connection is upgraded to a WebSocket, the HTTP protocol drops its parser, so that
+the two are freed by reference counting rather than by the cycle collector.
+
 ``newretail serve`` runs uvicorn with ``http=HTTP_PROTOCOL``.
 """
 
@@ -62,7 +65,16 @@ class HeadWithBody:
 
 
 class LiveHttpProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` whose response cycles write the head with the body."""
+    """``HttpToolsProtocol`` whose response cycles write the head with the body, and which
+    lets go of its parser once a connection becomes a WebSocket."""
+
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        # The connection is the WebSocket protocol's now. This protocol and its parser
+        # refer to each other (the parser calls back into it): without the parser both are
+        # freed at once, instead of leaving some 20 objects per connection to the cycle
+        # collector, whose full pass after 2,000 viewers joined stalled the process ~100 ms.
+        self.parser = None  # type: ignore[assignment]
 
     def on_headers_complete(self) -> None:
         before = self.cycle
