@@ -228,12 +228,16 @@ class Hub:
         """``event``, and right behind it the ``kind`` figures of ``keys`` as they are now
         (read by the kind's refresher) where they differ from those last shown: a sale's
         end and its final stock reach each viewer in one write. Returns the event's seq."""
-        refresh = self.refreshers.get(kind)
         figures: list[dict[str, Any]] = []
-        if refresh is not None and keys:
-            values = await refresh(session_id, dict.fromkeys(keys))
-            figures = coalesced_events(kind, await self.store.unshown(session_id, kind, values))
+        if kind in self.refreshers and keys:
+            figures = coalesced_events(
+                kind, await self._unshown_now(session_id, kind, dict.fromkeys(keys)))
         return await self.store.publish_many(session_id, [event, *figures]) - len(figures)
+
+    async def _unshown_now(self, sid: str, kind: str, values: dict[str, Any]) -> dict[str, Any]:
+        """The ``kind`` figures of ``values``' keys as they are now (read by the kind's
+        refresher), those that differ from the ones last shown in the session."""
+        return await self.store.unshown(sid, kind, await self.refreshers[kind](sid, values))
 
     async def publish_coalesced(self, session_id: str, kind: str, key: str, value: Any) -> None:
         """High-rate state: the latest value per key (reactions: the sum) goes out as one
@@ -645,11 +649,10 @@ class Hub:
                     if values is None:
                         self.coalescer.retry(sid, kind)
                         continue
-                    refresh = self.refreshers.get(kind)
-                    if values and refresh is not None:
-                        values = await self.store.unshown(sid, kind, await refresh(sid, values))
-                    for event in coalesced_events(kind, values):
-                        await self.store.publish(sid, event)
+                    if values and kind in self.refreshers:
+                        values = await self._unshown_now(sid, kind, values)
+                    if values:  # one call: consecutive seqs, read together everywhere
+                        await self.store.publish_many(sid, coalesced_events(kind, values))
                     await self.store.flushed(sid, kind, interval_ms)
                 except asyncio.CancelledError:
                     raise

@@ -63,14 +63,10 @@ local function publish(seq_key, history_key, rest, ts, maxlen, chan, cmd)
 end
 """
 
+# One event, or several with consecutive seqs (every process reads them together and writes
+# them to each viewer in one send). ARGV as for one ``publish``, then the rest of each
+# further event.
 _PUBLISH = _PUBLISH_FN + """
-return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-"""
-
-# Several events with consecutive seqs: every process reads them together and writes them
-# to each viewer in one send.
-# ARGV as for one publish, then the rest of each further event.
-_PUBLISH_MANY = _PUBLISH_FN + """
 local seq = publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 for i = 6, #ARGV do
   seq = publish(KEYS[1], KEYS[2], ARGV[i], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
@@ -210,7 +206,6 @@ class SessionStore:
         self._unpin = redis.register_script(_UNPIN)
         self._remove = redis.register_script(_REMOVE_BY_FIELD)
         self._drain = redis.register_script(_DRAIN)
-        self._publish_many = redis.register_script(_PUBLISH_MANY)
         self._unshown = redis.register_script(_UNSHOWN)
 
     async def create(
@@ -275,7 +270,7 @@ class SessionStore:
         """``publish`` for several events at once, with consecutive seqs; the last seq."""
         if not events or any(not isinstance(e.get("type"), str) for e in events):
             raise ValueError("publish_many needs events, each with a type")
-        seq: Any = await self._publish_many(
+        seq: Any = await self._publish(
             keys=[seq_key(sid), history_key(sid)],
             args=[*await self._event_args(sid, events[0]), *map(_rest, events[1:])])
         return int(seq)
