@@ -667,3 +667,30 @@ async def test_an_event_with_its_figures_goes_out_as_consecutive_events(redis: A
         assert await stock_events(hub, sid, 2) == [("kite", 0), ("yoyo", 4)]
     finally:
         await hub.stop()
+
+
+async def test_a_flush_whose_values_another_process_took_publishes_nothing(redis: Any) -> None:
+    """Another process's flush took the values staged here: this process's flush of the
+    pair finds none and publishes no empty event (a ``viewers`` count of 0, say)."""
+    hub = Hub(redis, HubConfig(coalesce_interval=0.05))
+    sid = (await hub.store.create("taken", ["kite"], None, "host-1")).id
+    lock = f"nr:live:flushlock:{{{sid}}}:reactions"
+    await hub.publish_coalesced(sid, "reactions", "heart", 1)
+    assert await hub.store.drain(sid, "reactions", 5000) == {"heart": 1}  # the other process
+    await redis.delete(lock)  # ... which published them and whose interval is over
+    await hub.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not await redis.exists(lock):  # this process's flush has taken the pair
+            assert time.monotonic() < deadline, "the flush never ran"
+            await asyncio.sleep(0.005)
+        await hub.publish_coalesced(sid, "reactions", "fire", 2)
+        while True:
+            rows = await hub.store.history_range(sid, 1, await hub.store.current_seq(sid))
+            found = [e for _, raw in rows if (e := orjson.loads(raw))["type"] == "reactions"]
+            if found or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await hub.stop()
+    assert [e["counts"] for e in found] == [{"fire": 2}]
