@@ -46,14 +46,16 @@ LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 SERVER_ENV = {"NEWRETAIL_LOG_LEVEL": "WARNING"}
 
 
-def _child_setup(nice: int) -> Callable[[], None]:
+def _child_setup(nice: int, own: int = 0) -> Callable[[], None]:
     def setup() -> None:
         """In the child: get SIGTERM when the process that started us dies (Linux), and
-        the niceness asked for."""
+        the niceness asked for: ``nice`` for the whole run, ``own`` on top for this process
+        alone."""
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PDEATHSIG
+        if nice + own:
+            os.nice(nice + own)
         if nice:
-            os.nice(nice)
             # With autogroup scheduling (Linux's default for desktops and many VMs), CPU
             # is shared between sessions and a process's own niceness only counts inside
             # its session: set the session's as well, against other sessions' work.
@@ -71,7 +73,7 @@ class Processes:
         self.nice = nice
 
     def start(self, cmd: Sequence[str], env: dict[str, str], log: Path,
-              limit: float) -> subprocess.Popen[bytes]:
+              limit: float, nice: int = 0) -> subprocess.Popen[bytes]:
         """``cmd`` under ``timeout``: it gets SIGTERM after ``limit`` s, SIGKILL 10 s later."""
         full = ["timeout", "-k", "10", f"{math.ceil(limit)}", *cmd]
         with log.open("wb") as out:
@@ -82,7 +84,7 @@ class Processes:
                                     # the cores per group, not per process (the web
                                     # workers and the store got one share together).
                                     process_group=0,
-                                    preexec_fn=_child_setup(self.nice))
+                                    preexec_fn=_child_setup(self.nice, nice))
         self.started.append(proc)
         return proc
 
@@ -261,6 +263,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--nice", type=int, default=0,
                         help="niceness of the service and Locust (e.g. -10, as root: ahead of "
                              "other work on a shared machine, which then gets less CPU)")
+    parser.add_argument("--fanout-nice", type=int, default=0,
+                        help="extra niceness of the WebSocket process and of the Locust "
+                             "processes holding viewers and the host (with --split)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where Locust's CSV and the logs go")
     parser.add_argument("--keep", action="store_true",
@@ -286,6 +291,7 @@ def locust_commands(args: argparse.Namespace, plan: Path, csv_prefix: Path,
         "--viewers", str(args.viewers), "--viewer-group", str(args.viewer_group),
         "--offers-rate", str(args.offers_rate), "--shoppers", str(args.shoppers),
         "--checkin-rate", str(args.checkin_rate), "--screens", str(args.screens),
+        "--fanout-nice", str(args.fanout_nice if args.split else 0),
     ]
     run = [
         "--headless", "-u", str(users), "-r", str(max(users, 1)),
@@ -346,7 +352,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                 proc = procs.start(
                     [sys.executable, "-m", "live.cli", "serve", "--port", str(port),
                      "--workers", str(workers)],
-                    service_env(var), log, limit=args.warmup + args.run_time + 240)
+                    service_env(var), log, limit=args.warmup + args.run_time + 240,
+                    nice=args.fanout_nice if role == "ws" else 0)
                 url = f"http://127.0.0.1:{port}"
                 wait_healthy(url, proc, log, timeout=60)
                 servers.append((url, proc, log))

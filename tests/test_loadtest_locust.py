@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,8 @@ def test_locust_reports_websocket_latencies(
 ) -> None:
     """Viewers, host, shoppers and screens run under Locust with two worker processes;
     pin-to-viewer and checkout-to-order reach Locust's statistics next to the HTTP
-    types, and nothing fails."""
+    types, and nothing fails. The worker holding the viewers runs ``--fanout-nice``
+    behind the one holding the HTTP users."""
     var = tmp_path / "var"  # the signing keys and pepper: made here, read by the server
     settings = Settings(redis_url=store_url, var_dir=var, log_level="WARNING")
     seeded = asyncio.run(seed(settings, members=40, devices=40, train=False))
@@ -37,7 +40,7 @@ def test_locust_reports_websocket_latencies(
             "--plan", str(plan), "--viewers", "10", "--viewer-group", "5",
             "--shoppers", "2", "--offers-rate", "20", "--screens", "2", "--checkin-rate", "6",
             "--pin-every", "0.25", "--flash-every", "8", "--buy-chance", "1",
-            "--buy-within", "0.3",
+            "--buy-within", "0.3", "--fanout-nice", "3",
         ]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     rows = read_stats(Path(f"{prefix}_stats.csv"))
@@ -50,3 +53,9 @@ def test_locust_reports_websocket_latencies(
     # Every viewer connection measures every pin: ten viewers, several pins each.
     assert rows[("WS", "pin to viewer")].count >= 10 * 3
     assert rows[("WS", "join")].count == 10 + 1  # the viewers and the host
+    # Each worker wrote what it read and its niceness: the viewers' worker read every
+    # pin and took the extra niceness, the shoppers' and screens' worker read nothing.
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    reads = [json.loads(p.read_text()) for p in (tmp_path / "plan.claims").glob("read-*.json")]
+    assert sorted((r["frames"] > 0, r["nice"]) for r in reads) == [
+        (False, base), (True, min(base + 3, 19))], reads
