@@ -80,6 +80,9 @@ class Settings:
     ws_conn_rate: float = 20.0
     ws_conn_burst: int = 100
     ws_trusted: tuple[str, ...] = ("127.0.0.1", "::1")
+    # Keep what offers read from the store in each process, dropped as the store announces
+    # writes to it (client-side caching); off: every offer reads the store.
+    offers_copy: bool = True
 
     @property
     def model_dir(self) -> Path:
@@ -99,6 +102,9 @@ class Settings:
         fsync = env.get("NEWRETAIL_STORE_FSYNC", "always")
         if fsync not in ("always", "everysec"):
             raise ValueError(f"NEWRETAIL_STORE_FSYNC must be always or everysec, got {fsync!r}")
+        copy = env.get("NEWRETAIL_OFFERS_COPY", "on")
+        if copy not in ("on", "off"):
+            raise ValueError(f"NEWRETAIL_OFFERS_COPY must be on or off, got {copy!r}")
         return cls(
             redis_url=env.get("NEWRETAIL_REDIS_URL") or env.get("REDIS_URL") or None,
             var_dir=Path(env.get("NEWRETAIL_VAR_DIR", "var")),
@@ -114,4 +120,5 @@ class Settings:
             ws_conn_rate=_float(env, "NEWRETAIL_WS_CONN_RATE", 20.0),
             ws_conn_burst=_int(env, "NEWRETAIL_WS_CONN_BURST", 100),
             ws_trusted=_addresses(env, "NEWRETAIL_WS_TRUSTED", ("127.0.0.1", "::1")),
+            offers_copy=copy == "on",
         )

@@ -10,19 +10,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from identity.auth import require
-from identity.members import Member, Members, member_from
+from identity.members import MEMBER, Member, Members, member_from
 from live import keys
 from live.catalog import REVISION, Catalog
 from live.errors import LiveError, bad_request
 from live.keys import text
 from live.routes import int_param, json_response, read_json, require_session_host
-from recommender.events import erased_tag
+from live.tracked import MISSING, Tracked
+from recommender.events import HISTORY, erased_tag
 from recommender.rank import Candidate, Offer, ProductInfo, compose_offers, is_offerable
 from recommender.service import ERASED, History, Recommender, history_key, parse_history
 from recommender.types import EVENT_KINDS, Event
@@ -36,6 +37,9 @@ MAX_EVENTS = 500
 
 USERS_GAUGE = Gauge("newretail_rec_model_users",
                     "Users whose trained factors this process holds (erased ones dropped)")
+COPY_LOOKUPS = Counter("newretail_offers_context_lookups",
+                       "Offers' member contexts, by whether the process's copy held them "
+                       "(held) or the store was read (read)", ["result"])
 PRODUCTS_GAUGE = Gauge("newretail_offers_products_cached",
                        "Products whose title, category and price this process has cached")
 
@@ -94,16 +98,40 @@ def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
+def _reads_history(member: Member) -> bool:
+    """Whether ``_CONTEXT`` read this member's history: the script's own test."""
+    entry = member.consent.get("personalization")
+    return isinstance(entry, dict) and entry.get("given") is True
+
+
+def _merged(held: Any, field: str, value: Any, limit: int = 10_000) -> dict[str, Any]:
+    """A held hash-like entry (stock units by place, erased flags by member) with one more
+    field; a fresh one when nothing is held, or ``limit`` fields are."""
+    if held is MISSING or held is None or len(held) >= limit:
+        return {field: value}
+    return {**held, field: value}
+
+
+# The keys an offer reads, announced to each process's copy when written. None of these
+# prefixes may begin another (the store refuses overlapping prefixes).
+COPY_PREFIXES = (MEMBER.split("{")[0], HISTORY.split("{")[0], ERASED, REVISION,
+                 keys.stock(""))
+
+
 class OfferService:
     """Offers for a member at a place, and suggestions for a host.
 
-    An offer costs two store trips: the member's context (one script), then the stock of
-    every over-fetched candidate (one script). Product titles, categories and prices are
-    cached in the process and dropped whenever the catalog's revision moves."""
+    An offer costs two store trips at most: the member's context (one script), then the
+    stock of every over-fetched candidate (one script). With a ``copy`` (``Tracked`` over
+    ``COPY_PREFIXES``) what the store has announced no write to since it was read is taken
+    from the process instead: a member asking again, with the same history, for products
+    whose stock has not moved, costs no trip at all. Product titles, categories and prices
+    are cached in the process and dropped whenever the catalog's revision moves."""
 
     def __init__(self, recommender: Recommender, catalog: Catalog, members: Members,
-                 session_products: SkuList) -> None:
+                 session_products: SkuList, copy: Tracked | None = None) -> None:
         self.recommender = recommender
+        self.copy = copy
         self.catalog = catalog
         self.members = members
         self.session_products = session_products
@@ -117,10 +145,38 @@ class OfferService:
         PRODUCTS_GAUGE.set_function(lambda: len(self._product_cache))
 
     async def _in_stock(self, skus: list[str], store_id: str | None) -> set[str]:
+        """Those of ``skus`` with units at ``store_id`` (anywhere when None): from the
+        process's copy where it holds them, the rest in one trip to the store."""
         if not skus:
             return set()
-        units: Any = await self._stock(keys=[keys.stock(s) for s in skus], args=[store_id or ""])
-        return {s for s, u in zip(skus, units, strict=True) if u > 0}
+        loc = store_id or ""
+        copy = self.copy
+        found: set[str] = set()
+        unread = skus
+        if copy is not None and copy.live:
+            unread = []
+            for s in skus:
+                at = copy.get(keys.stock(s))
+                if at is MISSING or loc not in at:
+                    unread.append(s)
+                elif at[loc] > 0:
+                    found.add(s)
+            if not unread:
+                return found
+        stock_keys = [keys.stock(s) for s in unread]
+        began = copy.begin(stock_keys) if copy is not None else 0
+        keep: dict[str, Any] = {}
+        try:
+            units: Any = await self._stock(keys=stock_keys, args=[loc])
+            for s, key, u in zip(unread, stock_keys, units, strict=True):
+                if u > 0:
+                    found.add(s)
+                if copy is not None:
+                    keep[key] = _merged(keep.get(key, copy.get(key)), loc, u)
+        finally:
+            if copy is not None:
+                copy.end(stock_keys, began, keep)
+        return found
 
     async def _catalog_head(self, k: int) -> list[Candidate]:
         first: Any = await self.catalog.redis.zrange(keys.CATALOG, 0, k)
@@ -178,25 +234,78 @@ class OfferService:
                     out[sku] = info
         return out
 
+    def _held_context(self, copy: Tracked, context_keys: list[str], tag: str, loc: str
+                      ) -> tuple[Member | None, History, int, bytes, list[int]] | None:
+        """``_member_context``'s read, from the process's copy; None when some of it is
+        not held."""
+        mkey, hkey, _, _, *stock_keys = context_keys
+        member = copy.get(mkey)
+        rev = copy.get(REVISION)
+        erased = copy.get(ERASED)
+        if member is MISSING or rev is MISSING or erased is MISSING or tag not in erased:
+            return None
+        hist: Any = ()
+        if member is not None and _reads_history(member):
+            hist = copy.get(hkey)
+            if hist is MISSING:
+                return None
+        units = []
+        for key in stock_keys:
+            at = copy.get(key)
+            if at is MISSING or loc not in at:
+                return None
+            units.append(at[loc])
+        COPY_LOOKUPS.labels("held").inc()
+        return member, list(hist), erased[tag], rev, units
+
+    async def _read_context(self, context_keys: list[str], tag: str, loc: str
+                            ) -> tuple[Member | None, History, int, bytes, list[int]]:
+        """``_member_context``'s read from the store, kept in the copy when there is one."""
+        copy = self.copy
+        began = copy.begin(context_keys) if copy is not None else 0
+        keep: dict[str, Any] = {}
+        try:
+            raw: Any = await self._context(keys=context_keys, args=[tag, loc])
+            member_raw, hist_raw, erased, rev, units = raw
+            member = member_from(_pairs(member_raw)) if member_raw else None
+            hist = parse_history(hist_raw)
+            if copy is not None:
+                COPY_LOOKUPS.labels("read").inc()
+                mkey, hkey, _, _, *stock_keys = context_keys
+                keep[mkey] = member
+                if member is not None and _reads_history(member):
+                    keep[hkey] = tuple(hist)
+                keep[ERASED] = _merged(copy.get(ERASED), tag, erased, limit=100_000)
+                keep[REVISION] = rev
+                for key, u in zip(stock_keys, units, strict=True):
+                    keep[key] = _merged(copy.get(key), loc, u)
+        finally:
+            if copy is not None:
+                copy.end(context_keys, began, keep)
+        return member, hist, erased, rev, units
+
     async def _member_context(
         self, member_id: str, guess: list[str], store_id: str | None,
     ) -> tuple[Member, History, bool, dict[str, bool]]:
         """The member, their history (empty without consent), whether erased, and whether
-        each product of ``guess`` is in stock at ``store_id``."""
+        each product of ``guess`` is in stock at ``store_id``: from the process's copy when
+        it holds all of it, else in one trip to the store."""
         rec = self.recommender
-        raw: Any = await self._context(
-            keys=[Members.key(member_id), history_key(member_id), ERASED, REVISION,
-                  *(keys.stock(s) for s in guess)],
-            args=[erased_tag(member_id), store_id or ""])
-        member_raw, hist_raw, erased, rev, units = raw
-        if not member_raw:
+        context_keys = [Members.key(member_id), history_key(member_id), ERASED, REVISION,
+                        *(keys.stock(s) for s in guess)]
+        tag, loc = erased_tag(member_id), store_id or ""
+        copy = self.copy
+        held = (self._held_context(copy, context_keys, tag, loc)
+                if copy is not None and copy.live else None)
+        member, hist, erased, rev, units = (
+            held if held is not None else await self._read_context(context_keys, tag, loc))
+        if member is None:
             raise LiveError("not_found", f"member {member_id!r} not found", 404)
         self._see_revision(rev)
-        member = member_from(_pairs(member_raw))
         if erased:
             rec.forget([member_id])
         in_stock = {s: u > 0 for s, u in zip(guess, units, strict=True)}
-        return member, parse_history(hist_raw), bool(erased), in_stock
+        return member, hist, bool(erased), in_stock
 
     async def offers(self, member_id: str | None, n: int, store_id: str | None,
                      session_id: str | None) -> dict[str, Any]:

@@ -20,10 +20,11 @@ from live.commerce import Commerce
 from live.commerce_ops import register_commerce_ops
 from live.config import Settings
 from live.hub import Hub, HubConfig
-from live.offers import OfferService
+from live.offers import COPY_PREFIXES, OfferService
 from live.screens import CLEAR_AFTER, ScreenGreeter
 from live.session_ops import SessionOps
 from live.store import EmbeddedStore, bounded, connect
+from live.tracked import Tracked
 from recommender.events import EventLog
 from recommender.service import Recommender
 
@@ -94,6 +95,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         embedded = EmbeddedStore(settings.store_dir, fsync=settings.store_fsync)
         url = embedded.start()
     redis = connect(url, settings.store_timeout)
+    copy: Tracked | None = None
     try:
         await redis.ping()
         keyring = load_keyring(settings)
@@ -108,7 +110,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         hub = Hub(redis, HubConfig.from_env(settings.ws_send_buffer))
         session_ops = SessionOps(hub, catalog, identity.members)
         recommender = Recommender(redis, settings.model_dir, identity.erased_among)
-        offers = OfferService(recommender, catalog, identity.members, hub.session_products)
+        if settings.offers_copy:
+            copy = Tracked(url, COPY_PREFIXES)
+            await copy.start()
+        offers = OfferService(recommender, catalog, identity.members, hub.session_products,
+                              copy)
         commerce = Commerce(
             redis, catalog, identity.members, events, notifier=hub, record=recommender.record,
         )
@@ -140,6 +146,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             embedded=embedded,
         )
     finally:
+        if copy is not None:
+            await bounded(copy.stop(), "store announcements")
         await bounded(redis.aclose(), "store client")
         if embedded is not None:
             embedded.stop()

@@ -4,14 +4,17 @@ eval commands."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis as redis_sync
+from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 
+from live.app import create_app
 from live.cli import main
 from live.config import Settings
 from live.types import WAREHOUSE, Product, Sku
@@ -172,3 +175,57 @@ def test_check_in_at_a_screen_is_recorded(client: TestClient) -> None:
         return [(e.kind, e.store_id) async for _, e in svc.events.read()
                 if e.user == signed["member_id"]]
     assert client.portal.call(checkins) == [("checkin", "store-soho")]  # type: ignore[union-attr]
+
+
+def held_contexts() -> float:
+    return REGISTRY.get_sample_value("newretail_offers_context_lookups_total",
+                                     {"result": "held"}) or 0.0
+
+
+def test_offers_from_the_process_copy_follow_the_store(client: TestClient) -> None:
+    """Asked again, a member's offers come from the process's copy (no store trip); a
+    product's stock written since is seen at once."""
+    svc: Any = client.app.state.services  # type: ignore[attr-defined]
+    assert svc.offers.copy is not None and svc.offers.copy.live
+    mid = make_member(client)
+    me = token(client, mid, "member")
+    client.post("/events", headers=me, json=[{"member_id": mid, "sku": "9007",
+                                              "kind": "purchase"}])
+    first = client.get("/offers", params={"n": 5}, headers=me).json()
+    held = held_contexts()
+    for _ in range(2):
+        again = client.get("/offers", params={"n": 5}, headers=me).json()
+        assert again["offers"] == first["offers"]
+    assert held_contexts() >= held + 1
+    gone = first["offers"][0]["sku"]
+    client.portal.call(svc.catalog.set_stock, gone, WAREHOUSE, 0)  # type: ignore[union-attr]
+    after = client.get("/offers", params={"n": 5}, headers=me).json()
+    assert gone not in [o["sku"] for o in after["offers"]] and len(after["offers"]) == 5
+
+
+def test_consent_withdrawn_is_seen_by_the_next_offer(client: TestClient) -> None:
+    mid = make_member(client)
+    me = token(client, mid, "member")
+    client.post("/events", headers=me, json=[{"member_id": mid, "sku": "9003",
+                                              "kind": "purchase"}])
+    for _ in range(2):
+        assert client.get("/offers", params={"n": 5}, headers=me).json()["personalized"]
+    r = client.patch("/identity/me", headers=me, json={"consent": {"personalization": False}})
+    assert r.status_code == 200
+    body = client.get("/offers", params={"n": 5}, headers=me).json()
+    assert body["personalized"] is False
+    assert all(o["reason"] != "buy_again" for o in body["offers"])
+
+
+def test_offers_read_the_store_every_time_without_the_copy(settings: Settings) -> None:
+    with TestClient(create_app(replace(settings, offers_copy=False))) as off:
+        assert off.app.state.services.offers.copy is None  # type: ignore[attr-defined]
+        mid = make_member(off)
+        me = token(off, mid, "member")
+        held = held_contexts()
+        for _ in range(3):
+            assert off.get("/offers", params={"n": 5}, headers=me).status_code == 200
+        assert held_contexts() == held
+    assert Settings.from_env({"NEWRETAIL_OFFERS_COPY": "off"}).offers_copy is False
+    with pytest.raises(ValueError, match="NEWRETAIL_OFFERS_COPY"):
+        Settings.from_env({"NEWRETAIL_OFFERS_COPY": "maybe"})
