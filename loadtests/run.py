@@ -3,7 +3,9 @@
 1. A fresh var dir in a temporary folder (never ``var/`` or anything shared): demo data
    (catalog, stores, members with history, as ``newretail demo`` makes it), a trained model,
    signed-in devices for member codes, stock for the flash sales.
-2. ``newretail serve`` on 127.0.0.1 with its embedded store, under a time limit.
+2. ``newretail serve`` on 127.0.0.1 with its embedded store, under a time limit: one
+   process for HTTP, one for WebSockets (at ``--fanout-nice`` lower priority, writing
+   ``--fanout-chunk`` viewers a turn).
 3. The live session opened by a host, every token signed, all in a plan file for Locust.
 4. Locust, headless: a master and ``--processes`` workers; the statistics start once every
    viewer has joined (``--warmup`` seconds at most) and run for ``--run-time`` seconds; CSV
@@ -14,7 +16,8 @@ Every process started here is stopped on the way out, whatever happened; each al
 hard time limit and dies with this process.
 
     python -m loadtests.run [--run-time 60] [--processes 2] [--tighten F] [--budget FILE]
-        [--viewers 2000] [--offers-rate 520] [--checkin-rate 50] [-- LOCUST ARGS...]
+        [--viewers 2000] [--offers-rate 520] [--checkin-rate 50] [--fanout-nice 10]
+        [--fanout-chunk 128] [-- LOCUST ARGS...]
 """
 
 from __future__ import annotations
@@ -263,9 +266,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--nice", type=int, default=0,
                         help="niceness of the service and Locust (e.g. -10, as root: ahead of "
                              "other work on a shared machine, which then gets less CPU)")
-    parser.add_argument("--fanout-nice", type=int, default=0,
+    parser.add_argument("--fanout-nice", type=int, default=10,
                         help="extra niceness of the WebSocket process and of the Locust "
-                             "processes holding viewers and the host (with --split)")
+                             "processes holding viewers and the host (with --split): "
+                             "budgets of tens of ms give way to budgets of a few ms")
+    parser.add_argument("--fanout-chunk", type=int, default=128,
+                        help="NEWRETAIL_LIVE_FANOUT_CHUNK of the WebSocket process (with "
+                             "--split): viewers written between turns of its event loop")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where Locust's CSV and the logs go")
     parser.add_argument("--keep", action="store_true",
@@ -349,10 +356,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                 port = free_port()
                 log = tmp / f"server-{role}.log"
                 workers = args.workers if role == "web" else 1
+                env = service_env(var)
+                if role == "ws":
+                    env["NEWRETAIL_LIVE_FANOUT_CHUNK"] = str(args.fanout_chunk)
                 proc = procs.start(
                     [sys.executable, "-m", "live.cli", "serve", "--port", str(port),
                      "--workers", str(workers)],
-                    service_env(var), log, limit=args.warmup + args.run_time + 240,
+                    env, log, limit=args.warmup + args.run_time + 240,
                     nice=args.fanout_nice if role == "ws" else 0)
                 url = f"http://127.0.0.1:{port}"
                 wait_healthy(url, proc, log, timeout=60)
