@@ -116,6 +116,10 @@ def _merged(held: Any, field: str, value: Any, limit: int = 10_000) -> dict[str,
 # prefixes may begin another (the store refuses overlapping prefixes).
 COPY_PREFIXES = (MEMBER.split("{")[0], HISTORY.split("{")[0], ERASED, REVISION,
                  keys.stock(""))
+# Keys each process's copy holds at most: about three a member (record, history, stock of
+# what they are offered) for as many members as the recommender keeps tastes for, whose
+# kept tastes share the held history.
+COPY_MAX_KEYS = 60_000
 
 
 class OfferService:
@@ -256,7 +260,8 @@ class OfferService:
                 return None
             units.append(at[loc])
         COPY_LOOKUPS.labels("held").inc()
-        return member, list(hist), erased[tag], rev, units
+        # the held tuple itself: a kept taste compares it by identity and keeps no other
+        return member, hist, erased[tag], rev, units
 
     async def _read_context(self, context_keys: list[str], tag: str, loc: str
                             ) -> tuple[Member | None, History, int, bytes, list[int]]:
@@ -268,13 +273,13 @@ class OfferService:
             raw: Any = await self._context(keys=context_keys, args=[tag, loc])
             member_raw, hist_raw, erased, rev, units = raw
             member = member_from(_pairs(member_raw)) if member_raw else None
-            hist = parse_history(hist_raw)
+            hist = tuple(parse_history(hist_raw))
             if copy is not None:
                 COPY_LOOKUPS.labels("read").inc()
                 mkey, hkey, _, _, *stock_keys = context_keys
                 keep[mkey] = member
                 if member is not None and _reads_history(member):
-                    keep[hkey] = tuple(hist)
+                    keep[hkey] = hist
                 keep[ERASED] = _merged(copy.get(ERASED), tag, erased, limit=100_000)
                 keep[REVISION] = rev
                 for key, u in zip(stock_keys, units, strict=True):

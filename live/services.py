@@ -20,7 +20,7 @@ from live.commerce import Commerce
 from live.commerce_ops import register_commerce_ops
 from live.config import Settings
 from live.hub import Hub, HubConfig
-from live.offers import COPY_PREFIXES, OfferService
+from live.offers import COPY_MAX_KEYS, COPY_PREFIXES, OfferService
 from live.screens import CLEAR_AFTER, ScreenGreeter
 from live.session_ops import SessionOps
 from live.store import EmbeddedStore, bounded, connect
@@ -111,7 +111,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         session_ops = SessionOps(hub, catalog, identity.members)
         recommender = Recommender(redis, settings.model_dir, identity.erased_among)
         if settings.offers_copy:
-            copy = Tracked(url, COPY_PREFIXES)
+            copy = Tracked(url, COPY_PREFIXES, max_keys=COPY_MAX_KEYS)
             await copy.start()
         offers = OfferService(recommender, catalog, identity.members, hub.session_products,
                               copy)

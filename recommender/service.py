@@ -51,7 +51,7 @@ TASTE_LOOKUPS = Counter("newretail_rec_taste_lookups",
                         ["result"])
 
 ErasedAmong = Callable[[Sequence[str]], Awaitable[set[str]]]
-History = list[tuple[str, str, float, int]]
+History = Sequence[tuple[str, str, float, int]]  # newest first; a tuple when kept
 Vector = np.ndarray[Any, np.dtype[np.float32]]
 
 
