@@ -37,8 +37,9 @@ from identity.members import Members
 from identity.tokens import KeyRing
 from live.app import tune_gc
 from live.catalog import Catalog
-from live.offers import OfferService
+from live.offers import COPY_MAX_KEYS, COPY_PREFIXES, OfferService
 from live.store import EmbeddedStore, connect
+from live.tracked import Tracked
 from recommender.evaluate import make_split, parse_time, read_retail
 from recommender.events import LOG, EventLog, history_key
 from recommender.index import ItemIndex
@@ -118,16 +119,22 @@ async def bench_server_side(url: str, model_dir: Path, mids: list[str], requests
     rec = Recommender(redis, model_dir, no_one_erased)
     await rec.refresh()
     members = Members(redis, b"bench-pepper-0123456789abcdef")
-    svc = OfferService(rec, Catalog(redis), members, no_products)
-    await svc.products_warmed()
+    plain = OfferService(rec, Catalog(redis), members, no_products)
+    await plain.products_warmed()
     for mid in mids[:50]:
-        await svc.offers(mid, 10, None, None)
+        await plain.offers(mid, 10, None, None)
     tune_gc()  # the collector as a web process runs it, once started
     kind = rec.model.index.kind if rec.model else "?"
     n = len(rec.model.item_ids) if rec.model else 0
+    copy = Tracked(url, COPY_PREFIXES, max_keys=COPY_MAX_KEYS)
+    await copy.start(wait=5.0)
+    with_copy = OfferService(rec, Catalog(redis), members, no_products, copy)
+    await with_copy.products_warmed()
     # computed: every offer folds in, searches and blends (a member's first offer after an
-    # event of theirs); kept: the member asked within a minute with the same history.
-    for label, keep in (("computed", 0.0), ("kept", 60.0)):
+    # event of theirs); kept: the member asked within a minute with the same history;
+    # kept, copy: the same with the process's copy of what offers read (no store trip).
+    for label, keep, svc in (("computed", 0.0, plain), ("kept", 60.0, plain),
+                             ("kept, copy", 60.0, with_copy)):
         rec.taste_seconds = keep
         if keep:  # every member asked once already, as in a shop that has run a while
             for mid in mids:
@@ -155,6 +162,7 @@ async def bench_server_side(url: str, model_dir: Path, mids: list[str], requests
             fig.add("recommender part (fold-in + ANN + blend), p50 / p99",
                     f"{pct(core, 50):.2f} / {pct(core, 99):.2f} ms")
             fig.curves["in process, recommender part"] = core
+    await copy.stop()
     await redis.aclose()
 
 
