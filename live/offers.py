@@ -40,6 +40,8 @@ USERS_GAUGE = Gauge("newretail_rec_model_users",
 COPY_LOOKUPS = Counter("newretail_offers_context_lookups",
                        "Offers' member contexts, by whether the process's copy held them "
                        "(held) or the store was read (read)", ["result"])
+COPY_KEYS = Gauge("newretail_offers_copy_keys",
+                  "Store keys held in this process's copy for offers")
 PRODUCTS_GAUGE = Gauge("newretail_offers_products_cached",
                        "Products whose title, category and price this process has cached")
 
@@ -147,6 +149,8 @@ class OfferService:
         self._warming: asyncio.Task[None] | None = None
         USERS_GAUGE.set_function(recommender.user_count)
         PRODUCTS_GAUGE.set_function(lambda: len(self._product_cache))
+        if copy is not None:
+            COPY_KEYS.set_function(copy.__len__)
 
     async def _in_stock(self, skus: list[str], store_id: str | None) -> set[str]:
         """Those of ``skus`` with units at ``store_id`` (anywhere when None): from the

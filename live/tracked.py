@@ -168,6 +168,7 @@ class Tracked:
     async def _watch(self) -> None:
         options = parse_url(self.url)
         pause = 0.05
+        said = ""
         while True:
             transport: asyncio.Transport | None = None
             try:
@@ -188,8 +189,10 @@ class Tracked:
                 if self.live:
                     log.warning("store announcements stopped (%s): reading from the store "
                                 "until they are back", exc)
-                else:
-                    log.info("store announcements not available yet: %s", exc)
+                elif str(exc) != said:  # a store that refuses is retried quietly
+                    log.warning("store announcements not available (%s): reading from the "
+                                "store", exc)
+                said = str(exc)
             finally:
                 if self.live:
                     self.live = False
