@@ -49,11 +49,11 @@ def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
     os.environ["NEWRETAIL_MODE"] = settings.mode
     config = TcpConfig(
         "live.app:create_app", factory=True, host=host, port=port, workers=workers,
+        # uvicorn's httptools protocol, writing a response's head with its body.
+        http=HTTP_PROTOCOL,
         # uvicorn's sans-I/O websockets protocol (the fastest of its implementations for
         # fan-out and the leanest per connection, see loadtests/README.md), without a
         # pause in reading per message.
-        # uvicorn's httptools protocol, writing a response's head with its body.
-        http=HTTP_PROTOCOL,
         ws=WS_PROTOCOL, ws_max_size=settings.ws_max_frame, ws_per_message_deflate=False,
         log_level=settings.log_level.lower(), access_log=False, lifespan="on",
         # Longer than clients' and proxies' idle pools, so the server is not the one

@@ -51,6 +51,14 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _choice(env: Mapping[str, str], name: str, options: tuple[str, ...]) -> str:
+    """One of ``options``; the first when unset."""
+    raw = env.get(name, options[0])
+    if raw not in options:
+        raise ValueError(f"{name} must be {' or '.join(options)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service reads from its environment.
@@ -99,12 +107,6 @@ class Settings:
         mode = env.get("NEWRETAIL_MODE", "dev")
         if mode not in ("dev", "demo", "prod"):
             raise ValueError(f"NEWRETAIL_MODE must be dev, demo or prod, got {mode!r}")
-        fsync = env.get("NEWRETAIL_STORE_FSYNC", "always")
-        if fsync not in ("always", "everysec"):
-            raise ValueError(f"NEWRETAIL_STORE_FSYNC must be always or everysec, got {fsync!r}")
-        copy = env.get("NEWRETAIL_OFFERS_COPY", "on")
-        if copy not in ("on", "off"):
-            raise ValueError(f"NEWRETAIL_OFFERS_COPY must be on or off, got {copy!r}")
         return cls(
             redis_url=env.get("NEWRETAIL_REDIS_URL") or env.get("REDIS_URL") or None,
             var_dir=Path(env.get("NEWRETAIL_VAR_DIR", "var")),
@@ -114,11 +116,11 @@ class Settings:
             static_dir=Path(env.get("NEWRETAIL_STATIC_DIR", str(_ROOT / "static"))),
             ws_max_frame=_int(env, "NEWRETAIL_WS_MAX_FRAME", 64 * 1024),
             ws_send_buffer=_int(env, "NEWRETAIL_WS_SEND_BUFFER", 256 * 1024),
-            store_fsync=fsync,
+            store_fsync=_choice(env, "NEWRETAIL_STORE_FSYNC", ("always", "everysec")),
             store_timeout=_float(env, "NEWRETAIL_STORE_TIMEOUT", 2.0),
             ws_conn_per_address=_int(env, "NEWRETAIL_WS_CONN_PER_ADDRESS", 256),
             ws_conn_rate=_float(env, "NEWRETAIL_WS_CONN_RATE", 20.0),
             ws_conn_burst=_int(env, "NEWRETAIL_WS_CONN_BURST", 100),
             ws_trusted=_addresses(env, "NEWRETAIL_WS_TRUSTED", ("127.0.0.1", "::1")),
-            offers_copy=copy == "on",
+            offers_copy=_choice(env, "NEWRETAIL_OFFERS_COPY", ("on", "off")) == "on",
         )

@@ -40,6 +40,7 @@ USERS_GAUGE = Gauge("newretail_rec_model_users",
 COPY_LOOKUPS = Counter("newretail_offers_context_lookups",
                        "Offers' member contexts, by whether the process's copy held them "
                        "(held) or the store was read (read)", ["result"])
+COPY_HELD, COPY_READ = COPY_LOOKUPS.labels("held"), COPY_LOOKUPS.labels("read")
 COPY_KEYS = Gauge("newretail_offers_copy_keys",
                   "Store keys held in this process's copy for offers")
 PRODUCTS_GAUGE = Gauge("newretail_offers_products_cached",
@@ -106,14 +107,6 @@ def _reads_history(member: Member) -> bool:
     return isinstance(entry, dict) and entry.get("given") is True
 
 
-def _merged(held: Any, field: str, value: Any, limit: int = 10_000) -> dict[str, Any]:
-    """A held hash-like entry (stock units by place, erased flags by member) with one more
-    field; a fresh one when nothing is held, or ``limit`` fields are."""
-    if held is MISSING or held is None or len(held) >= limit:
-        return {field: value}
-    return {**held, field: value}
-
-
 # The keys an offer reads, announced to each process's copy when written. None of these
 # prefixes may begin another (the store refuses overlapping prefixes).
 COPY_PREFIXES = (MEMBER.split("{")[0], HISTORY.split("{")[0], ERASED, REVISION,
@@ -173,18 +166,16 @@ class OfferService:
                 return found
         stock_keys = [keys.stock(s) for s in unread]
         began = copy.begin(stock_keys) if copy is not None else 0
-        keep: dict[str, Any] = {}
         try:
             units: Any = await self._stock(keys=stock_keys, args=[loc])
-            for s, key, u in zip(unread, stock_keys, units, strict=True):
-                if u > 0:
-                    found.add(s)
-                if copy is not None:
-                    keep[key] = _merged(keep.get(key, copy.get(key)), loc, u)
-        finally:
+        except BaseException:
             if copy is not None:
-                copy.end(stock_keys, began, keep)
-        return found
+                copy.end(stock_keys, began, {})
+            raise
+        if copy is not None:
+            copy.end(stock_keys, began, {},
+                     [(key, loc, u) for key, u in zip(stock_keys, units, strict=True)])
+        return found | {s for s, u in zip(unread, units, strict=True) if u > 0}
 
     async def _catalog_head(self, k: int) -> list[Candidate]:
         first: Any = await self.catalog.redis.zrange(keys.CATALOG, 0, k)
@@ -263,7 +254,7 @@ class OfferService:
             if at is MISSING or loc not in at:
                 return None
             units.append(at[loc])
-        COPY_LOOKUPS.labels("held").inc()
+        COPY_HELD.inc()
         # the held tuple itself: a kept taste compares it by identity and keeps no other
         return member, hist, erased[tag], rev, units
 
@@ -272,25 +263,24 @@ class OfferService:
         """``_member_context``'s read from the store, kept in the copy when there is one."""
         copy = self.copy
         began = copy.begin(context_keys) if copy is not None else 0
-        keep: dict[str, Any] = {}
         try:
             raw: Any = await self._context(keys=context_keys, args=[tag, loc])
-            member_raw, hist_raw, erased, rev, units = raw
-            member = member_from(_pairs(member_raw)) if member_raw else None
-            hist = tuple(parse_history(hist_raw))
+        except BaseException:
             if copy is not None:
-                COPY_LOOKUPS.labels("read").inc()
-                mkey, hkey, _, _, *stock_keys = context_keys
-                keep[mkey] = member
-                if member is not None and _reads_history(member):
-                    keep[hkey] = hist
-                keep[ERASED] = _merged(copy.get(ERASED), tag, erased, limit=100_000)
-                keep[REVISION] = rev
-                for key, u in zip(stock_keys, units, strict=True):
-                    keep[key] = _merged(copy.get(key), loc, u)
-        finally:
-            if copy is not None:
-                copy.end(context_keys, began, keep)
+                copy.end(context_keys, began, {})
+            raise
+        member_raw, hist_raw, erased, rev, units = raw
+        member = member_from(_pairs(member_raw)) if member_raw else None
+        hist = tuple(parse_history(hist_raw))
+        if copy is not None:
+            COPY_READ.inc()
+            mkey, hkey, _, _, *stock_keys = context_keys
+            keep: dict[str, Any] = {mkey: member, REVISION: rev}
+            if member is not None and _reads_history(member):
+                keep[hkey] = hist
+            copy.end(context_keys, began, keep, [
+                (ERASED, tag, erased),
+                *((key, loc, u) for key, u in zip(stock_keys, units, strict=True))])
         return member, hist, erased, rev, units
 
     async def _member_context(

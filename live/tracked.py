@@ -20,7 +20,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import hiredis
@@ -48,12 +48,16 @@ class Tracked:
         url: the store.
         prefixes: the key prefixes to be told about (none may be a prefix of another).
         max_keys: keys held at most; the oldest go first.
+        max_fields: fields held at most in one key's dict (see ``end``); past it the dict
+            starts afresh.
     """
 
-    def __init__(self, url: str, prefixes: Iterable[str], max_keys: int = 100_000) -> None:
+    def __init__(self, url: str, prefixes: Iterable[str], max_keys: int = 100_000,
+                 max_fields: int = 100_000) -> None:
         self.url = url
         self.prefixes = tuple(prefixes)
         self.max_keys = max_keys
+        self.max_fields = max_fields
         self.live = False
         self.announced = 0  # keys announced so far
         self._values: dict[str, Any] = {}
@@ -76,12 +80,14 @@ class Tracked:
             reading[key] = reading.get(key, 0) + 1
         return self._epoch
 
-    def end(self, keys: Iterable[str], began: int, values: Mapping[str, Any]) -> None:
-        """After the read begun with ``begin``: keep ``values`` (some of ``keys``) unless
-        one was announced meanwhile or the copy was dropped since. Call it when the read
-        failed too, with no values."""
+    def end(self, keys: Sequence[str], began: int, values: Mapping[str, Any],
+            fields: Iterable[tuple[str, str, Any]] = ()) -> None:
+        """After the read begun with ``begin``: keep ``values`` (some of ``keys``), and each
+        ``(key, field, value)`` of ``fields`` in the dict held at ``key`` (made when none
+        is; for hash-like entries read a field at a time), unless the key was announced
+        meanwhile or the copy was dropped since. Call it when the read failed too, with
+        nothing to keep."""
         reading, spoiled = self._reading, self._spoiled
-        keys = list(keys)
         for key in keys:
             left = reading.get(key, 1) - 1
             if left > 0:
@@ -89,16 +95,30 @@ class Tracked:
             else:
                 reading.pop(key, None)
         if self.live and began == self._epoch:
-            held = self._values
             for key, value in values.items():
                 if key not in spoiled:
-                    if key not in held and len(held) >= self.max_keys:
-                        del held[next(iter(held))]
-                    held[key] = value
+                    self._hold(key, value)
+            held = self._values
+            for key, field, value in fields:
+                if key in spoiled:
+                    continue
+                # In place: not announced since this read began, so whatever is held at
+                # the key is as current as what was read.
+                entry = held.get(key)
+                if entry is None or len(entry) >= self.max_fields:
+                    self._hold(key, {field: value})
+                else:
+                    entry[field] = value
         if spoiled:
             for key in keys:
                 if key not in reading:
                     spoiled.discard(key)
+
+    def _hold(self, key: str, value: Any) -> None:
+        held = self._values
+        if key not in held and len(held) >= self.max_keys:
+            del held[next(iter(held))]
+        held[key] = value
 
     def drop_all(self, why: str) -> None:
         """Keep nothing held now, nor what reads under way bring back."""

@@ -49,6 +49,7 @@ TASTE_MAX = 20_000
 TASTE_LOOKUPS = Counter("newretail_rec_taste_lookups",
                         "Members' tastes asked for, by whether the kept one served",
                         ["result"])
+TASTE_KEPT, TASTE_COMPUTED = TASTE_LOOKUPS.labels("kept"), TASTE_LOOKUPS.labels("computed")
 
 ErasedAmong = Callable[[Sequence[str]], Awaitable[set[str]]]
 History = Sequence[tuple[str, str, float, int]]  # newest first; a tuple when kept
@@ -324,9 +325,9 @@ class Recommender:
         if (kept is not None and kept.model is model and kept.k == k and kept.until > now
                 and kept.hist == key):
             self._tastes.move_to_end(user)
-            TASTE_LOOKUPS.labels("kept").inc()
+            TASTE_KEPT.inc()
             return kept.vec, kept.candidates()
-        TASTE_LOOKUPS.labels("computed").inc()
+        TASTE_COMPUTED.inc()
         vec = self.vector(user, hist)
         candidates = self.blend_personal(user, hist, vec, k, set())
         self._tastes[user] = _Taste(model, key, k, now + self.taste_seconds, vec, candidates)

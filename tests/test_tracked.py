@@ -140,3 +140,18 @@ async def test_a_store_that_refuses_leaves_the_copy_empty(store_url: str,
         assert tracked.get("tt:a:1") is MISSING
     finally:
         await tracked.stop()
+
+
+async def test_fields_gather_in_one_entry_unless_announced(copy: Tracked,
+                                                           redis: aredis.Redis) -> None:
+    """Hash-like entries are filled a field at a time; a field read while its key was
+    written is not added."""
+    copy.end(["tt:b:s"], copy.begin(["tt:b:s"]), {}, [("tt:b:s", "shop-1", 3)])
+    copy.end(["tt:b:s"], copy.begin(["tt:b:s"]), {}, [("tt:b:s", "shop-2", 0)])
+    assert copy.get("tt:b:s") == {"shop-1": 3, "shop-2": 0}
+    began = copy.begin(["tt:b:s"])
+    seen = copy.announced
+    await redis.hset("tt:b:s", "shop-3", "5")
+    await until(lambda: copy.announced > seen, "tt:b:s announced")
+    copy.end(["tt:b:s"], began, {}, [("tt:b:s", "shop-3", 4)])
+    assert copy.get("tt:b:s") is MISSING

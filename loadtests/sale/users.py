@@ -26,6 +26,7 @@ event before the send time arrived keeps the read time until it does.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -144,14 +145,13 @@ def fanout_priority(opts: Any) -> None:
     """Lower this process's priority by ``--fanout-nice``, once: it holds viewers or the
     host, whose budgets are in tens of milliseconds, and shares the cores with processes
     whose budgets are in single milliseconds."""
-    global _reniced
-    nice = int(getattr(opts, "fanout_nice", 0) or 0)
-    if nice > 0 and not _reniced:
-        _reniced = True
+    _lower_priority(int(getattr(opts, "fanout_nice", 0) or 0))
+
+
+@functools.cache
+def _lower_priority(nice: int) -> None:
+    if nice > 0:
         os.nice(nice)
-
-
-_reniced = False
 
 
 def _groups(opts: Any) -> int:
