@@ -6,11 +6,8 @@ import logging
 import time
 from typing import Any, Protocol
 
-import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from starlette.requests import Request
-from starlette.responses import Response
 
 log = logging.getLogger("newretail.live")
 
@@ -41,19 +38,6 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def error_response(code: str, message: str, status: int) -> Response:
-    return Response(
-        orjson.dumps(error_body(code, message)), status_code=status,
-        media_type="application/json",
-    )
-
-
-async def handle_error(request: Request, exc: Exception) -> Response:
-    """Starlette exception handler for every package's error type."""
-    err: WireError = exc  # type: ignore[assignment]
-    return error_response(err.code, err.message, err.status)
-
-
 def not_found(what: str) -> LiveError:
     return LiveError("not_found", f"{what} not found", 404)
 
@@ -63,17 +47,6 @@ def bad_request(message: str) -> LiveError:
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
-
-
-async def handle_http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own HTTP errors (unknown route, wrong method) in our error shape."""
-    status = int(getattr(exc, "status_code", 500))
-    detail = str(getattr(exc, "detail", "") or "error")
-    return error_response(_HTTP_CODES.get(status, "http_error"), detail, status)
-
-
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    return error_response("internal", "the server failed to handle this request", 500)
 
 
 def store_unavailable() -> LiveError:
@@ -126,10 +99,3 @@ def log_store_error(exc: BaseException, where: str) -> None:
         log.warning("store unavailable (%s: %s); answering %s", where,
                     type(exc).__name__, STORE_UNAVAILABLE)
 
-
-async def handle_store_error(request: Request, exc: Exception) -> Response:
-    """Starlette exception handler: a store outage is a 503 with a retry hint, not a 500."""
-    log_store_error(exc, request.url.path)
-    resp = error_response(STORE_UNAVAILABLE, STORE_MESSAGE, 503)
-    resp.headers["retry-after"] = "1"
-    return resp

@@ -32,7 +32,8 @@ from identity.codes import member_code
 from identity.devices import Device
 from identity.service import IdentityService
 from identity.tokens import KeyRing
-from live.store import EmbeddedStore, connect
+from live.db.client import connect
+from live.db.server import EmbeddedValkey
 from tests.utils import run_server
 
 GOAL_P99_MS = 5.0
@@ -260,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     ring = KeyRing.from_spec(ring_spec)
     with tempfile.TemporaryDirectory(prefix="bench-checkin-") as tmp:
         var = Path(tmp)
-        embedded: EmbeddedStore | None = None
+        embedded: EmbeddedValkey | None = None
         url = os.environ.get("REDIS_URL")
         if not url:
-            embedded = EmbeddedStore(var / "store")
+            embedded = EmbeddedValkey(var / "store")
             url = embedded.start()
         try:
             devices = asyncio.run(make_devices(

@@ -74,7 +74,7 @@ def serve(store_url: str, var: Path, procs: int,
         for _ in range(procs):
             port = free_port()
             running.append(subprocess.Popen(
-                [python_of(root), "-m", "live.cli", "serve", "--port", str(port)],
+                [python_of(root), "-m", "live.web.cli", "serve", "--port", str(port)],
                 env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             urls.append(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 30
@@ -105,8 +105,8 @@ def token(sub: str, role: str) -> str:
 
 async def reset(store_url: str, units: int) -> None:
     """The product with ``units`` in the warehouse and nothing else sold yet."""
-    from live.catalog import Catalog
-    from live.store import connect as store_connect
+    from live.commerce.catalog import Catalog
+    from live.db.client import connect as store_connect
     from live.types import Product, Sku
 
     redis = store_connect(store_url)

@@ -124,7 +124,7 @@ class HubTarget:
                "NEWRETAIL_JWT_KEYS": KEYS, "NEWRETAIL_LOG_LEVEL": "WARNING"}
         self.logs = [open(var / f"hub-{port}.log", "wb") for port in self.ports]  # noqa: SIM115
         self.procs = [
-            subprocess.Popen([sys.executable, "-m", "live.cli", "serve", "--port", str(port)],
+            subprocess.Popen([sys.executable, "-m", "live.web.cli", "serve", "--port", str(port)],
                              env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
             for port, log in zip(self.ports, self.logs, strict=True)
         ]
@@ -269,8 +269,8 @@ def measure(kind: str, n: int, args: argparse.Namespace, store_url: str,
 
 
 def seed(store_url: str) -> None:
-    from live.catalog import Catalog
-    from live.store import connect
+    from live.commerce.catalog import Catalog
+    from live.db.client import connect
     from live.types import Product, Sku
 
     async def put() -> None:
@@ -287,9 +287,9 @@ def bench_store(url: str | None, tmp: Path) -> Iterator[str]:
     if url:
         yield url
         return
-    from live.store import EmbeddedStore
+    from live.db.server import EmbeddedValkey
 
-    store = EmbeddedStore(tmp / "store")
+    store = EmbeddedValkey(tmp / "store")
     try:
         yield store.start()
     finally:

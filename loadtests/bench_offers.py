@@ -35,11 +35,12 @@ import psutil
 
 from identity.members import Members
 from identity.tokens import KeyRing
-from live.app import tune_gc
-from live.catalog import Catalog
-from live.offers import COPY_MAX_KEYS, COPY_PREFIXES, OfferService
-from live.store import EmbeddedStore, connect
-from live.tracked import Tracked
+from live.commerce.catalog import Catalog
+from live.db.client import connect
+from live.db.server import EmbeddedValkey
+from live.db.tracked import Tracked
+from live.offers.service import COPY_MAX_KEYS, COPY_PREFIXES, OfferService
+from live.web.app import tune_gc
 from recommender.evaluate import make_split, parse_time, read_retail
 from recommender.events import LOG, EventLog, history_key
 from recommender.index import ItemIndex
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         store = None
         url = args.redis_url
         if url is None:
-            store = EmbeddedStore(Path(tmp) / "store")
+            store = EmbeddedValkey(Path(tmp) / "store")
             url = store.start()
         try:
             var = Path(tmp) / "var"

@@ -62,7 +62,7 @@ async def control(broadcast: Callable[[int, float], Awaitable[None]],
 async def serve_websockets(port: int, raw: bool = False) -> None:
     from websockets.asyncio.server import ServerConnection, broadcast, serve
 
-    from live.protocol import Format, frame
+    from live.protocol.frames import Format, frame
 
     clients: set[ServerConnection] = set()
 

@@ -329,7 +329,7 @@ def scratch(keep: bool) -> Iterator[Path]:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from live.config import Settings
+    from live.web.settings import Settings
     from loadtests.sale.seed import make_plan, seed, write_plan
 
     limits = load_budget(args.budget, args.tighten)  # a bad budget fails before any work
@@ -346,7 +346,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             # below runs with the default (every acknowledged write on disk).
             devices = math.ceil(args.checkin_rate * 30 * 1.5) + 10 * args.screens
             seeded = asyncio.run(seed(
-                Settings(var_dir=var, store_fsync="everysec", log_level="WARNING"),
+                Settings(var_dir=var, db_fsync="everysec", log_level="WARNING"),
                 members=args.members, devices=devices))
             print(f"prepared in {time.perf_counter() - started:.1f} s: {args.members:,} "
                   f"members, {devices:,} devices, model {seeded.model_version}", flush=True)
@@ -360,7 +360,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                 if role == "ws":
                     env["NEWRETAIL_LIVE_FANOUT_CHUNK"] = str(args.fanout_chunk)
                 proc = procs.start(
-                    [sys.executable, "-m", "live.cli", "serve", "--port", str(port),
+                    [sys.executable, "-m", "live.web.cli", "serve", "--port", str(port),
                      "--workers", str(workers)],
                     env, log, limit=args.warmup + args.run_time + 240,
                     nice=args.fanout_nice if role == "ws" else 0)

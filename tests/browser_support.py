@@ -20,8 +20,8 @@ import redis as redis_sync
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page, expect
 
 from identity.members import Members
-from live.catalog import Catalog
-from live.store import connect
+from live.commerce.catalog import Catalog
+from live.db.client import connect
 from live.types import WAREHOUSE, Product, Sku, Store
 from tests.commerce_helpers import JWT_SPEC, PEPPER, keyring
 from tests.utils import ServerProcess, run_server

@@ -9,9 +9,9 @@ import redis.asyncio as aredis
 
 from identity.members import Members
 from identity.tokens import KeyRing
-from live.catalog import Catalog
-from live.commerce import Commerce
-from live.store import connect
+from live.commerce.catalog import Catalog
+from live.commerce.service import Commerce
+from live.db.client import connect
 from live.types import Product, Sku, Store
 from recommender.events import EventLog
 

@@ -15,9 +15,10 @@ import redis as redis_sync
 import redis.asyncio as aredis
 from starlette.testclient import TestClient
 
-from live.app import create_app
-from live.config import Settings
-from live.store import EmbeddedStore, connect
+from live.db.client import connect
+from live.db.server import EmbeddedValkey
+from live.web.app import create_app
+from live.web.settings import Settings
 
 STORE_FIXTURES = {"store_url", "redis", "sync_redis", "settings", "client"}
 
@@ -56,7 +57,7 @@ def store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             raise pytest.UsageError("REDIS_URL must name a database of its own, not db 0")
         yield url
         return
-    embedded = EmbeddedStore(tmp_path_factory.mktemp("store"))
+    embedded = EmbeddedValkey(tmp_path_factory.mktemp("store"))
     url = embedded.start()
     try:
         yield url

@@ -9,7 +9,7 @@ import msgpack
 import orjson
 from hypothesis import strategies as st
 
-from live.protocol import REACTION_KINDS
+from live.protocol.messages import REACTION_KINDS
 
 KNOWN_OPS = ("chat", "react", "cart.add", "cart.remove", "checkout", "pin", "unpin",
              "flash.start", "flash.stop", "chat.remove", "mute", "end")

@@ -14,7 +14,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from identity.tokens import KeyRing
-from live.catalog import Catalog
+from live.commerce.catalog import Catalog
 from live.types import Product, Sku
 
 KEYS = "k1:" + "s3cret-for-the-live-hub-tests-0123456789"

@@ -18,14 +18,14 @@ import redis.asyncio as aredis
 from starlette.routing import Route
 
 from identity.members import Members
-from live.app import create_app
-from live.catalog import Catalog
-from live.commerce import Commerce
-from live.commerce_ops import register_commerce_ops
-from live.config import Settings
-from live.hub import Hub
-from live.openapi import DESCRIBED, served
-from live.session_ops import SessionOps
+from live.commerce.catalog import Catalog
+from live.commerce.service import Commerce
+from live.hub.hub import Hub
+from live.hub.session_ops import SessionOps
+from live.web.app import create_app
+from live.web.commerce_ops import register_commerce_ops
+from live.web.openapi import DESCRIBED, served
+from live.web.settings import Settings
 from recommender.events import EventLog
 from tests.access_support import (
     ROLES,

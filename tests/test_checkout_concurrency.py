@@ -13,9 +13,10 @@ import pytest
 import redis as redis_sync
 import redis.asyncio as aredis
 
-from live.commerce_types import Caller
+from live.commerce.types import Caller
+from live.db.client import connect
+from live.db.server import EmbeddedValkey
 from live.errors import LiveError
-from live.store import EmbeddedStore, connect
 from tests.commerce_helpers import JWT_SPEC, keyring, make_commerce, seed, seed_sync
 from tests.utils import ServerProcess, run_server
 
@@ -147,7 +148,7 @@ def test_two_web_processes_never_oversell(
 def test_acknowledged_orders_survive_restarts(tmp_path: Path) -> None:
     """An order acknowledged with 201 and its stock change survive a SIGKILL of the web
     process and then of the embedded store itself."""
-    store = EmbeddedStore(tmp_path / "store")
+    store = EmbeddedValkey(tmp_path / "store")
     url = store.start()
     env = {"NEWRETAIL_JWT_KEYS": JWT_SPEC}
     try:

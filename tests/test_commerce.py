@@ -14,20 +14,26 @@ import pytest
 import redis.asyncio as aredis
 
 from identity.members import Members
-from live.carts import MAX_LINE_QTY, CartLine, parse_idempotency_key, parse_qty, parse_sku
-from live.catalog import Catalog
-from live.commerce import RECORD_GRACE, Commerce
-from live.commerce_types import Caller
-from live.errors import LiveError
-from live.flash import parse_flash_start
-from live.inventory import (
-    UNRECORDED,
+from live.commerce.carts import (
+    MAX_LINE_QTY,
+    CartLine,
+    parse_idempotency_key,
+    parse_qty,
+    parse_sku,
+)
+from live.commerce.catalog import Catalog
+from live.commerce.flash import parse_flash_start
+from live.commerce.inventory import (
     CheckoutRequest,
     checkout_args,
     choose_location,
     parse_batch,
 )
-from live.keys import stock as stock_key
+from live.commerce.keys import UNRECORDED
+from live.commerce.keys import stock as stock_key
+from live.commerce.service import RECORD_GRACE, Commerce
+from live.commerce.types import Caller
+from live.errors import LiveError
 from recommender.events import EventLog
 from recommender.types import Event
 from tests.commerce_helpers import PEPPER, Clock, make_commerce, make_members, seed

@@ -22,8 +22,8 @@ import httpx
 import pytest
 import redis as redis_sync
 
+from live.db.client import connect
 from live.errors import STORE_ERRORS
-from live.store import connect
 from tests.commerce_helpers import JWT_SPEC, PEPPER, keyring, make_members, seed
 from tests.hub_support import Client
 from tests.light_ws import LightClient, open_client, wait_all
@@ -387,14 +387,14 @@ async def _state_after(path: Path, old_pid: int, timeout: float = 10.0) -> dict[
 async def _publish_note(url: str, sid: str, wait: float = 0.0) -> int:
     """A session event published straight into the store as soon as it answers (within
     ``wait`` seconds), before the web process is likely to have resubscribed."""
-    from live.sessions import SessionStore
+    from live.hub.sessions import Sessions
 
     redis = connect(url)
     deadline = time.monotonic() + wait
     try:
         while True:
             try:
-                return await SessionStore(redis, 1000).publish(sid, {"type": "note"})
+                return await Sessions(redis, 1000).publish(sid, {"type": "note"})
             except STORE_ERRORS:
                 if time.monotonic() > deadline:
                     raise

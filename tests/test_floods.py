@@ -16,10 +16,10 @@ import orjson
 import pytest
 import redis as redis_sync
 
-from live.config import Settings
-from live.limits import ConnectionLimits
-from live.sessions import SessionStore
-from live.store import connect
+from live.db.client import connect
+from live.hub.sessions import Sessions
+from live.web.limits import ConnectionLimits
+from live.web.settings import Settings
 from tests.commerce_helpers import JWT_SPEC, PEPPER, keyring, make_members, seed
 from tests.hub_support import Client
 from tests.light_ws import LightClient, open_client, wait_all
@@ -243,7 +243,7 @@ async def _pin_run(server: ServerProcess, store_url: str, sid: str, host: Client
     """The host pins and unpins ``PINS`` times, 20 ms apart, with a 48 KB event between
     each; returns the readers' pin latencies (arrival minus the event's store time)."""
     redis = connect(store_url)
-    store = SessionStore(redis, 1000)
+    store = Sessions(redis, 1000)
     start = [len(c.messages) for c in readers]
     try:
         for i in range(PINS):
@@ -303,7 +303,7 @@ async def test_a_viewer_who_never_reads_is_cut_off_and_the_others_keep_their_lat
         for _ in range(200):
             if watcher.done():
                 break
-            await SessionStore(redis, 1000).publish(sid, {"type": "note", "pad": PAD})
+            await Sessions(redis, 1000).publish(sid, {"type": "note", "pad": PAD})
             await asyncio.sleep(0.02)
     finally:
         await redis.aclose()
@@ -504,7 +504,7 @@ def test_limit_settings_come_from_the_environment() -> None:
     s = Settings.from_env({"NEWRETAIL_WS_TRUSTED": "", "NEWRETAIL_WS_CONN_PER_ADDRESS": "7",
                            "NEWRETAIL_WS_CONN_RATE": "2.5", "NEWRETAIL_STORE_TIMEOUT": "0.5"})
     assert s.ws_trusted == () and s.ws_conn_per_address == 7 and s.ws_conn_rate == 2.5
-    assert s.store_timeout == 0.5
+    assert s.db_timeout == 0.5
     assert Settings.from_env({}).ws_trusted == ("127.0.0.1", "::1")
     for bad in ({"NEWRETAIL_WS_TRUSTED": "localhost"}, {"NEWRETAIL_WS_CONN_RATE": "0"},
                 {"NEWRETAIL_STORE_TIMEOUT": "soon"}):

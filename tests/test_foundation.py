@@ -14,12 +14,13 @@ from starlette.testclient import TestClient
 
 from identity.errors import IdentityError
 from identity.tokens import KeyRing
-from live.cli import main as cli_main
-from live.config import Settings
-from live.demo import make_products, seed_demo
-from live.listener import TcpConfig, as_tcp
-from live.services import open_services
-from live.store import EmbeddedStore, bounded, connect
+from live.db.client import bounded, connect
+from live.db.server import EmbeddedValkey
+from live.demo.seed import make_products, seed_demo
+from live.uvicorn.listener import TcpConfig, as_tcp
+from live.web.cli import main as cli_main
+from live.web.compose import open_services
+from live.web.settings import Settings
 from tests.utils import run_server
 
 
@@ -185,10 +186,10 @@ def test_embedded_store_keeps_acknowledged_writes_across_a_kill(tmp_path: Path) 
         await client.aclose()
         return value
 
-    store = EmbeddedStore(tmp_path / "store")
+    store = EmbeddedValkey(tmp_path / "store")
     asyncio.run(write(store.start()))
     store.kill()
-    again = EmbeddedStore(tmp_path / "store")
+    again = EmbeddedValkey(tmp_path / "store")
     try:
         assert asyncio.run(read(again.start())) == b"v"
     finally:
@@ -197,9 +198,9 @@ def test_embedded_store_keeps_acknowledged_writes_across_a_kill(tmp_path: Path) 
 
 def test_second_process_joins_the_running_embedded_store(tmp_path: Path) -> None:
     """Two processes on one var/ share one embedded server; only the starter stops it."""
-    first = EmbeddedStore(tmp_path / "store")
+    first = EmbeddedValkey(tmp_path / "store")
     url = first.start()
-    second = EmbeddedStore(tmp_path / "store")
+    second = EmbeddedValkey(tmp_path / "store")
     try:
         assert second.start() == url and not second.owned and first.owned
         second.stop()
@@ -254,7 +255,7 @@ async def test_the_socket_bound_for_several_workers_sends_without_delay() -> Non
     """Connections accepted on the socket bound for several workers have TCP_NODELAY, as
     with one worker: uvicorn's own socket left it off, so a kept-alive connection's every
     response after the first waited for the client's delayed ACK (about 44 ms)."""
-    config = TcpConfig("live.app:create_app", factory=True, host="127.0.0.1", port=0,
+    config = TcpConfig("live.web.app:create_app", factory=True, host="127.0.0.1", port=0,
                        workers=2)
     sock = config.bind_socket()
     assert sock.proto == socket.IPPROTO_TCP

@@ -16,9 +16,9 @@ import redis as redis_sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from live.app import create_app
-from live.config import Settings
-from live.openapi import DESCRIBED
+from live.web.app import create_app
+from live.web.openapi import DESCRIBED
+from live.web.settings import Settings
 from tests.access_support import SERVER_ENV, auth, seed_world, sign_in, token
 from tests.fuzz_strategies import (
     BAD_ID,

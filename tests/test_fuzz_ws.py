@@ -25,27 +25,25 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from live.carts import parse_idempotency_key, parse_qty, parse_sku
-from live.commerce_ops import CHECKOUT_ROLES
-from live.commerce_types import CART_ROLES
+from live.commerce.carts import parse_idempotency_key, parse_qty, parse_sku
+from live.commerce.flash import parse_flash_start
+from live.commerce.types import CART_ROLES
 from live.errors import LiveError
-from live.flash import parse_flash_start
-from live.protocol import (
+from live.protocol.frames import Format, decode_frame, encode
+from live.protocol.messages import (
     AUDIENCE_ROLES,
     CHAT_ROLES,
     HOST_ROLES,
     MAX_CHAT_CHARS,
-    Format,
     chat_text,
     check_role,
-    decode_frame,
-    encode,
     error_message,
     parse_hello,
     parse_op,
     reaction_kind,
     require_str,
 )
+from live.web.commerce_ops import CHECKOUT_ROLES
 from tests.access_support import SERVER_ENV, auth, seed_world, sign_in, token
 from tests.fuzz_strategies import VALUE, bad_frame
 from tests.fuzz_strategies import encode as encode_frame

@@ -15,8 +15,8 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.asyncio.client import connect
 
-from live.httpproto import LiveHttpProtocol
-from live.wsproto import WS_PROTOCOL
+from live.uvicorn.http import LiveHttpProtocol
+from live.uvicorn.ws import WS_PROTOCOL
 from tests.utils import uvicorn_in_loop
 
 

@@ -14,9 +14,9 @@ import redis as redis_sync
 from websockets.exceptions import ConnectionClosed
 
 from identity.members import Members
-from live.hub import Hub, HubConfig
-from live.protocol import friendly_label
-from live.sessions import SessionStore, channel
+from live.hub.hub import Hub, HubConfig
+from live.hub.sessions import Sessions, channel
+from live.protocol.messages import friendly_label
 from tests.hub_support import (
     ENV,
     Client,
@@ -155,7 +155,7 @@ async def test_stale_epoch_or_trimmed_history_is_not_recovered(
     welcome = await stale.hello(token("member-1", "member"), {"epoch": "other", "seq": seq})
     assert welcome["recovered"] is False
     await stale.close()
-    store = SessionStore(redis, HISTORY)
+    store = Sessions(redis, HISTORY)
     for i in range(HISTORY + 5):
         await store.publish(session, {"type": "note", "n": i})
     late = await Client.open(a.ws_url, f"/ws/live/{session}")
@@ -412,7 +412,7 @@ async def test_a_client_that_does_not_read_is_cut_off_and_others_go_on(
     stuck = await Client.open(a.ws_url, f"/ws/live/{session}", max_queue=1)
     await stuck.hello(token("member-1", "member"))
     reader = await _viewer(a, session, 2)
-    store = SessionStore(redis, HISTORY)
+    store = Sessions(redis, HISTORY)
     pad = "x" * 30_000
     last = 0
     received = 0
@@ -500,7 +500,7 @@ async def test_session_channels_use_sharded_pubsub_when_offered(
     """Both stores here (Valkey, Redis 7) offer sharded pub/sub: each process with viewers
     SSUBSCRIBEs to the session's hash-tagged channel and nobody SUBSCRIBEs to it."""
     a, b = servers
-    assert await SessionStore(redis).sharded() is True
+    assert await Sessions(redis).sharded() is True
     viewers = [await _viewer(a, session, 1), await _viewer(b, session, 2)]
     name = channel(session)
     assert name.endswith("{" + session + "}")
@@ -526,7 +526,7 @@ async def test_plain_pubsub_fallback_keeps_one_order(
         plain: Any = await redis.execute_command("PUBSUB", "NUMSUB", channel(sid))
         shard: Any = await redis.execute_command("PUBSUB", "SHARDNUMSUB", channel(sid))
         assert (int(plain[1]), int(shard[1])) == (2, 0)
-        store = SessionStore(redis, HISTORY, pubsub="plain")
+        store = Sessions(redis, HISTORY, pubsub="plain")
         for i in range(5):
             await store.publish(sid, {"type": "note", "n": i})
         assert (await host.op("pin", "p1", sku="SKU1"))["type"] == "ack"
@@ -566,7 +566,7 @@ async def stock_events(hub: Hub, sid: str, count: int) -> list[tuple[str, int]]:
     """The session's ``stock`` events, once there are ``count`` (or after 10 s)."""
     deadline = time.monotonic() + 10
     while True:
-        rows = await hub.store.history_range(sid, 1, await hub.store.current_seq(sid))
+        rows = await hub.sessions.history_range(sid, 1, await hub.sessions.current_seq(sid))
         found = [(e["sku"], e["left"]) for _, raw in rows
                  if (e := orjson.loads(raw))["type"] == "stock"]
         if len(found) >= count or time.monotonic() > deadline:
@@ -582,7 +582,7 @@ async def test_a_coalesced_flush_carries_the_figure_as_it_is_not_the_last_staged
     flush holds its pair until published, so two processes' flushes never interleave."""
     stock = Stock(kite=0)
     a, b = two_hubs(redis, stock)
-    sid = (await a.store.create("race", ["kite"], None, "host-1")).id
+    sid = (await a.sessions.create("race", ["kite"], None, "host-1")).id
     await b.publish_coalesced(sid, "stock", "kite", 0)  # the last unit, staged first
     await a.publish_coalesced(sid, "stock", "kite", 1)  # the one before, staged late
     await a.start()
@@ -602,7 +602,7 @@ async def test_a_figure_already_shown_is_not_sent_again(redis: Any) -> None:
     event says so, not one per process."""
     stock = Stock(kite=0)
     a, b = two_hubs(redis, stock)
-    sid = (await a.store.create("shown", ["kite"], None, "host-1")).id
+    sid = (await a.sessions.create("shown", ["kite"], None, "host-1")).id
     await a.start()
     await b.start()
     try:
@@ -622,7 +622,7 @@ async def test_a_figure_already_shown_is_not_sent_again(redis: Any) -> None:
 
 
 async def test_unshown_figures_per_session_and_kind(redis: Any) -> None:
-    store = SessionStore(redis, HISTORY)
+    store = Sessions(redis, HISTORY)
     assert await store.unshown("s1", "stock", {"a": 1, "b": 2}) == {"a": 1, "b": 2}
     assert await store.unshown("s1", "stock", {"a": 1, "b": 2}) == {}
     assert await store.unshown("s1", "stock", {"a": 1, "b": 3}) == {"b": 3}
@@ -634,7 +634,7 @@ async def test_unshown_figures_per_session_and_kind(redis: Any) -> None:
 
 
 async def test_events_published_together_have_consecutive_seqs(redis: Any) -> None:
-    store = SessionStore(redis, HISTORY)
+    store = Sessions(redis, HISTORY)
     sid = (await store.create("together", ["kite"], None, "host-1")).id
     first = await store.publish(sid, {"type": "note", "n": 0})
     last = await store.publish_many(sid, [{"type": "note", "n": 1}, {"type": "note", "n": 2}])
@@ -653,13 +653,13 @@ async def test_an_event_with_its_figures_goes_out_as_consecutive_events(redis: A
     one already shown; the flush that follows sends nothing more."""
     stock = Stock(kite=0, yoyo=4)
     hub, _ = two_hubs(redis, stock)
-    sid = (await hub.store.create("end", ["kite", "yoyo"], None, "host-1")).id
+    sid = (await hub.sessions.create("end", ["kite", "yoyo"], None, "host-1")).id
     ended = {"type": "flash_sale_ended", "sku": "kite", "reason": "sold_out"}
     seq = await hub.publish_with_figures(sid, ended, "stock", ["kite"])
     assert await stock_events(hub, sid, 1) == [("kite", 0)]
-    assert await hub.store.current_seq(sid) == seq + 1
+    assert await hub.sessions.current_seq(sid) == seq + 1
     assert await hub.publish_with_figures(sid, ended, "stock", ["kite"]) == seq + 2
-    assert await hub.store.current_seq(sid) == seq + 2  # the figure was shown: the event alone
+    assert await hub.sessions.current_seq(sid) == seq + 2  # the figure was shown: the event alone
     await hub.publish_coalesced(sid, "stock", "kite", 0)
     await hub.publish_coalesced(sid, "stock", "yoyo", 4)
     await hub.start()
@@ -673,10 +673,10 @@ async def test_a_flush_whose_values_another_process_took_publishes_nothing(redis
     """Another process's flush took the values staged here: this process's flush of the
     pair finds none and publishes no empty event (a ``viewers`` count of 0, say)."""
     hub = Hub(redis, HubConfig(coalesce_interval=0.05))
-    sid = (await hub.store.create("taken", ["kite"], None, "host-1")).id
+    sid = (await hub.sessions.create("taken", ["kite"], None, "host-1")).id
     lock = f"nr:live:flushlock:{{{sid}}}:reactions"
     await hub.publish_coalesced(sid, "reactions", "heart", 1)
-    assert await hub.store.drain(sid, "reactions", 5000) == {"heart": 1}  # the other process
+    assert await hub.sessions.drain(sid, "reactions", 5000) == {"heart": 1}  # the other process
     await redis.delete(lock)  # ... which published them and whose interval is over
     await hub.start()
     try:
@@ -686,7 +686,7 @@ async def test_a_flush_whose_values_another_process_took_publishes_nothing(redis
             await asyncio.sleep(0.005)
         await hub.publish_coalesced(sid, "reactions", "fire", 2)
         while True:
-            rows = await hub.store.history_range(sid, 1, await hub.store.current_seq(sid))
+            rows = await hub.sessions.history_range(sid, 1, await hub.sessions.current_seq(sid))
             found = [e for _, raw in rows if (e := orjson.loads(raw))["type"] == "reactions"]
             if found or time.monotonic() > deadline:
                 break

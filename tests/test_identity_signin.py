@@ -8,8 +8,8 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from live.app import create_app
-from live.config import Settings
+from live.web.app import create_app
+from live.web.settings import Settings
 from tests.identity_support import (
     FakeClock,
     admin,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis as redis_sync
 
-from live.config import Settings
+from live.web.settings import Settings
 from loadtests.check_budget import read_stats
 from loadtests.sale.seed import make_plan, seed, write_plan
 from tests.utils import run_server

@@ -14,10 +14,10 @@ import redis as redis_sync
 from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 
-from live.app import create_app
-from live.cli import main
-from live.config import Settings
 from live.types import WAREHOUSE, Product, Sku
+from live.web.app import create_app
+from live.web.cli import main
+from live.web.settings import Settings
 from recommender.model import current_version
 from tests.identity_support import auth, sign_in
 from tests.identity_support import token as id_token
@@ -85,7 +85,7 @@ def test_suggestions_route(client: TestClient, sync_redis: redis_sync.Redis) -> 
                           json={"title": "t", "products": ["9000", "9001"]})
     sid = created.json()["session_id"]
     hub = client.app.state.services.hub  # type: ignore[attr-defined]
-    client.portal.call(hub.store.pin, sid, {"sku": "9000"})  # type: ignore[union-attr]
+    client.portal.call(hub.sessions.pin, sid, {"sku": "9000"})  # type: ignore[union-attr]
     r = client.get(f"/live/sessions/{sid}/suggestions", params={"n": 3}, headers=host)
     assert r.status_code == 200
     got = [s["sku"] for s in r.json()["suggestions"]]

@@ -15,9 +15,9 @@ from schemathesis import checks as st_checks
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from live.app import create_app
-from live.config import Settings
-from live.openapi import DESCRIBED, openapi_document, served, undescribed
+from live.web.app import create_app
+from live.web.openapi import DESCRIBED, openapi_document, served, undescribed
+from live.web.settings import Settings
 from tests.access_support import Actors, make_actors, seed_world
 from tests.utils import ServerProcess, run_server
 

@@ -13,10 +13,11 @@ import pytest
 import redis.asyncio as aredis
 
 from live.errors import LiveError
-from live.hub import Hub, HubConfig, Room, cancel_and_wait
-from live.outbox import Outbox
-from live.protocol import ClientOp, ConnId, Format, frame, frame_payloads
-from live.wsconn import Conn
+from live.hub.hub import Hub, HubConfig, Room, cancel_and_wait
+from live.hub.outbox import Outbox
+from live.protocol.frames import Format, frame, frame_payloads
+from live.protocol.messages import ClientOp, ConnId
+from live.writers.base import Conn
 
 # Connections between pauses, where the tests ask for pauses.
 FANOUT_CHUNK = 128

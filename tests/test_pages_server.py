@@ -9,9 +9,9 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from live.app import create_app
-from live.config import Settings
 from live.types import WAREHOUSE, Product, Sku, Store
+from live.web.app import create_app
+from live.web.settings import Settings
 from tests.identity_support import auth, sign_in, token
 
 PHONE = "+447700900777"

@@ -19,7 +19,7 @@ import pytest
 import redis as redis_sync
 from websockets.exceptions import ConnectionClosed
 
-from live.store import connect
+from live.db.client import connect
 from recommender.train import AlsParams
 from recommender.trainer import train_from_log
 from tests.access_support import SERVER_ENV, auth, seed_world, sign_in, token

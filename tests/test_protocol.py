@@ -9,33 +9,31 @@ from websockets.frames import Frame
 from websockets.streams import StreamReader
 
 from live.errors import LiveError
-from live.protocol import (
+from live.protocol.frames import Format, choose_format, decode_frame, frame, frame_payloads
+from live.protocol.messages import (
     AUDIENCE_ROLES,
     CHAT_ROLES,
     HOST_ROLES,
     MAX_CHAT_CHARS,
-    Arrival,
-    Coalescer,
-    ConnState,
-    Format,
-    GcPlan,
-    ReplayKind,
-    SessionState,
     Since,
     chat_name,
     chat_text,
     check_role,
-    choose_format,
+    friendly_label,
+    parse_hello,
+    parse_op,
+)
+from live.protocol.states import (
+    Arrival,
+    Coalescer,
+    ConnState,
+    GcPlan,
+    ReplayKind,
+    SessionState,
     classify_arrival,
     coalesced_event,
     coalesced_events,
     conn_transition,
-    decode_frame,
-    frame,
-    frame_payloads,
-    friendly_label,
-    parse_hello,
-    parse_op,
     plan_replay,
     replay_complete,
     session_transition,

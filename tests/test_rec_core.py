@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from live.errors import LiveError
-from live.offers import parse_events
+from live.offers.routes import parse_events
 from recommender.evaluate import evaluate, is_product_code, parse_time, read_retail
 from recommender.index import ItemIndex
 from recommender.model import current_version, read_version, write_version

@@ -15,8 +15,8 @@ import pytest
 import redis.asyncio as aredis
 
 from identity.members import Members
-from live.catalog import Catalog
-from live.offers import OfferService
+from live.commerce.catalog import Catalog
+from live.offers.service import OfferService
 from live.types import WAREHOUSE, Product, Sku, Store
 from recommender.events import ERASED, EventLog, erased_tag, index_key
 from recommender.model import current_version, read_version

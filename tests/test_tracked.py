@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aredis
 
-from live.tracked import CLIENT_NAME, MISSING, Tracked
+from live.db.tracked import CLIENT_NAME, MISSING, Tracked
 
 
 async def until(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:

@@ -18,7 +18,8 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from live.wsproto import QUEUE_HIGH, QUEUE_LOW, WS_PROTOCOL, between_frames
+from live.uvicorn.ws import QUEUE_HIGH, QUEUE_LOW, WS_PROTOCOL
+from live.websockets.parser import between_frames
 from tests.utils import uvicorn_in_loop
 
 

@@ -89,7 +89,7 @@ def run_server(
     }
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "live.cli", "serve", "--port", str(port),
+            [sys.executable, "-m", "live.web.cli", "serve", "--port", str(port),
              "--workers", str(workers)],
             env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
         )

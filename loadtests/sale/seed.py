@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 
 from identity.tokens import KeyRing
-from live.config import Settings
-from live.demo import STORES, seed_demo
-from live.services import load_keyring, open_services
+from live.demo.seed import STORES, seed_demo
+from live.web.compose import load_keyring, open_services
+from live.web.settings import Settings
 from loadtests.sale.plan import Plan
 from recommender.trainer import train_from_log
 

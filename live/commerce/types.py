@@ -1,0 +1,53 @@
+"""Value types and role sets of the commerce service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypedDict
+
+from live.commerce.orders import Order
+
+CART_ROLES = frozenset({"viewer", "member"})
+BUYER_ROLES = frozenset({"member"})
+HOST_ROLES = frozenset({"host", "admin"})
+
+
+class Notifier(Protocol):
+    """What the commerce service needs of the live hub."""
+
+    async def publish(self, session_id: str, event: dict[str, Any]) -> int: ...
+    async def publish_with_figures(
+        self, session_id: str, event: dict[str, Any], kind: str, keys: Sequence[str]) -> int: ...
+    async def publish_coalesced(
+        self, session_id: str, kind: str, key: str, value: Any) -> None: ...
+    async def send_to_user(self, user: str, message: dict[str, Any]) -> None: ...
+    async def send_to_users(self, messages: Sequence[tuple[str, dict[str, Any]]]) -> None: ...
+
+
+class CartItem(TypedDict):
+    sku: str
+    title: str
+    qty: int
+    price: float
+    flash_sale: str | None
+
+
+class CartView(TypedDict):
+    lines: list[CartItem]
+    count: int
+    total: float
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: the token's ``sub`` and ``role``."""
+
+    user: str
+    role: str
+
+
+@dataclass(frozen=True)
+class Checkout:
+    order: Order
+    replayed: bool

@@ -1,0 +1,722 @@
+"""The live hub of one web process: rooms of local connections per session, fan-out of
+session events arriving from the store, personal messages, ops and snapshots.
+
+Events travel through the store (``Sessions.publish``: history stream + pub/sub); each
+process that has viewers of a session subscribes to its channel, encodes each event once
+per format and writes the same frame bytes to every local viewer, through the room's
+writer (``live/outbox.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import orjson
+import redis.asyncio as aredis
+
+from identity.errors import IdentityError
+from live.access import check_session_host
+from live.errors import STORE_ERRORS, LiveError, log_store_error, store_unavailable
+from live.hub.outbox import Outbox
+from live.hub.sessions import SCREEN_CHANNEL, USER_CHANNEL, Sessions, channel
+from live.metrics import WS_MESSAGES_SENT
+from live.protocol.frames import Format, frame, frame_payloads
+from live.protocol.messages import (
+    CLOSE_POLICY,
+    HOST_ROLES,
+    ClientOp,
+    ConnId,
+    Since,
+    check_role,
+)
+from live.protocol.states import (
+    Arrival,
+    Coalescer,
+    GcPlan,
+    ReplayKind,
+    classify_arrival,
+    coalesced_events,
+    plan_replay,
+    replay_complete,
+)
+from live.uvicorn.rawconn import RawConn
+from live.writers.base import Conn
+
+log = logging.getLogger("newretail.live")
+
+
+@dataclass(frozen=True)
+class OpContext:
+    """Who sent an op, on which session and connection."""
+
+    session_id: str
+    user: str
+    role: str
+    member_id: str | None
+    conn_id: str
+
+
+OpHandler = Callable[[OpContext, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+PersonalState = Callable[[str], Awaitable[dict[str, Any] | None]]
+SnapshotProvider = Callable[[str, str | None], Awaitable[Any]]
+Refresher = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+# The process re-resyncs a session's viewers (close 4002, they resume) when events it
+# missed are no longer in history.
+CLOSE_RESYNC = 4002
+# Seconds between full rewrites of a session's presence (it expires after three).
+PRESENCE_REFRESH = 20.0
+# A coalesced flush holds its pair this long at most (a process that dies mid-flush).
+FLUSH_HOLD_MS = 5000
+# Personal messages per publish in ``send_to_users`` (a few hundred KB at most).
+PERSONAL_BATCH = 500
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again every second: on
+    Python 3.11 a cancellation that lands as an ``asyncio.timeout`` expires can be lost,
+    and the listener's store reads run under one (a stop would then wait forever)."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: a task that failed on its way out is not logged
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    history: int = 1000
+    coalesce_interval: float = 0.25
+    viewers_interval: float = 1.0
+    send_buffer: int = 256 * 1024
+    pubsub: str = "auto"
+    # Connections written between turns of the event loop; 0: a whole room in one turn. A
+    # pause lets ops run during a fan-out (a host's ack in half the time) but, with HTTP
+    # processes on the same cores, their p99 was 10-25 ms higher in the load test.
+    fanout_chunk: int = 0
+    # Frames straight to the socket where the server allows (``live.uvicorn.rawconn``);
+    # off: every frame goes through the asyncio transport (uvloop, or to compare).
+    direct_send: bool = True
+
+    def __post_init__(self) -> None:
+        if self.fanout_chunk < 0:
+            raise ValueError(f"NEWRETAIL_LIVE_FANOUT_CHUNK must be 0 or more, got "
+                             f"{self.fanout_chunk}")
+
+
+class Room:
+    """The local connections to one session."""
+
+    __slots__ = ("sid", "live", "joining", "last_seq", "ready", "arrived", "departed",
+                 "presence_at", "outbox", "writer")
+
+    def __init__(self, sid: str) -> None:
+        self.sid = sid
+        self.live: dict[ConnId, Conn] = {}
+        self.joining: dict[ConnId, Conn] = {}
+        self.last_seq = 0
+        # Events not yet written to every live connection, and the task writing them.
+        self.outbox = Outbox(Hub.msgpack_frame)
+        self.writer: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        # Presence is written as it changes; all of it only every PRESENCE_REFRESH.
+        self.arrived: set[str] = set()
+        self.departed: set[str] = set()
+        self.presence_at = 0.0
+
+    def users(self) -> set[str]:
+        return {c.user for c in (*self.live.values(), *self.joining.values())}
+
+    def __len__(self) -> int:
+        return len(self.live) + len(self.joining)
+
+
+@dataclass(frozen=True)
+class Op:
+    handler: OpHandler
+    roles: frozenset[str]
+    # Only for hosts and admins: then only the session's own host (or an admin) may run it.
+    hosts_only: bool
+
+
+class Hub:
+    """The hub of this process (see the module docstring). Call ``start`` before use."""
+
+    def __init__(
+        self, redis: aredis.Redis, config: HubConfig | None = None,
+        erased_among: Callable[[Sequence[str]], Awaitable[set[str]]] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.config = config or HubConfig()
+        self.sessions = Sessions(redis, self.config.history, self.config.pubsub)
+        self.proc = secrets.token_hex(6)
+        self.ops: dict[str, Op] = {}
+        self.snapshot_parts: dict[str, SnapshotProvider] = {}
+        self.refreshers: dict[str, Refresher] = {}
+        self.rooms: dict[str, Room] = {}
+        self.by_user: dict[str, set[Conn]] = {}
+        self.screens: dict[str, set[Conn]] = {}
+        self.coalescer = Coalescer(self.config.coalesce_interval)
+        self.gc_plan = GcPlan()
+        self._pubsub: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ids = itertools.count(1)
+        self._subscribed: dict[str, asyncio.Event] = {}
+        # Personal messages published while the subscription was broken are lost: once it is
+        # back, each connected user is sent their state again (``add_personal_state``).
+        self.personal_parts: list[PersonalState] = []
+        # Which of these users were erased (identity's tombstones): a resync drops them.
+        self.erased_among = erased_among
+        self._listening_to_users = False
+        self._resync: asyncio.Task[None] | None = None
+        self._viewer_totals: dict[str, int] = {}
+        self._viewers_due = 0.0
+        self._rooms_lock = asyncio.Lock()
+        # Joins read the store a few times each; a burst of them must not exhaust the
+        # client's connection pool.
+        self._join_gate = asyncio.Semaphore(64)
+
+    # Public API ---------------------------------------------------------------------
+
+    def register_op(self, op: str, handler: OpHandler, roles: frozenset[str]) -> None:
+        """Serve client op ``op`` with ``handler`` for the given roles."""
+        if op == "hello":
+            raise ValueError("hello is the hub's own")
+        self.ops[op] = Op(handler, frozenset(roles), frozenset(roles) <= HOST_ROLES)
+
+    def add_snapshot_part(self, name: str, provider: SnapshotProvider) -> None:
+        """Put ``await provider(session_id, user)`` under ``state[name]`` in each welcome."""
+        self.snapshot_parts[name] = provider
+
+    async def publish(self, session_id: str, event: dict[str, Any]) -> int:
+        """A session event to every viewer on every process, in seq order; returns its seq."""
+        return await self.sessions.publish(session_id, event)
+
+    def add_personal_state(self, provider: PersonalState) -> None:
+        """After this process missed personal messages (its subscription broke with the
+        store), ``await provider(user)`` is sent to every connection of each connected user
+        (``None``: nothing), so a cart changed meanwhile on another device shows again."""
+        self.personal_parts.append(provider)
+
+    def add_refresher(self, kind: str, refresh: Refresher) -> None:
+        """Coalesced ``kind`` values are re-read with ``await refresh(session_id, values)``
+        when flushed: values staged by several processes may land out of order, and the
+        flush must carry the figures as they are, not the last one staged."""
+        self.refreshers[kind] = refresh
+
+    async def publish_with_figures(
+        self, session_id: str, event: dict[str, Any], kind: str, keys: Sequence[str],
+    ) -> int:
+        """``event``, and right behind it the ``kind`` figures of ``keys`` as they are now
+        (read by the kind's refresher) where they differ from those last shown: a sale's
+        end and its final stock reach each viewer in one write. Returns the event's seq."""
+        figures: list[dict[str, Any]] = []
+        if kind in self.refreshers and keys:
+            figures = coalesced_events(
+                kind, await self._unshown_now(session_id, kind, dict.fromkeys(keys)))
+        return await self.sessions.publish_many(session_id, [event, *figures]) - len(figures)
+
+    async def _unshown_now(self, sid: str, kind: str, values: dict[str, Any]) -> dict[str, Any]:
+        """The ``kind`` figures of ``values``' keys as they are now (read by the kind's
+        refresher), those that differ from the ones last shown in the session."""
+        return await self.sessions.unshown(sid, kind, await self.refreshers[kind](sid, values))
+
+    async def publish_coalesced(self, session_id: str, kind: str, key: str, value: Any) -> None:
+        """High-rate state: the latest value per key (reactions: the sum) goes out as one
+        ``kind`` event per session at most every ``coalesce_interval`` seconds."""
+        await self.sessions.stage(session_id, kind, key, value)
+        self.coalescer.mark(session_id, kind)
+
+    async def send_to_user(self, user: str, message: dict[str, Any]) -> None:
+        """A personal message to every connection of ``user`` on every process."""
+        await self.redis.publish(USER_CHANNEL, orjson.dumps({"to": user, "m": message}))
+
+    async def send_to_users(self, messages: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Personal messages, each to every connection of its user, in one publish per
+        ``PERSONAL_BATCH``: a batch of orders tells its buyers' devices at once, and every
+        process reads one message instead of one per buyer."""
+        for start in range(0, len(messages), PERSONAL_BATCH):
+            part = messages[start:start + PERSONAL_BATCH]
+            await self.redis.publish(USER_CHANNEL, orjson.dumps({"many": part}))
+
+    async def close_user(self, user: str, code: int, reason: str) -> None:
+        """Close every connection of ``user`` on every process (an erased member's too)."""
+        for conn in list(self.by_user.get(user, ())):
+            conn.close(code, reason)
+        await self.redis.publish(USER_CHANNEL, orjson.dumps(
+            {"to": user, "close": [code, reason]}))
+
+    async def send_to_screen(self, screen_id: str, message: dict[str, Any]) -> None:
+        """A personal message to every connection of store screen ``screen_id``."""
+        await self.redis.publish(SCREEN_CHANNEL, orjson.dumps({"to": screen_id, "m": message}))
+
+    async def session_products(self, session_id: str) -> list[str]:
+        """The session's lineup (empty for an unknown session)."""
+        try:
+            return list((await self.sessions.get(session_id)).products)
+        except LiveError:
+            return []
+
+    async def pinned_skus(self, session_id: str) -> list[str]:
+        return [str(p["sku"]) for p in await self.sessions.pins(session_id)]
+
+    async def viewers(self, session_id: str) -> list[str]:
+        """Users connected to the session now on any process (refreshed every few seconds)."""
+        return await self.sessions.present(session_id)
+
+    # Lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        log.info("session channels: %s pub/sub",
+                 "sharded" if await self.sessions.sharded() else "plain")
+        self._pubsub = self.redis.pubsub()
+        await self._pubsub.subscribe(USER_CHANNEL, SCREEN_CHANNEL)
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="hub-listen"),
+            asyncio.create_task(self._flush_loop(), name="hub-flush"),
+            asyncio.create_task(self._viewers_loop(), name="hub-viewers"),
+        ]
+
+    async def stop(self) -> None:
+        writers = [r.writer for r in self.rooms.values() if r.writer is not None]
+        await cancel_and_wait([*self._tasks, *writers, *([self._resync] if self._resync else [])])
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+
+    def new_conn_id(self) -> ConnId:
+        return ConnId(f"{self.proc}-{next(self._ids)}")
+
+    async def run_op(self, conn: Conn, op: ClientOp) -> None:
+        """Check the op and the caller's role, run its handler, send its reply and ack."""
+        if op.op == "hello":
+            raise LiveError("bad_frame", "already joined: hello comes once")
+        spec = self.ops.get(op.op)
+        if spec is None:
+            raise LiveError("unknown_op", f"unknown op {op.op!r}")
+        check_role(op.op, spec.roles, conn.role)
+        if spec.hosts_only:
+            check_session_host(op.op, conn.role, conn.user, conn.session_host)
+        ctx = OpContext(conn.session_id, conn.user, conn.role, conn.member_id, conn.id)
+        try:
+            reply = await spec.handler(ctx, op.payload)
+        except (LiveError, IdentityError):
+            raise
+        except STORE_ERRORS as exc:
+            log_store_error(exc, f"op {op.op}")
+            raise store_unavailable() from None
+        except Exception:
+            log.exception("conn %s: op %s failed", conn.id, op.op)
+            raise LiveError("internal", f"{op.op} failed on the server", 500) from None
+        if op.ref is None:
+            if reply is not None:
+                conn.send_message(reply)
+        elif reply is None:
+            conn.send_message({"type": "ack", "ref": op.ref})
+        else:
+            conn.send_messages(reply, {"type": "ack", "ref": op.ref})
+
+    # Joining and leaving ---------------------------------------------------------------
+
+    async def _room(self, sid: str) -> Room:
+        room = self.rooms.get(sid)
+        if room is not None and room.ready.is_set():
+            return room
+        async with self._rooms_lock:
+            room = self.rooms.get(sid)
+            if room is None:
+                room = self.rooms[sid] = Room(sid)
+                event = self._subscribed[channel(sid)] = asyncio.Event()
+                try:
+                    if await self.sessions.sharded():
+                        await self._pubsub.ssubscribe(channel(sid))
+                    else:
+                        await self._pubsub.subscribe(channel(sid))
+                    await asyncio.wait_for(event.wait(), 10)
+                    room.last_seq = max(room.last_seq, await self.sessions.current_seq(sid))
+                except BaseException:
+                    del self.rooms[sid]
+                    raise
+                room.ready.set()
+        return room
+
+    async def join(self, conn: Conn, sid: str, since: Since | None) -> None:
+        """Welcome ``conn`` to session ``sid``: snapshot, replay of what it missed (or
+        ``recovered: false``), then live events with no gap and no repeat."""
+        async with self._join_gate:
+            await self.sessions.get(sid)
+            room = await self._room(sid)
+            room.joining[conn.id] = conn
+            room.arrived.add(conn.user)
+            room.departed.discard(conn.user)
+            self.by_user.setdefault(conn.user, set()).add(conn)
+            snap = await self.sessions.snapshot(sid)
+            info, current = snap.info, snap.seq
+            conn.session_host = info.host
+            plan = plan_replay(since, info.epoch, current, snap.oldest)
+            replay: list[tuple[int, bytes]] = []
+            if plan.kind is ReplayKind.REPLAY:
+                replay = await self.sessions.history_range(sid, plan.first, plan.last)
+                if not replay_complete(plan, [seq for seq, _ in replay]):
+                    replay = []
+                    plan = plan_replay(Since("", 0), info.epoch, current, None)
+        state = {
+            **info.public(),
+            "pinned": snap.pins,
+            "chat": snap.chat,
+            "viewers": self._viewer_totals.get(sid, len(room)),
+        }
+        # the parts are independent reads: one wait for all of them
+        parts = list(self.snapshot_parts.items())
+        answers = await asyncio.gather(*(provider(sid, conn.user) for _, provider in parts),
+                                       return_exceptions=True)
+        for (name, _), answer in zip(parts, answers, strict=True):
+            if isinstance(answer, Exception):
+                log.error("conn %s: snapshot part %s failed", conn.id, name, exc_info=answer)
+                answer = None
+            elif isinstance(answer, BaseException):
+                raise answer
+            state[name] = answer
+        welcome: dict[str, Any] = {
+            "type": "welcome", "epoch": info.epoch, "seq": current, "role": conn.role,
+            "state": state,
+        }
+        if since is not None:
+            welcome["recovered"] = plan.kind is ReplayKind.REPLAY
+        conn.send_message(welcome)
+        for _, data in replay:
+            conn.push(self._frame(data, conn.fmt))
+        conn.after_seq = current
+        conn.joined()
+        if isinstance(conn, RawConn):
+            # Only a server process's own sockets: an app run inside another program
+            # (a test client) leaves that program's collector alone.
+            self.gc_plan.joined(time.monotonic())
+        self._promote(room)
+
+    def leave(self, conn: Conn) -> None:
+        if conn.after_seq >= 0 and isinstance(conn, RawConn):
+            self.gc_plan.left()
+        room = self.rooms.get(conn.session_id)
+        if room is not None:
+            room.live.pop(conn.id, None)
+            room.joining.pop(conn.id, None)
+            if not any(c.user == conn.user for c in self.by_user.get(conn.user, ())
+                       if c is not conn and c.session_id == conn.session_id):
+                room.departed.add(conn.user)
+                room.arrived.discard(conn.user)
+        users = self.by_user.get(conn.user)
+        if users is not None:
+            users.discard(conn)
+            if not users:
+                del self.by_user[conn.user]
+
+    def add_screen(self, screen_id: str, conn: Conn) -> None:
+        self.screens.setdefault(screen_id, set()).add(conn)
+
+    def remove_screen(self, screen_id: str, conn: Conn) -> None:
+        conns = self.screens.get(screen_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.screens[screen_id]
+
+    def _promote(self, room: Room) -> None:
+        """Move welcomed connections to the live set once this process has delivered
+        every event up to their welcome seq; send what they buffered after it."""
+        for cid, conn in list(room.joining.items()):
+            if conn.after_seq < 0 or room.last_seq < conn.after_seq:
+                continue
+            pending, conn.pending = conn.pending or [], None
+            for seq, data in pending:
+                if seq > conn.after_seq:
+                    conn.push(data if conn.fmt is Format.JSON else self._reframe(data))
+            del room.joining[cid]
+            if not conn.closed:
+                conn.sent = room.last_seq  # its pending frames reach that far
+                room.live[cid] = conn
+
+    # Fan-out --------------------------------------------------------------------------
+
+    @staticmethod
+    def msgpack_frame(data: bytes) -> bytes:
+        """The msgpack frame of an event stored as JSON."""
+        return frame(msgpack.packb(orjson.loads(data), use_bin_type=True), Format.MSGPACK)
+
+    @staticmethod
+    def _frame(data: bytes, fmt: Format) -> bytes:
+        if fmt is Format.JSON:
+            return frame(data, Format.JSON)
+        return Hub.msgpack_frame(data)
+
+    @staticmethod
+    def _reframe(json_frame: bytes) -> bytes:
+        return Hub.msgpack_frame(frame_payloads(json_frame)[0])
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                msg = await self._pubsub.get_message(ignore_subscribe_messages=False,
+                                                     timeout=1.0)
+                if msg is None:
+                    continue
+                name = msg["channel"].decode()
+                kind = msg["type"]
+                if kind == "subscribe" or kind == "ssubscribe":
+                    # The client resubscribes by itself after the store dropped it (quietly,
+                    # when it reconnects at once): what was published in between is lost.
+                    self._subscribed.setdefault(name, asyncio.Event()).set()
+                    if name == USER_CHANNEL:
+                        if self._listening_to_users and self._resync is None:
+                            log.warning("resubscribed to personal messages; sending %d "
+                                        "connected users their state again", len(self.by_user))
+                            self._resync = asyncio.create_task(self._resync_personal())
+                        self._listening_to_users = True
+                    elif name != SCREEN_CHANNEL:
+                        await self._catch_up(name)
+                elif kind == "message" or kind == "smessage":
+                    await self._on_message(name, msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except STORE_ERRORS as exc:
+                # The store went away: the client resubscribes when it reconnects, and
+                # each session then catches up on what was published in between.
+                log_store_error(exc, "hub listener")
+                await asyncio.sleep(0.5)
+            except Exception:
+                log.exception("hub listener failed; reconnecting")
+                await asyncio.sleep(0.5)
+
+    async def _resync_personal(self) -> None:
+        """Send each connected user their personal state again; close the connections of
+        users erased meanwhile (the erasure's close went out while this process was not
+        listening)."""
+        try:
+            users = [u for u, conns in self.by_user.items() if conns]
+            erased = await self.erased_among(users) if self.erased_among and users else set()
+            for user in users:
+                if user in erased:
+                    for conn in list(self.by_user.get(user, ())):
+                        conn.close(CLOSE_POLICY, "erased")
+                    continue
+                for provider in self.personal_parts:
+                    message = await provider(user)
+                    if message is not None:
+                        self._send_local(self.by_user, user, message)
+        except STORE_ERRORS as exc:  # down again: the next resubscription starts over
+            log_store_error(exc, "personal state after an outage")
+        except Exception:
+            log.exception("sending personal state after an outage failed")
+        finally:
+            self._resync = None
+
+    @staticmethod
+    def _send_local(by: dict[str, set[Conn]], to: str, message: dict[str, Any]) -> None:
+        """``message`` to every connection here of user (or screen) ``to``."""
+        for conn in list(by.get(to, ())):
+            conn.send_message(message)
+
+    async def _catch_up(self, name: str) -> None:
+        """Deliver the events a session got while this process was not subscribed (nothing
+        on the first subscription: the room is not ready yet)."""
+        sid = name.rsplit(":", 1)[1].strip("{}")
+        room = self.rooms.get(sid)
+        if room is not None and room.ready.is_set():
+            current = await self.sessions.current_seq(sid)
+            if current > room.last_seq:
+                await self._fill(room, current)
+
+    async def _on_message(self, name: str, data: bytes) -> None:
+        if name == USER_CHANNEL or name == SCREEN_CHANNEL:
+            body = orjson.loads(data)
+            by = self.by_user if name == USER_CHANNEL else self.screens
+            if "many" in body:
+                for user, message in body["many"]:
+                    self._send_local(by, user, message)
+            elif "close" in body:
+                for conn in list(by.get(body["to"], ())):
+                    conn.close(*body["close"])
+            else:
+                self._send_local(by, body["to"], body["m"])
+            return
+        sid = name.rsplit(":", 1)[1].strip("{}")
+        room = self.rooms.get(sid)
+        if room is None:
+            return
+        seq = int(orjson.loads(data)["seq"])
+        arrival = classify_arrival(room.last_seq, seq)
+        if arrival is Arrival.OLD:
+            return
+        if arrival is Arrival.GAP:
+            await self._fill(room, seq - 1)
+        self.deliver(room, seq, data)
+
+    async def _fill(self, room: Room, upto: int) -> None:
+        """Deliver events ``room.last_seq + 1 .. upto`` from history; when history no
+        longer holds them all, the room's viewers are told to resume (close 4002)."""
+        sid = room.sid
+        missed = await self.sessions.history_range(sid, room.last_seq + 1, upto)
+        if [s for s, _ in missed] != list(range(room.last_seq + 1, upto + 1)):
+            log.warning("session %s: events %d..%d lost to this process; resyncing",
+                        sid, room.last_seq + 1, upto)
+            for conn in [*room.live.values(), *room.joining.values()]:
+                conn.close(CLOSE_RESYNC, "resync")
+        for s, d in missed:
+            self.deliver(room, s, d)
+
+    def deliver(self, room: Room, seq: int, data: bytes) -> None:
+        """Hand one event to every local viewer: the live ones get it from the room's
+        writer (one frame per format, the same bytes for all), the joining ones once
+        welcomed."""
+        room.last_seq = seq
+        json_frame = frame(data, Format.JSON)
+        if room.live or len(room.outbox):
+            room.outbox.add(seq, data, json_frame)
+            if room.writer is None:
+                room.writer = asyncio.get_running_loop().create_task(self._write_out(room))
+        for conn in room.joining.values():
+            if conn.pending is not None:
+                conn.pending.append((seq, json_frame))
+        if room.joining:
+            self._promote(room)
+
+    async def _write_out(self, room: Room) -> None:
+        """Bring every live connection of ``room`` up to the newest event (a chunk of
+        connections between turns of the event loop when ``fanout_chunk`` says so); each
+        connection gets everything it lacks in one write."""
+        outbox = room.outbox
+        try:
+            while len(outbox):
+                start = outbox.top
+                conns = list(room.live.values())
+                chunk = self.config.fanout_chunk or len(conns) or 1
+                sent = 0
+                for lo in range(0, len(conns), chunk):
+                    if lo:
+                        await asyncio.sleep(0)  # ops and store replies run in between
+                    top = outbox.top
+                    # The bytes for the last point asked: most connections share it.
+                    last_at, last_fmt, data, n = -2, Format.JSON, b"", 0
+                    for conn in conns[lo:lo + chunk]:
+                        at = conn.sent
+                        if at >= top or conn.closed:
+                            continue
+                        if at != last_at or conn.fmt is not last_fmt:
+                            last_at, last_fmt = at, conn.fmt
+                            data, n = outbox.after(at, last_fmt)
+                        conn.sent = top
+                        conn.push(data)
+                        sent += n
+                if sent:
+                    WS_MESSAGES_SENT.labels("event").inc(sent)
+                outbox.trim(start)  # every connection has it up to there (all, if no more)
+        except Exception:
+            # They would miss events otherwise: each resumes from what it has.
+            log.exception("session %s: writing events to its viewers failed", room.sid)
+            outbox.clear()
+            for conn in list(room.live.values()):
+                conn.close(CLOSE_RESYNC, "resync")
+        finally:
+            room.writer = None
+
+    # Coalescing and viewer counts ---------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        interval_ms = int(self.config.coalesce_interval * 1000)
+        while True:
+            await asyncio.sleep(self.config.coalesce_interval / 2)
+            for sid, kind in self.coalescer.due(time.monotonic()):
+                try:
+                    values = await self.sessions.drain(sid, kind, FLUSH_HOLD_MS)
+                    if values is None:
+                        self.coalescer.retry(sid, kind)
+                        continue
+                    if values and kind in self.refreshers:
+                        values = await self._unshown_now(sid, kind, values)
+                    if values:  # one call: consecutive seqs, read together everywhere
+                        await self.sessions.publish_many(sid, coalesced_events(kind, values))
+                    await self.sessions.flushed(sid, kind, interval_ms)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("session %s: flushing %s failed", sid, kind)
+                    self.coalescer.retry(sid, kind)
+
+    def _tend_gc(self) -> None:
+        step = self.gc_plan.due(time.monotonic())
+        if step == "compact":
+            started, before = time.perf_counter(), gc.get_freeze_count()
+            gc.unfreeze()
+            found = gc.collect()
+            gc.freeze()
+            log.info("gc: %d frozen objects, %d unreachable collected, in %.0f ms", before,
+                     found, (time.perf_counter() - started) * 1000)
+        elif step == "freeze":
+            gc.freeze()
+            log.info("gc: %d objects frozen after a wave of joins", gc.get_freeze_count())
+
+    async def _viewers_loop(self) -> None:
+        every = self.config.viewers_interval
+        while True:
+            await asyncio.sleep(min(every, self.gc_plan.settle))
+            self._tend_gc()
+            if time.monotonic() < self._viewers_due:
+                continue
+            self._viewers_due = time.monotonic() + every
+            try:
+                await self.report_viewers(ttl=max(5.0, every * 5))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("viewer count update failed")
+
+    async def report_viewers(self, ttl: float) -> None:
+        """Write this process's viewer count per session and who arrived or left; publish
+        totals that changed; forget sessions with no local viewer left."""
+        counts: dict[str, int] = {}
+        now = time.monotonic()
+        for sid, room in list(self.rooms.items()):
+            if not room.ready.is_set():
+                continue
+            counts[sid] = len(room)
+            if now - room.presence_at > PRESENCE_REFRESH:
+                room.presence_at, room.arrived = now, room.users()
+            arrived, room.arrived = room.arrived, set()
+            departed, room.departed = room.departed, set()
+            await self.sessions.update_presence(sid, arrived, departed, PRESENCE_REFRESH * 3)
+        if not counts:
+            return
+        totals = await self.sessions.report_viewers(counts, self.proc, ttl)
+        for sid, total in totals.items():
+            if self._viewer_totals.get(sid) != total:
+                self._viewer_totals[sid] = total
+                await self.publish_coalesced(sid, "viewers", "count", total)
+        for sid, count in counts.items():
+            if count == 0:
+                await self._drop_room(sid)
+
+    async def _drop_room(self, sid: str) -> None:
+        async with self._rooms_lock:
+            room = self.rooms.get(sid)
+            if room is None or len(room) or not room.ready.is_set():
+                return
+            del self.rooms[sid]
+            self._viewer_totals.pop(sid, None)
+            self._subscribed.pop(channel(sid), None)
+            if await self.sessions.sharded():
+                await self._pubsub.sunsubscribe(channel(sid))
+            else:
+                await self._pubsub.unsubscribe(channel(sid))

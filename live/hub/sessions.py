@@ -1,0 +1,501 @@
+"""Live sessions in the store: the session record, its ordered history, pins, chat, mutes,
+coalesced values, viewer counts and presence. Keys live under ``nr:live:``.
+
+Publishing is one script: the next ``seq``, the history entry (stream id ``<seq>-0``, so
+the stream itself says which seqs it still holds) and the pub/sub message, atomically, so
+every process sees events in seq order. Per-session keys and the session's channel carry
+the session id as a hash tag (``{sid}``), so a session's scripts, transactions and
+messages stay on one Redis Cluster slot. Session channels use sharded pub/sub
+(``SPUBLISH``/``SSUBSCRIBE``, Redis 7+ and Valkey) when the server offers it: in a cluster
+a message then stays on the shard that owns the session instead of reaching every node.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aredis
+from redis.exceptions import ResponseError
+
+from live.db.client import text
+from live.errors import LiveError, not_found
+from live.protocol.messages import MAX_PINS, RECENT_CHAT
+from live.protocol.states import SessionState
+
+SESSIONS = "nr:live:sessions"  # zset of live session ids by creation time
+USER_CHANNEL = "nr:live:to-user"
+SCREEN_CHANNEL = "nr:live:to-screen"
+PRESENCE_CHUNK = 1000
+PUBSUB_MODES = ("auto", "sharded", "plain")
+# Published to once to learn whether the server knows SPUBLISH; nobody subscribes to it.
+PROBE_CHANNEL = "nr:live:probe"
+
+
+def session_key(sid: str) -> str:
+    return f"nr:live:session:{{{sid}}}"
+
+
+def seq_key(sid: str) -> str:
+    return f"nr:live:seq:{{{sid}}}"
+
+
+def history_key(sid: str) -> str:
+    return f"nr:live:history:{{{sid}}}"
+
+
+def channel(sid: str) -> str:
+    return f"nr:live:events:{{{sid}}}"
+
+
+# The one way an event enters a session: next seq, history entry, pub/sub message.
+_PUBLISH_FN = """
+-- cmd is SPUBLISH (sharded pub/sub) or PUBLISH, as the server allows.
+local function publish(seq_key, history_key, rest, ts, maxlen, chan, cmd)
+  local seq = redis.call('INCR', seq_key)
+  local data = '{"seq":' .. seq .. ',"ts":' .. ts .. ',' .. rest
+  redis.call('XADD', history_key, 'MAXLEN', maxlen, seq .. '-0', 'd', data)
+  redis.call(cmd, chan, data)
+  return seq
+end
+"""
+
+# One event, or several with consecutive seqs (every process reads them together and writes
+# them to each viewer in one send). ARGV as for one ``publish``, then the rest of each
+# further event.
+_PUBLISH = _PUBLISH_FN + """
+local seq = publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+for i = 6, #ARGV do
+  seq = publish(KEYS[1], KEYS[2], ARGV[i], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+end
+return seq
+"""
+
+# Pin and unpin check the session, change the pins and publish in one step, so a pin is
+# never shown without its event nor after the session ended.
+_PIN = _PUBLISH_FN + """
+if redis.call('HGET', KEYS[3], 'state') ~= 'live' then return -3 end
+local items = redis.call('LRANGE', KEYS[4], 0, -1)
+for _, item in ipairs(items) do
+  if cjson.decode(item)['sku'] == ARGV[7] then return -2 end
+end
+if #items >= tonumber(ARGV[8]) then return -1 end
+redis.call('RPUSH', KEYS[4], ARGV[6])
+return publish(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+"""
+
+_UNPIN = _PUBLISH_FN + """
+if redis.call('HGET', KEYS[3], 'state') ~= 'live' then return -3 end
+local items = redis.call('LRANGE', KEYS[4], 0, -1)
+for i = #items, 1, -1 do
+  local sku = cjson.decode(items[i])['sku']
+  if ARGV[6] == '' or sku == ARGV[6] then
+    redis.call('LREM', KEYS[4], 1, items[i])
+    local rest = '"type":"unpinned","sku":' .. cjson.encode(sku) .. '}'
+    return publish(KEYS[1], KEYS[2], rest, ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+  end
+end
+return -1
+"""
+
+_REMOVE_BY_FIELD = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = #items, 1, -1 do
+  local item = items[i]
+  if ARGV[2] == '' or cjson.decode(item)[ARGV[1]] == ARGV[2] then
+    redis.call('LREM', KEYS[1], 1, item)
+    return item
+  end
+end
+return false
+"""
+
+_DRAIN = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return false end
+local values = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return values
+"""
+
+# The values of KEYS[1] not already shown (ARGV: ttl in seconds, then key/value pairs),
+# each recorded as shown: flushes of a pair never overlap, so this is compare-and-set.
+_UNSHOWN = """
+local out = {}
+for i = 2, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    out[#out + 1] = ARGV[i]
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return out
+"""
+# How long a session's last shown figures are remembered without a flush.
+SHOWN_TTL = 86400
+
+
+def _rest(event: dict[str, Any]) -> str:
+    """An event's JSON after ``{``, for the publish script to put its seq and ts first."""
+    body = {k: v for k, v in event.items() if k not in ("seq", "ts")}
+    return orjson.dumps(body)[1:].decode()
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    id: str
+    title: str
+    products: list[str]
+    video_url: str | None
+    host: str
+    state: SessionState
+    epoch: str
+    created_at: float
+
+    def require_live(self) -> SessionInfo:
+        """This session, or ``session_ended`` when it is over."""
+        if self.state is not SessionState.LIVE:
+            raise LiveError("session_ended", "the session has ended", 409)
+        return self
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "session_id": self.id, "title": self.title, "products": self.products,
+            "video_url": self.video_url, "host": self.host, "status": self.state.value,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    info: SessionInfo
+    seq: int
+    oldest: int | None
+    pins: list[dict[str, Any]]
+    chat: list[dict[str, Any]]
+
+
+def _info(sid: str, raw: dict[Any, Any]) -> SessionInfo:
+    d = {text(k): text(v) for k, v in raw.items()}
+    return SessionInfo(
+        sid, d["title"], orjson.loads(d["products"]), d["video_url"] or None, d["host"],
+        SessionState(d["state"]), d["epoch"], float(d["created_at"]),
+    )
+
+
+class Sessions:
+    """Store access for sessions; every method is one or two round trips.
+
+    Args:
+        redis: the shared client.
+        history: how many events each session keeps for resume.
+        pubsub: ``auto`` (sharded pub/sub when the server has it), ``sharded`` or
+            ``plain``; every process of a deployment must end up with the same mode.
+    """
+
+    def __init__(self, redis: aredis.Redis, history: int = 1000, pubsub: str = "auto") -> None:
+        if pubsub not in PUBSUB_MODES:
+            raise ValueError(f"pubsub must be one of {', '.join(PUBSUB_MODES)}, not {pubsub!r}")
+        self.redis = redis
+        self.history = history
+        self._sharded: bool | None = None if pubsub == "auto" else pubsub == "sharded"
+        self._publish = redis.register_script(_PUBLISH)
+        self._pin = redis.register_script(_PIN)
+        self._unpin = redis.register_script(_UNPIN)
+        self._remove = redis.register_script(_REMOVE_BY_FIELD)
+        self._drain = redis.register_script(_DRAIN)
+        self._unshown = redis.register_script(_UNSHOWN)
+
+    async def create(
+        self, title: str, products: list[str], video_url: str | None, host: str
+    ) -> SessionInfo:
+        sid = "s" + secrets.token_hex(6)
+        now = time.time()
+        info = SessionInfo(sid, title, products, video_url, host, SessionState.LIVE,
+                           secrets.token_hex(6), now)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(session_key(sid), mapping={
+                "title": title, "products": orjson.dumps(products), "video_url": video_url or "",
+                "host": host, "state": info.state.value, "epoch": info.epoch,
+                "created_at": repr(now),
+            })
+            pipe.zadd(SESSIONS, {sid: now})
+            await pipe.execute()
+        return info
+
+    async def get(self, sid: str) -> SessionInfo:
+        raw: Any = await self.redis.hgetall(session_key(sid))
+        if not raw:
+            raise not_found(f"session {sid}")
+        return _info(sid, raw)
+
+    async def live(self, limit: int = 100) -> list[SessionInfo]:
+        ids: Any = await self.redis.zrevrange(SESSIONS, 0, limit - 1)
+        found = []
+        for sid in ids:
+            try:
+                found.append(await self.get(text(sid)))
+            except LiveError:
+                continue
+        return [s for s in found if s.state is SessionState.LIVE]
+
+    async def end(self, sid: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(session_key(sid), "state", SessionState.ENDED.value)
+            pipe.zrem(SESSIONS, sid)
+            await pipe.execute()
+
+    async def sharded(self) -> bool:
+        """Whether session channels use sharded pub/sub; asked of the server once."""
+        if self._sharded is None:
+            try:
+                await self.redis.spublish(PROBE_CHANNEL, b"")
+                self._sharded = True
+            except ResponseError:  # unknown command: a server older than Redis 7
+                self._sharded = False
+        return self._sharded
+
+    async def publish(self, sid: str, event: dict[str, Any]) -> int:
+        """Append ``event`` to the session's history with the next seq and wake every
+        process; returns the seq."""
+        if not isinstance(event.get("type"), str):
+            raise ValueError("a session event needs a type")
+        seq: Any = await self._publish(keys=[seq_key(sid), history_key(sid)],
+                                       args=await self._event_args(sid, event))
+        return int(seq)
+
+    async def publish_many(self, sid: str, events: Sequence[dict[str, Any]]) -> int:
+        """``publish`` for several events at once, with consecutive seqs; the last seq."""
+        if not events or any(not isinstance(e.get("type"), str) for e in events):
+            raise ValueError("publish_many needs events, each with a type")
+        seq: Any = await self._publish(
+            keys=[seq_key(sid), history_key(sid)],
+            args=[*await self._event_args(sid, events[0]), *map(_rest, events[1:])])
+        return int(seq)
+
+    async def snapshot(self, sid: str) -> Snapshot:
+        """The session as of one instant: record, last seq, oldest kept seq, pins, chat."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(session_key(sid))
+            pipe.get(seq_key(sid))
+            pipe.xrange(history_key(sid), count=1)
+            pipe.lrange(f"nr:live:pins:{{{sid}}}", 0, -1)
+            pipe.lrange(f"nr:live:chat:{{{sid}}}", 0, -1)
+            raw, seq, first, pins, chat = await pipe.execute()
+        if not raw:
+            raise not_found(f"session {sid}")
+        return Snapshot(
+            info=_info(sid, raw), seq=int(seq) if seq else 0,
+            oldest=int(text(first[0][0]).split("-")[0]) if first else None,
+            pins=[orjson.loads(p) for p in pins], chat=[orjson.loads(c) for c in chat],
+        )
+
+    async def current_seq(self, sid: str) -> int:
+        raw: Any = await self.redis.get(seq_key(sid))
+        return int(raw) if raw else 0
+
+    async def oldest_kept(self, sid: str) -> int | None:
+        first: Any = await self.redis.xrange(history_key(sid), count=1)
+        return int(text(first[0][0]).split("-")[0]) if first else None
+
+    async def history_range(self, sid: str, first: int, last: int) -> list[tuple[int, bytes]]:
+        """Events with seq in [first, last] still in history, as (seq, JSON bytes)."""
+        if last < first:
+            return []
+        rows: Any = await self.redis.xrange(history_key(sid), f"{first}-0", f"{last}-0")
+        out = []
+        for entry_id, fields in rows:
+            out.append((int(text(entry_id).split("-")[0]), bytes(fields[b"d"])))
+        return out
+
+    # Pins and chat --------------------------------------------------------------------
+
+    async def pins(self, sid: str) -> list[dict[str, Any]]:
+        raw: Any = await self.redis.lrange(f"nr:live:pins:{{{sid}}}", 0, -1)
+        return [orjson.loads(item) for item in raw]
+
+    async def _event_args(self, sid: str, event: dict[str, Any]) -> list[Any]:
+        return [_rest(event), int(time.time() * 1000), self.history,
+                channel(sid), "SPUBLISH" if await self.sharded() else "PUBLISH"]
+
+    def _event_keys(self, sid: str) -> list[str]:
+        return [seq_key(sid), history_key(sid), session_key(sid), f"nr:live:pins:{{{sid}}}"]
+
+    async def pin(self, sid: str, product: dict[str, Any]) -> int:
+        """Pin ``product`` and publish ``pinned``; returns the event's seq."""
+        event = {"type": "pinned", "sku": product["sku"], "product": product}
+        res: Any = await self._pin(
+            keys=self._event_keys(sid),
+            args=[*await self._event_args(sid, event), orjson.dumps(product), product["sku"],
+                  MAX_PINS],
+        )
+        if int(res) == -3:
+            raise LiveError("session_ended", "the session has ended", 409)
+        if int(res) == -2:
+            raise LiveError("already_pinned", f"{product['sku']} is already pinned", 409)
+        if int(res) == -1:
+            raise LiveError("too_many_pins", f"at most {MAX_PINS} products can be pinned", 409)
+        return int(res)
+
+    async def unpin(self, sid: str, sku: str | None) -> int:
+        """Unpin ``sku`` (the latest pin when ``None``) and publish ``unpinned``."""
+        res: Any = await self._unpin(
+            keys=self._event_keys(sid),
+            args=[*await self._event_args(sid, {"type": "unpinned"}), sku or ""],
+        )
+        if int(res) == -3:
+            raise LiveError("session_ended", "the session has ended", 409)
+        if int(res) == -1:
+            raise not_found(f"pinned product {sku}" if sku else "a pinned product")
+        return int(res)
+
+    async def add_chat(self, sid: str, message: dict[str, Any]) -> None:
+        key = f"nr:live:chat:{{{sid}}}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, orjson.dumps(message))
+            pipe.ltrim(key, -RECENT_CHAT, -1)
+            await pipe.execute()
+
+    async def remove_chat(self, sid: str, chat_id: str) -> None:
+        res: Any = await self._remove(keys=[f"nr:live:chat:{{{sid}}}"], args=["id", chat_id])
+        if res is None:
+            raise not_found(f"chat message {chat_id}")
+
+    async def recent_chat(self, sid: str) -> list[dict[str, Any]]:
+        raw: Any = await self.redis.lrange(f"nr:live:chat:{{{sid}}}", 0, -1)
+        return [orjson.loads(item) for item in raw]
+
+    async def mute(self, sid: str, user: str) -> None:
+        await self.redis.sadd(f"nr:live:muted:{{{sid}}}", user)
+
+    async def is_muted(self, sid: str, user: str) -> bool:
+        res: Any = await self.redis.sismember(f"nr:live:muted:{{{sid}}}", user)
+        return bool(res)
+
+    async def within_rate(self, sid: str, user: str, limit: int, window: int) -> bool:
+        """Count one action in the current window; ``False`` past ``limit``."""
+        key = f"nr:live:rate:{{{sid}}}:{user}:{int(time.time()) // window}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, window * 2)
+            count, _ = await pipe.execute()
+        return int(count) <= limit
+
+    async def forget_users(self, users: set[str]) -> list[tuple[str, str]]:
+        """Erasure: the users' chat (recent list and history), mutes, rate counters and
+        presence, in every session. Returns ``(session, chat id)`` of the chat removed.
+
+        History entries are deleted outright: a client resuming across one gets
+        ``recovered: false`` and the snapshot, never a replay with the text in it.
+        """
+        removed: list[tuple[str, str]] = []
+
+        def theirs(raw: bytes) -> dict[str, Any] | None:
+            msg = orjson.loads(raw)
+            sender = msg.get("from") if isinstance(msg, dict) else None
+            return msg if isinstance(sender, dict) and sender.get("id") in users else None
+
+        async for key in self.redis.scan_iter(match="nr:live:chat:*", count=500):
+            chat: Any = await self.redis.lrange(key, 0, -1)
+            for raw in chat:
+                msg = theirs(raw)
+                if msg is not None:
+                    await self.redis.lrem(key, 0, raw)
+                    removed.append((text(key)[len("nr:live:chat:{"):-1], str(msg["id"])))
+        async for key in self.redis.scan_iter(match="nr:live:history:*", count=500):
+            rows: Any = await self.redis.xrange(key)
+            doomed = [eid for eid, f in rows if b'"from"' in f[b"d"] and theirs(f[b"d"])]
+            if doomed:
+                await self.redis.xdel(key, *doomed)
+        async for key in self.redis.scan_iter(match="nr:live:muted:*", count=500):
+            await self.redis.srem(key, *users)
+        async for key in self.redis.scan_iter(match="nr:live:present:*", count=500):
+            await self.redis.zrem(key, *users)
+        for user in users:
+            async for key in self.redis.scan_iter(match=f"nr:live:rate:*:{user}:*", count=500):
+                await self.redis.delete(key)
+        return removed
+
+    # Coalesced values, viewers, presence ---------------------------------------------
+
+    async def stage(self, sid: str, kind: str, key: str, value: Any) -> None:
+        """Keep the latest ``value`` for ``key`` (reactions add up) until the next flush."""
+        pending = f"nr:live:pending:{{{sid}}}:{kind}"
+        if kind == "reactions":
+            await self.redis.hincrby(pending, key, int(value))
+        else:
+            await self.redis.hset(pending, key, orjson.dumps(value))
+
+    async def drain(self, sid: str, kind: str, hold_ms: int) -> dict[str, Any] | None:
+        """Take the staged values, unless another process holds this pair's flush (then
+        ``None``); the caller holds it for ``hold_ms`` or until it calls ``flushed``."""
+        res: Any = await self._drain(
+            keys=[f"nr:live:pending:{{{sid}}}:{kind}", f"nr:live:flushlock:{{{sid}}}:{kind}"],
+            args=[hold_ms],
+        )
+        if res is None:
+            return None
+        return {text(res[i]): orjson.loads(res[i + 1]) for i in range(0, len(res), 2)}
+
+    async def unshown(self, sid: str, kind: str, values: dict[str, Any]) -> dict[str, Any]:
+        """The figures among ``values`` that differ from those last shown for this pair
+        (by any process), now recorded as shown. For absolute figures (stock), not sums:
+        a figure that did not change since it was shown is not sent to everyone again."""
+        if not values:
+            return {}
+        args: list[Any] = [SHOWN_TTL]
+        for key, value in values.items():
+            args += [key, orjson.dumps(value, option=orjson.OPT_SORT_KEYS)]
+        raw: Any = await self._unshown(keys=[f"nr:live:shown:{{{sid}}}:{kind}"], args=args)
+        return {k: values[k] for k in map(text, raw)}
+
+    async def flushed(self, sid: str, kind: str, interval_ms: int) -> None:
+        """This pair's flush is published: the next one may start ``interval_ms`` from now,
+        so two processes' flushes never overlap and their events keep their order."""
+        await self.redis.pexpire(f"nr:live:flushlock:{{{sid}}}:{kind}", interval_ms)
+
+    async def report_viewers(
+        self, counts: dict[str, int], proc: str, ttl: float
+    ) -> dict[str, int]:
+        """Write this process's count per session; return each session's total over the
+        processes that reported within ``ttl``."""
+        now_ms = int(time.time() * 1000)
+        expires = now_ms + int(ttl * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid, local in counts.items():
+                pipe.hset(f"nr:live:viewers:{{{sid}}}", proc, f"{local}:{expires}")
+                pipe.expire(f"nr:live:viewers:{{{sid}}}", int(ttl) + 60)
+                pipe.hgetall(f"nr:live:viewers:{{{sid}}}")
+            replies = await pipe.execute()
+        totals: dict[str, int] = {}
+        for sid, fields in zip(counts, replies[2::3], strict=True):
+            total = 0
+            for value in fields.values():
+                n, _, exp = text(value).partition(":")
+                if int(exp) > now_ms:
+                    total += int(n)
+            totals[sid] = total
+        return totals
+
+    async def update_presence(
+        self, sid: str, arrived: set[str], departed: set[str], ttl: float
+    ) -> None:
+        """Who is watching: arrivals (re)written with an expiry, departures removed,
+        expired entries dropped; written in chunks so a large audience never blocks."""
+        key = f"nr:live:present:{{{sid}}}"
+        now_ms = int(time.time() * 1000)
+        expires = now_ms + int(ttl * 1000)
+        users = list(arrived)
+        for i in range(0, len(users), PRESENCE_CHUNK):
+            await self.redis.zadd(key, dict.fromkeys(users[i:i + PRESENCE_CHUNK], expires))
+        if departed:
+            await self.redis.zrem(key, *departed)
+        await self.redis.zremrangebyscore(key, 0, now_ms)
+
+    async def present(self, sid: str) -> list[str]:
+        now_ms = int(time.time() * 1000)
+        raw: Any = await self.redis.zrangebyscore(f"nr:live:present:{{{sid}}}", now_ms, "+inf")
+        return [text(u) for u in raw]
