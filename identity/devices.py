@@ -23,10 +23,8 @@ from identity.codes import (
     step_expires_at,
 )
 from identity.errors import invalid_code, not_found
+from identity.keys import DEVICE, MEMBER_DEVICES
 from identity.types import Clock, DeviceIndex, MemberCode, MemberId
-
-DEVICE = "nr:device:{index}"
-MEMBER_DEVICES = "nr:device:member:{id}"
 
 # Accept a step only if it is later than the last one accepted for this device; on
 # success also return the owner's record (KEYS[2]) to save a round trip.

@@ -23,6 +23,15 @@ import orjson
 import redis.asyncio as aredis
 
 from identity.errors import IdentityError, bad_request, not_found
+from identity.keys import (
+    IDENT,
+    LINKLOG,
+    MEMBER,
+    MEMBER_ANON,
+    MEMBER_IDENTS,
+    MEMBER_LINKLOG,
+    MEMBERS,
+)
 from identity.types import MemberId
 
 IdentifierKind = Literal["phone", "device", "payment", "loyalty_card", "web"]
@@ -43,14 +52,6 @@ _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a stream entry id; anythin
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
-
-MEMBER = "nr:member:{id}"
-MEMBER_IDENTS = "nr:member:{id}:idents"
-MEMBER_ANON = "nr:member:{id}:anon"
-MEMBER_LINKLOG = "nr:member:{id}:linklog"
-IDENT = "nr:ident:{kind}:{digest}"
-MEMBERS = "nr:members"
-LINKLOG = "nr:linklog"
 
 # Atomic link: ownership check, per-kind limit, link, log entry.
 _LINK = """

@@ -21,15 +21,10 @@ import redis.asyncio as aredis
 
 from identity.codes import check_otp_shape, hash_otp, new_otp
 from identity.errors import IdentityError, invalid_code, too_many
+from identity.keys import CODE, FAILS, LOCK, OUTBOX, SENDS
 from identity.types import Clock
 
 log = logging.getLogger("newretail.identity")
-
-OUTBOX = "nr:otp:outbox"
-CODE = "nr:otp:code:{d}"
-SENDS = "nr:otp:sends:{d}"
-FAILS = "nr:otp:fails:{d}"
-LOCK = "nr:otp:lock:{d}"
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,8 @@ from identity.codes import normalize_phone
 from identity.consent import apply_consent, parse_consent
 from identity.devices import Device, Devices
 from identity.errors import IdentityError, bad_request, invalid_code, not_found
-from identity.members import (
-    IDENTIFIER_KINDS,
-    MEMBER_ANON,
-    Member,
-    Members,
-    Purpose,
-    is_junk,
-    member_from,
-)
+from identity.keys import ERASURES, MEMBER_ANON, TOMB
+from identity.members import IDENTIFIER_KINDS, Member, Members, Purpose, is_junk, member_from
 from identity.otp import NoSender, OtpLimits, OtpService, OutboxSender, SmsSender
 from identity.tokens import KeyRing, RefreshTokens
 from identity.types import (
@@ -51,9 +44,6 @@ from identity.types import (
 )
 
 log = logging.getLogger("newretail.identity")
-
-TOMB = "nr:tomb:{digest}"
-ERASURES = "nr:erasures"
 
 
 @dataclass(frozen=True)

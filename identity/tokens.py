@@ -25,6 +25,7 @@ from typing import Any
 import jwt
 
 from identity.errors import unauthorized
+from identity.keys import REFRESH, REFRESH_FAMILY, REFRESH_MEMBER, REFRESH_TOKENS
 from identity.types import ROLES, Claims, Role
 
 ALGORITHM = "HS256"
@@ -159,10 +160,6 @@ class KeyRing:
         )
 
 
-REFRESH = "nr:refresh:{digest}"
-REFRESH_FAMILY = "nr:refresh:family:{family}"
-REFRESH_MEMBER = "nr:refresh:member:{id}"
-REFRESH_TOKENS = "nr:refresh:family:{family}:tokens"
 REFRESH_TTL = 30 * 86400
 
 

@@ -42,8 +42,9 @@ from live.db.tracked import Tracked
 from live.offers.service import COPY_MAX_KEYS, COPY_PREFIXES, OfferService
 from live.web.app import tune_gc
 from recommender.evaluate import make_split, parse_time, read_retail
-from recommender.events import LOG, EventLog, history_key
+from recommender.events import EventLog, history_key
 from recommender.index import ItemIndex
+from recommender.keys import LOG
 from recommender.model import write_version
 from recommender.service import Recommender
 from recommender.train import AlsParams, confidence_matrix, event_weight, train_als

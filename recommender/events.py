@@ -16,15 +16,11 @@ from typing import Any
 
 import redis.asyncio as aredis
 
+from recommender.keys import ERASED, HISTORY, LOG, TRENDING, USER_INDEX
 from recommender.train import event_weight
 from recommender.types import EVENT_KINDS, Event
 
-LOG = "nr:events"
-USER_INDEX = "nr:rec:ev:{user}"  # list of the user's stream ids, oldest first
-HISTORY = "nr:rec:hist:{user}"  # list of recent events, newest first: "sku\tkind\tts\tqty"
 HISTORY_LEN = 200
-TRENDING = "nr:rec:trending"  # zset sku -> weight (cold start before any model)
-ERASED = "nr:rec:erased"  # set of erased users' tags (``erased_tag``), never their ids
 
 Weight = Callable[[Event], float]
 

@@ -20,14 +20,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recommender.evaluate import BlendParams
-from recommender.events import (
-    ERASED,
-    HISTORY_LEN,
-    TRENDING,
-    EventLog,
-    erased_tag,
-    history_key,
-)
+from recommender.events import HISTORY_LEN, EventLog, erased_tag, history_key
+from recommender.keys import ALIASES, ERASED, NOTICES, TRENDING
 from recommender.model import Model, current_version, read_version
 from recommender.rank import Candidate, is_offerable
 from recommender.train import DAY, FoldIn, event_weight
@@ -37,8 +31,6 @@ __all__ = ["ALIASES", "ERASED", "NOTICES", "Recommender", "history_key", "parse_
 
 log = logging.getLogger("newretail.recommender")
 
-ALIASES = "nr:rec:alias"  # hash anon id -> member id
-NOTICES = "nr:rec:notice"  # pub/sub: {"model": version} or {"erase": [ids]}
 POLL_SECONDS = 2.0
 # A member's taste (fold-in, ANN search, blend) is kept this long for the same history
 # and model: shoppers and screens ask again and again between two of their events, and

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aredis
 
-from recommender.events import LOG, EventLog, erased_tag
+from recommender.events import EventLog, erased_tag
+from recommender.keys import ALIASES, LOG, NOTICES
 from recommender.model import write_version
-from recommender.service import ALIASES, ERASED, NOTICES
+from recommender.service import ERASED
 from recommender.train import (
     DAY,
     HALF_LIFE_DAYS,

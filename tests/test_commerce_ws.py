@@ -12,7 +12,7 @@ import pytest
 import redis as redis_sync
 
 from live.commerce.keys import cart_key
-from live.hub.sessions import USER_CHANNEL
+from live.hub.keys import USER_CHANNEL
 from tests.commerce_helpers import JWT_SPEC, keyring, seed_sync
 from tests.hub_support import Client
 from tests.utils import ServerProcess, run_server

@@ -15,7 +15,8 @@ from websockets.exceptions import ConnectionClosed
 
 from identity.members import Members
 from live.hub.hub import Hub, HubConfig
-from live.hub.sessions import Sessions, channel
+from live.hub.keys import channel
+from live.hub.sessions import Sessions
 from live.protocol.messages import friendly_label
 from tests.hub_support import (
     ENV,

@@ -14,15 +14,14 @@ import orjson
 import redis.asyncio as aredis
 
 from live.commerce import keys
+from live.commerce.keys import REVISION, WORDS
 from live.db.client import text
 from live.errors import bad_request, not_found
 from live.types import WAREHOUSE, Product, Sku, Store
 
 _WORD = re.compile(r"[a-z0-9]+")
 MAX_QTY = 1_000_000_000
-WORDS = "nr:catalog:words"  # zset of every title word (score 0), for prefix lookups
 PREFIX_WORDS = 50  # title words a prefix may expand to
-REVISION = "nr:catalog:rev"  # counter moved by every product write: caches of products drop
 
 
 def title_words(title: str) -> set[str]:

@@ -62,3 +62,20 @@ def idempotency_key(user: str, key: str) -> str:
 
 def cart_key(user: str) -> str:
     return f"nr:cart:{user}"
+
+
+WORDS = "nr:catalog:words"  # zset of every title word (score 0), for prefix lookups
+REVISION = "nr:catalog:rev"  # counter moved by every product write: caches of products drop
+
+
+def figure_hosts(session_id: str) -> str:
+    return f"nr:figures:{session_id}:hosts"  # set: every host who ran a sale in the session
+
+
+def figure_carts(session_id: str) -> str:
+    return f"nr:figures:{session_id}:carts"  # set: users with a cart line from the session
+
+
+def figure_skus(session_id: str) -> str:
+    return f"nr:figures:{session_id}:skus"  # set: skus sold or carted in the session
+

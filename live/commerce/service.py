@@ -23,7 +23,9 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from identity.members import MEMBER, Members
+from identity.keys import MEMBER
+from identity.members import Members
+from live.commerce import keys
 from live.commerce.carts import CartLine, Carts, parse_idempotency_key, parse_qty, parse_sku
 from live.commerce.catalog import Catalog
 from live.commerce.flash import FlashSale, FlashSales, parse_flash_start
@@ -80,16 +82,7 @@ def _check_role(caller: Caller, roles: frozenset[str], what: str) -> None:
                         f"{', '.join(sorted(roles))}; you are {caller.role}", 403)
 
 
-def _hosts_key(session_id: str) -> str:
-    return f"nr:figures:{session_id}:hosts"
 
-
-def _carts_key(session_id: str) -> str:
-    return f"nr:figures:{session_id}:carts"
-
-
-def _skus_key(session_id: str) -> str:
-    return f"nr:figures:{session_id}:skus"
 
 
 EMPTY_CART: CartView = {"lines": [], "count": 0, "total": 0}
@@ -254,8 +247,8 @@ class Commerce:
         ]
         if session_id:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.sadd(_carts_key(session_id), caller.user)
-            pipe.sadd(_skus_key(session_id), sku)
+            pipe.sadd(keys.figure_carts(session_id), caller.user)
+            pipe.sadd(keys.figure_skus(session_id), sku)
             work.append(pipe.execute())
         # the view needs only what the other lines show: the added product and the
         # session's sale were read above
@@ -292,7 +285,8 @@ class Commerce:
         """Drop the member's cart; keep their orders for the books, anonymised."""
         await self.carts.drop(member_id)
         await self.orders.anonymise(member_id)
-        async for key in self.redis.scan_iter(match=f"nr:idem:{member_id}:*", count=500):
+        pattern = keys.idempotency_key(member_id, "*")
+        async for key in self.redis.scan_iter(match=pattern, count=500):
             await self.redis.delete(key)
 
     async def erase_users(self, member_id: str, user_ids: list[str]) -> None:
@@ -301,9 +295,9 @@ class Commerce:
         await self.erase_member(member_id)
         # Per-session traces: flash-sale purchase counts go; a session's cart count keeps
         # its figure with a stand-in that names no one.
-        async for key in self.redis.scan_iter(match="nr:flash:*:bought", count=500):
+        async for key in self.redis.scan_iter(match=keys.flash_bought_key("*"), count=500):
             await self.redis.hdel(key, *user_ids)
-        async for key in self.redis.scan_iter(match="nr:figures:*:carts", count=500):
+        async for key in self.redis.scan_iter(match=keys.figure_carts("*"), count=500):
             for user in user_ids:
                 if await self.redis.srem(key, user):
                     await self.redis.sadd(key, "erased-" + secrets.token_hex(8))
@@ -464,8 +458,8 @@ class Commerce:
         await self.expire(session_id)
         sale, replaced = await self.flash.start(session_id, request, self.clock())
         pipe = self.redis.pipeline(transaction=False)
-        pipe.sadd(_hosts_key(session_id), caller.user)
-        pipe.sadd(_skus_key(session_id), sale.sku)
+        pipe.sadd(keys.figure_hosts(session_id), caller.user)
+        pipe.sadd(keys.figure_skus(session_id), sale.sku)
         await pipe.execute()
         if self.notifier is not None:
             if replaced:
@@ -548,7 +542,7 @@ class Commerce:
         """Units left of ``skus``, by default the products sold in this session (the flash
         sale's for its sku)."""
         if skus is None:
-            raw: Any = await self.redis.smembers(_skus_key(session_id))
+            raw: Any = await self.redis.smembers(keys.figure_skus(session_id))
             products = (await self._session(session_id))[0]
             skus = sorted({text(s) for s in raw} | set(products))
         stock = await self.inventory.available(skus)
@@ -560,7 +554,7 @@ class Commerce:
     async def figures(self, session_id: str) -> dict[str, Any]:
         """Carts, orders, revenue and stock of a session, as shown to its hosts."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.scard(_carts_key(session_id))
+        pipe.scard(keys.figure_carts(session_id))
         pipe.hmget(figures_key(session_id), ["orders", "revenue_cents"])
         carts, (orders, cents) = await pipe.execute()
         return {
@@ -571,11 +565,11 @@ class Commerce:
 
     async def watch_figures(self, session_id: str, host: str) -> None:
         """``host`` gets this session's figures pushed from now on."""
-        await self.redis.sadd(_hosts_key(session_id), host)
+        await self.redis.sadd(keys.figure_hosts(session_id), host)
 
     async def figure_watchers(self, session_id: str) -> set[str]:
         """The session's host and every host who ran a sale in it."""
-        raw: Any = await self.redis.smembers(_hosts_key(session_id))
+        raw: Any = await self.redis.smembers(keys.figure_hosts(session_id))
         watchers = {text(h) for h in raw}
         host = (await self._session(session_id))[1]
         if host:

@@ -9,14 +9,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from identity.members import Members
+from live.commerce import keys
 from live.commerce.catalog import Catalog
+from live.demo.keys import SEEDED
 from live.types import WAREHOUSE, Product, Sku, Store
 from recommender.events import EventLog
 from recommender.types import Event, EventKind
 
 log = logging.getLogger("newretail.live")
 
-SEEDED = "nr:demo:seeded"
 
 CATEGORIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[float, float]]] = {
     "kitchen": (("Enamel", "Copper", "Stoneware", "Bamboo", "Cast-iron", "Ceramic"),
@@ -144,7 +145,7 @@ async def seed_demo(
     for p in products:
         shelf = {s.id: rng.choice((0, 3, 8, 15, 25)) for s in STORES}
         shelf[WAREHOUSE] = rng.randint(50, 400)
-        pipe.hset(f"nr:stock:{p.sku}", mapping=shelf)  # type: ignore[arg-type]
+        pipe.hset(keys.stock(p.sku), mapping=shelf)  # type: ignore[arg-type]
     await pipe.execute()
     people = make_members(rng, member_count)
     for m in people:

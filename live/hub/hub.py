@@ -27,8 +27,9 @@ import redis.asyncio as aredis
 from identity.errors import IdentityError
 from live.access import check_session_host
 from live.errors import STORE_ERRORS, LiveError, log_store_error, store_unavailable
+from live.hub.keys import SCREEN_CHANNEL, USER_CHANNEL, channel
 from live.hub.outbox import Outbox
-from live.hub.sessions import SCREEN_CHANNEL, USER_CHANNEL, Sessions, channel
+from live.hub.sessions import Sessions
 from live.metrics import WS_MESSAGES_SENT
 from live.protocol.frames import Format, frame, frame_payloads
 from live.protocol.messages import (

@@ -24,32 +24,13 @@ from redis.exceptions import ResponseError
 
 from live.db.client import text
 from live.errors import LiveError, not_found
+from live.hub import keys
+from live.hub.keys import PROBE_CHANNEL, SESSIONS, channel, history_key, seq_key, session_key
 from live.protocol.messages import MAX_PINS, RECENT_CHAT
 from live.protocol.states import SessionState
 
-SESSIONS = "nr:live:sessions"  # zset of live session ids by creation time
-USER_CHANNEL = "nr:live:to-user"
-SCREEN_CHANNEL = "nr:live:to-screen"
 PRESENCE_CHUNK = 1000
 PUBSUB_MODES = ("auto", "sharded", "plain")
-# Published to once to learn whether the server knows SPUBLISH; nobody subscribes to it.
-PROBE_CHANNEL = "nr:live:probe"
-
-
-def session_key(sid: str) -> str:
-    return f"nr:live:session:{{{sid}}}"
-
-
-def seq_key(sid: str) -> str:
-    return f"nr:live:seq:{{{sid}}}"
-
-
-def history_key(sid: str) -> str:
-    return f"nr:live:history:{{{sid}}}"
-
-
-def channel(sid: str) -> str:
-    return f"nr:live:events:{{{sid}}}"
 
 
 # The one way an event enters a session: next seq, history entry, pub/sub message.
@@ -282,8 +263,8 @@ class Sessions:
             pipe.hgetall(session_key(sid))
             pipe.get(seq_key(sid))
             pipe.xrange(history_key(sid), count=1)
-            pipe.lrange(f"nr:live:pins:{{{sid}}}", 0, -1)
-            pipe.lrange(f"nr:live:chat:{{{sid}}}", 0, -1)
+            pipe.lrange(keys.pins(sid), 0, -1)
+            pipe.lrange(keys.chat(sid), 0, -1)
             raw, seq, first, pins, chat = await pipe.execute()
         if not raw:
             raise not_found(f"session {sid}")
@@ -314,7 +295,7 @@ class Sessions:
     # Pins and chat --------------------------------------------------------------------
 
     async def pins(self, sid: str) -> list[dict[str, Any]]:
-        raw: Any = await self.redis.lrange(f"nr:live:pins:{{{sid}}}", 0, -1)
+        raw: Any = await self.redis.lrange(keys.pins(sid), 0, -1)
         return [orjson.loads(item) for item in raw]
 
     async def _event_args(self, sid: str, event: dict[str, Any]) -> list[Any]:
@@ -322,7 +303,7 @@ class Sessions:
                 channel(sid), "SPUBLISH" if await self.sharded() else "PUBLISH"]
 
     def _event_keys(self, sid: str) -> list[str]:
-        return [seq_key(sid), history_key(sid), session_key(sid), f"nr:live:pins:{{{sid}}}"]
+        return [seq_key(sid), history_key(sid), session_key(sid), keys.pins(sid)]
 
     async def pin(self, sid: str, product: dict[str, Any]) -> int:
         """Pin ``product`` and publish ``pinned``; returns the event's seq."""
@@ -353,31 +334,31 @@ class Sessions:
         return int(res)
 
     async def add_chat(self, sid: str, message: dict[str, Any]) -> None:
-        key = f"nr:live:chat:{{{sid}}}"
+        key = keys.chat(sid)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(key, orjson.dumps(message))
             pipe.ltrim(key, -RECENT_CHAT, -1)
             await pipe.execute()
 
     async def remove_chat(self, sid: str, chat_id: str) -> None:
-        res: Any = await self._remove(keys=[f"nr:live:chat:{{{sid}}}"], args=["id", chat_id])
+        res: Any = await self._remove(keys=[keys.chat(sid)], args=["id", chat_id])
         if res is None:
             raise not_found(f"chat message {chat_id}")
 
     async def recent_chat(self, sid: str) -> list[dict[str, Any]]:
-        raw: Any = await self.redis.lrange(f"nr:live:chat:{{{sid}}}", 0, -1)
+        raw: Any = await self.redis.lrange(keys.chat(sid), 0, -1)
         return [orjson.loads(item) for item in raw]
 
     async def mute(self, sid: str, user: str) -> None:
-        await self.redis.sadd(f"nr:live:muted:{{{sid}}}", user)
+        await self.redis.sadd(keys.muted(sid), user)
 
     async def is_muted(self, sid: str, user: str) -> bool:
-        res: Any = await self.redis.sismember(f"nr:live:muted:{{{sid}}}", user)
+        res: Any = await self.redis.sismember(keys.muted(sid), user)
         return bool(res)
 
     async def within_rate(self, sid: str, user: str, limit: int, window: int) -> bool:
         """Count one action in the current window; ``False`` past ``limit``."""
-        key = f"nr:live:rate:{{{sid}}}:{user}:{int(time.time()) // window}"
+        key = keys.chat_rate(sid, user, int(time.time()) // window)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, window * 2)
@@ -398,24 +379,24 @@ class Sessions:
             sender = msg.get("from") if isinstance(msg, dict) else None
             return msg if isinstance(sender, dict) and sender.get("id") in users else None
 
-        async for key in self.redis.scan_iter(match="nr:live:chat:*", count=500):
+        async for key in self.redis.scan_iter(match=keys.chat("*"), count=500):
             chat: Any = await self.redis.lrange(key, 0, -1)
             for raw in chat:
                 msg = theirs(raw)
                 if msg is not None:
                     await self.redis.lrem(key, 0, raw)
-                    removed.append((text(key)[len("nr:live:chat:{"):-1], str(msg["id"])))
-        async for key in self.redis.scan_iter(match="nr:live:history:*", count=500):
+                    removed.append((text(key)[len(keys.CHAT_PREFIX) + 1:-1], str(msg["id"])))
+        async for key in self.redis.scan_iter(match=keys.history_key("*"), count=500):
             rows: Any = await self.redis.xrange(key)
             doomed = [eid for eid, f in rows if b'"from"' in f[b"d"] and theirs(f[b"d"])]
             if doomed:
                 await self.redis.xdel(key, *doomed)
-        async for key in self.redis.scan_iter(match="nr:live:muted:*", count=500):
+        async for key in self.redis.scan_iter(match=keys.muted("*"), count=500):
             await self.redis.srem(key, *users)
-        async for key in self.redis.scan_iter(match="nr:live:present:*", count=500):
+        async for key in self.redis.scan_iter(match=keys.present("*"), count=500):
             await self.redis.zrem(key, *users)
         for user in users:
-            async for key in self.redis.scan_iter(match=f"nr:live:rate:*:{user}:*", count=500):
+            async for key in self.redis.scan_iter(match=keys.chat_rate_of(user), count=500):
                 await self.redis.delete(key)
         return removed
 
@@ -423,7 +404,7 @@ class Sessions:
 
     async def stage(self, sid: str, kind: str, key: str, value: Any) -> None:
         """Keep the latest ``value`` for ``key`` (reactions add up) until the next flush."""
-        pending = f"nr:live:pending:{{{sid}}}:{kind}"
+        pending = keys.pending(sid, kind)
         if kind == "reactions":
             await self.redis.hincrby(pending, key, int(value))
         else:
@@ -433,7 +414,7 @@ class Sessions:
         """Take the staged values, unless another process holds this pair's flush (then
         ``None``); the caller holds it for ``hold_ms`` or until it calls ``flushed``."""
         res: Any = await self._drain(
-            keys=[f"nr:live:pending:{{{sid}}}:{kind}", f"nr:live:flushlock:{{{sid}}}:{kind}"],
+            keys=[keys.pending(sid, kind), keys.flush_lock(sid, kind)],
             args=[hold_ms],
         )
         if res is None:
@@ -449,13 +430,13 @@ class Sessions:
         args: list[Any] = [SHOWN_TTL]
         for key, value in values.items():
             args += [key, orjson.dumps(value, option=orjson.OPT_SORT_KEYS)]
-        raw: Any = await self._unshown(keys=[f"nr:live:shown:{{{sid}}}:{kind}"], args=args)
+        raw: Any = await self._unshown(keys=[keys.shown(sid, kind)], args=args)
         return {k: values[k] for k in map(text, raw)}
 
     async def flushed(self, sid: str, kind: str, interval_ms: int) -> None:
         """This pair's flush is published: the next one may start ``interval_ms`` from now,
         so two processes' flushes never overlap and their events keep their order."""
-        await self.redis.pexpire(f"nr:live:flushlock:{{{sid}}}:{kind}", interval_ms)
+        await self.redis.pexpire(keys.flush_lock(sid, kind), interval_ms)
 
     async def report_viewers(
         self, counts: dict[str, int], proc: str, ttl: float
@@ -466,9 +447,9 @@ class Sessions:
         expires = now_ms + int(ttl * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid, local in counts.items():
-                pipe.hset(f"nr:live:viewers:{{{sid}}}", proc, f"{local}:{expires}")
-                pipe.expire(f"nr:live:viewers:{{{sid}}}", int(ttl) + 60)
-                pipe.hgetall(f"nr:live:viewers:{{{sid}}}")
+                pipe.hset(keys.viewers(sid), proc, f"{local}:{expires}")
+                pipe.expire(keys.viewers(sid), int(ttl) + 60)
+                pipe.hgetall(keys.viewers(sid))
             replies = await pipe.execute()
         totals: dict[str, int] = {}
         for sid, fields in zip(counts, replies[2::3], strict=True):
@@ -485,7 +466,7 @@ class Sessions:
     ) -> None:
         """Who is watching: arrivals (re)written with an expiry, departures removed,
         expired entries dropped; written in chunks so a large audience never blocks."""
-        key = f"nr:live:present:{{{sid}}}"
+        key = keys.present(sid)
         now_ms = int(time.time() * 1000)
         expires = now_ms + int(ttl * 1000)
         users = list(arrived)
@@ -497,5 +478,5 @@ class Sessions:
 
     async def present(self, sid: str) -> list[str]:
         now_ms = int(time.time() * 1000)
-        raw: Any = await self.redis.zrangebyscore(f"nr:live:present:{{{sid}}}", now_ms, "+inf")
+        raw: Any = await self.redis.zrangebyscore(keys.present(sid), now_ms, "+inf")
         return [text(u) for u in raw]

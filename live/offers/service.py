@@ -12,13 +12,16 @@ from typing import Any
 import orjson
 from prometheus_client import Counter, Gauge
 
-from identity.members import MEMBER, Member, Members, member_from
+from identity.keys import MEMBER
+from identity.members import Member, Members, member_from
 from live.commerce import keys
-from live.commerce.catalog import REVISION, Catalog
+from live.commerce.catalog import Catalog
+from live.commerce.keys import REVISION
 from live.db.client import text
 from live.db.tracked import MISSING, Tracked
 from live.errors import LiveError
-from recommender.events import HISTORY, erased_tag
+from recommender.events import erased_tag
+from recommender.keys import HISTORY
 from recommender.rank import Candidate, Offer, ProductInfo, compose_offers, is_offerable
 from recommender.service import ERASED, History, Recommender, history_key, parse_history
 from recommender.types import Event

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from identity.types import ROLES
+from live.commerce import keys
 from live.db.server import EmbeddedValkey
 from live.demo.script import DemoUrls, start_in_thread
 from live.web.compose import load_keyring, open_services
@@ -189,7 +190,7 @@ async def _import_retail(settings: Settings, path: str, stock: int) -> None:
         await svc.catalog.put_products(products.values())
         pipe = svc.redis.pipeline(transaction=False)
         for sku in products:
-            pipe.hset(f"nr:stock:{sku}", WAREHOUSE, stock)
+            pipe.hset(keys.stock(sku), WAREHOUSE, stock)
         await pipe.execute()
         ids: dict[str, str] = {}
 

@@ -1,0 +1,5 @@
+"""Key names of the demo in the datastore."""
+
+from __future__ import annotations
+
+SEEDED = "nr:demo:seeded"
