@@ -19,6 +19,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from live.metrics import FAST_PATHS
+
 HTTP_PROTOCOL = "live.uvicorn.http:LiveHttpProtocol"
 
 
@@ -44,6 +46,7 @@ class HeadWithBody:
         if head is not None:
             self.head = None
             self.transport.write(head + data)
+            FAST_PATHS.one_write += 1
         elif not self.started and data != INTERIM:
             self.started = True
             self.head = data

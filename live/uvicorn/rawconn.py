@@ -10,6 +10,7 @@ from typing import Any
 from starlette.types import Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from live.metrics import FAST_PATHS
 from live.protocol.frames import Format
 from live.protocol.messages import ConnId
 from live.writers.base import CLOSE_GRACE, Conn
@@ -32,6 +33,8 @@ class RawConn(Conn):
         # transport's own checks). Other transports (uvloop) are written to as usual.
         sock = getattr(self.transport, "_sock", None) if direct_send else None
         self.sock_send = sock.send if isinstance(sock, socket.socket) else None
+        if self.sock_send is not None:
+            FAST_PATHS.raw_send += 1
         # The handshake's headers are not used once the connection is open and are a
         # good part of an idle connection's memory (the parser keeps the request alive).
         for message in (getattr(proto, "request", None), getattr(proto, "response", None)):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from uvicorn._types import ASGIReceiveEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from live.metrics import FAST_PATHS
 from live.websockets.parser import between_frames
 
 try:
@@ -68,6 +69,7 @@ class LiveWebSocketProtocol(WebSocketsSansIOProtocol):
             pos = start + size
             self.curr_msg_data_type = "text" if opcode == 1 else "bytes"
             self.frames = [payload]
+            FAST_PATHS.frames += 1
             self.send_receive_event_to_app()
             if self.transport.is_closing():  # uvicorn failed the connection (bad UTF-8)
                 return b""
