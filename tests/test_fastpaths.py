@@ -18,7 +18,6 @@ from websockets.asyncio.client import connect
 
 from tests.utils import run_server
 
-
 _TAKEN = re.compile(r'^newretail_fastpath_taken_total\{path="(\w+)"\} ([0-9.e+]+)$', re.M)
 
 

@@ -14,8 +14,9 @@ import redis as redis_sync
 from websockets.exceptions import ConnectionClosed
 
 from identity.members import Members
-from live.hub.hub import Hub, HubConfig
+from live.hub.hub import Hub
 from live.hub.keys import channel
+from live.hub.rooms import HubConfig
 from live.hub.sessions import Sessions
 from live.protocol.messages import friendly_label
 from tests.hub_support import (

@@ -13,8 +13,9 @@ import pytest
 import redis.asyncio as aredis
 
 from live.errors import LiveError
-from live.hub.hub import Hub, HubConfig, Room, cancel_and_wait
+from live.hub.hub import Hub
 from live.hub.outbox import Outbox
+from live.hub.rooms import HubConfig, Room, cancel_and_wait
 from live.protocol.frames import Format, frame, frame_payloads
 from live.protocol.messages import ClientOp, ConnId
 from live.writers.base import Conn
@@ -119,8 +120,8 @@ class Recorder(Conn):
         self.closed_with = (code, reason)
 
 
-def live_room(n: int) -> tuple[Room, list[Recorder]]:
-    room = Room("s1")
+def live_room(n: int, chunk: int = 0) -> tuple[Room, list[Recorder]]:
+    room = Room("s1", chunk)
     conns = [Recorder(i) for i in range(n)]
     for conn in conns:
         conn.sent = 0
@@ -133,7 +134,7 @@ async def test_events_arriving_during_a_fanout_join_the_writes_not_yet_made() ->
     while the writer is between chunks goes with the current one to the connections not
     reached yet, and alone to the others; every connection gets every event, in order."""
     hub = Hub(aredis.Redis(), HubConfig(fanout_chunk=FANOUT_CHUNK))
-    room, conns = live_room(FANOUT_CHUNK * 2 + 5)
+    room, conns = live_room(FANOUT_CHUNK * 2 + 5, hub.config.fanout_chunk)
     hub.deliver(room, 1, payload(1))
     hub.deliver(room, 2, payload(2))
     await asyncio.sleep(0)  # the writer writes its first chunk, then lets others run

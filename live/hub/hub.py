@@ -17,10 +17,8 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import orjson
 import redis.asyncio as aredis
 
@@ -28,10 +26,21 @@ from identity.errors import IdentityError
 from live.access import check_session_host
 from live.errors import STORE_ERRORS, LiveError, log_store_error, store_unavailable
 from live.hub.keys import SCREEN_CHANNEL, USER_CHANNEL, channel
-from live.hub.outbox import Outbox
+from live.hub.rooms import (
+    CLOSE_RESYNC,
+    HubConfig,
+    Op,
+    OpContext,
+    OpHandler,
+    PersonalState,
+    Refresher,
+    Room,
+    SnapshotProvider,
+    cancel_and_wait,
+    frame_for,
+    msgpack_frame,
+)
 from live.hub.sessions import Sessions
-from live.metrics import WS_MESSAGES_SENT
-from live.protocol.frames import Format, frame, frame_payloads
 from live.protocol.messages import (
     CLOSE_POLICY,
     HOST_ROLES,
@@ -56,101 +65,12 @@ from live.writers.base import Conn
 log = logging.getLogger("newretail.live")
 
 
-@dataclass(frozen=True)
-class OpContext:
-    """Who sent an op, on which session and connection."""
-
-    session_id: str
-    user: str
-    role: str
-    member_id: str | None
-    conn_id: str
-
-
-OpHandler = Callable[[OpContext, dict[str, Any]], Awaitable[dict[str, Any] | None]]
-PersonalState = Callable[[str], Awaitable[dict[str, Any] | None]]
-SnapshotProvider = Callable[[str, str | None], Awaitable[Any]]
-Refresher = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
-
-# The process re-resyncs a session's viewers (close 4002, they resume) when events it
-# missed are no longer in history.
-CLOSE_RESYNC = 4002
 # Seconds between full rewrites of a session's presence (it expires after three).
 PRESENCE_REFRESH = 20.0
 # A coalesced flush holds its pair this long at most (a process that dies mid-flush).
 FLUSH_HOLD_MS = 5000
 # Personal messages per publish in ``send_to_users`` (a few hundred KB at most).
 PERSONAL_BATCH = 500
-
-
-async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
-    """Cancel ``tasks`` and wait until each has ended, cancelling again every second: on
-    Python 3.11 a cancellation that lands as an ``asyncio.timeout`` expires can be lost,
-    and the listener's store reads run under one (a stop would then wait forever)."""
-    pending = set(tasks)
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)
-    for task in tasks:
-        if not task.cancelled():
-            task.exception()  # retrieved: a task that failed on its way out is not logged
-
-
-@dataclass(frozen=True)
-class HubConfig:
-    history: int = 1000
-    coalesce_interval: float = 0.25
-    viewers_interval: float = 1.0
-    send_buffer: int = 256 * 1024
-    pubsub: str = "auto"
-    # Connections written between turns of the event loop; 0: a whole room in one turn. A
-    # pause lets ops run during a fan-out (a host's ack in half the time) but, with HTTP
-    # processes on the same cores, their p99 was 10-25 ms higher in the load test.
-    fanout_chunk: int = 0
-    # Frames straight to the socket where the server allows (``live.uvicorn.rawconn``);
-    # off: every frame goes through the asyncio transport (uvloop, or to compare).
-    direct_send: bool = True
-
-    def __post_init__(self) -> None:
-        if self.fanout_chunk < 0:
-            raise ValueError(f"NEWRETAIL_LIVE_FANOUT_CHUNK must be 0 or more, got "
-                             f"{self.fanout_chunk}")
-
-
-class Room:
-    """The local connections to one session."""
-
-    __slots__ = ("sid", "live", "joining", "last_seq", "ready", "arrived", "departed",
-                 "presence_at", "outbox", "writer")
-
-    def __init__(self, sid: str) -> None:
-        self.sid = sid
-        self.live: dict[ConnId, Conn] = {}
-        self.joining: dict[ConnId, Conn] = {}
-        self.last_seq = 0
-        # Events not yet written to every live connection, and the task writing them.
-        self.outbox = Outbox(Hub.msgpack_frame)
-        self.writer: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()
-        # Presence is written as it changes; all of it only every PRESENCE_REFRESH.
-        self.arrived: set[str] = set()
-        self.departed: set[str] = set()
-        self.presence_at = 0.0
-
-    def users(self) -> set[str]:
-        return {c.user for c in (*self.live.values(), *self.joining.values())}
-
-    def __len__(self) -> int:
-        return len(self.live) + len(self.joining)
-
-
-@dataclass(frozen=True)
-class Op:
-    handler: OpHandler
-    roles: frozenset[str]
-    # Only for hosts and admins: then only the session's own host (or an admin) may run it.
-    hosts_only: bool
 
 
 class Hub:
@@ -339,7 +259,7 @@ class Hub:
         async with self._rooms_lock:
             room = self.rooms.get(sid)
             if room is None:
-                room = self.rooms[sid] = Room(sid)
+                room = self.rooms[sid] = Room(sid, self.config.fanout_chunk)
                 event = self._subscribed[channel(sid)] = asyncio.Event()
                 try:
                     if await self.sessions.sharded():
@@ -399,14 +319,14 @@ class Hub:
             welcome["recovered"] = plan.kind is ReplayKind.REPLAY
         conn.send_message(welcome)
         for _, data in replay:
-            conn.push(self._frame(data, conn.fmt))
+            conn.push(frame_for(data, conn.fmt))
         conn.after_seq = current
         conn.joined()
         if isinstance(conn, RawConn):
             # Only a server process's own sockets: an app run inside another program
             # (a test client) leaves that program's collector alone.
             self.gc_plan.joined(time.monotonic())
-        self._promote(room)
+        room.promote()
 
     def leave(self, conn: Conn) -> None:
         if conn.after_seq >= 0 and isinstance(conn, RawConn):
@@ -435,37 +355,11 @@ class Hub:
             if not conns:
                 del self.screens[screen_id]
 
-    def _promote(self, room: Room) -> None:
-        """Move welcomed connections to the live set once this process has delivered
-        every event up to their welcome seq; send what they buffered after it."""
-        for cid, conn in list(room.joining.items()):
-            if conn.after_seq < 0 or room.last_seq < conn.after_seq:
-                continue
-            pending, conn.pending = conn.pending or [], None
-            for seq, data in pending:
-                if seq > conn.after_seq:
-                    conn.push(data if conn.fmt is Format.JSON else self._reframe(data))
-            del room.joining[cid]
-            if not conn.closed:
-                conn.sent = room.last_seq  # its pending frames reach that far
-                room.live[cid] = conn
+    msgpack_frame = staticmethod(msgpack_frame)
 
-    # Fan-out --------------------------------------------------------------------------
-
-    @staticmethod
-    def msgpack_frame(data: bytes) -> bytes:
-        """The msgpack frame of an event stored as JSON."""
-        return frame(msgpack.packb(orjson.loads(data), use_bin_type=True), Format.MSGPACK)
-
-    @staticmethod
-    def _frame(data: bytes, fmt: Format) -> bytes:
-        if fmt is Format.JSON:
-            return frame(data, Format.JSON)
-        return Hub.msgpack_frame(data)
-
-    @staticmethod
-    def _reframe(json_frame: bytes) -> bytes:
-        return Hub.msgpack_frame(frame_payloads(json_frame)[0])
+    def deliver(self, room: Room, seq: int, data: bytes) -> None:
+        """Hand one event to every local viewer of ``room`` (``Room.deliver``)."""
+        room.deliver(seq, data)
 
     async def _listen(self) -> None:
         while True:
@@ -563,7 +457,7 @@ class Hub:
             return
         if arrival is Arrival.GAP:
             await self._fill(room, seq - 1)
-        self.deliver(room, seq, data)
+        room.deliver(seq, data)
 
     async def _fill(self, room: Room, upto: int) -> None:
         """Deliver events ``room.last_seq + 1 .. upto`` from history; when history no
@@ -576,62 +470,7 @@ class Hub:
             for conn in [*room.live.values(), *room.joining.values()]:
                 conn.close(CLOSE_RESYNC, "resync")
         for s, d in missed:
-            self.deliver(room, s, d)
-
-    def deliver(self, room: Room, seq: int, data: bytes) -> None:
-        """Hand one event to every local viewer: the live ones get it from the room's
-        writer (one frame per format, the same bytes for all), the joining ones once
-        welcomed."""
-        room.last_seq = seq
-        json_frame = frame(data, Format.JSON)
-        if room.live or len(room.outbox):
-            room.outbox.add(seq, data, json_frame)
-            if room.writer is None:
-                room.writer = asyncio.get_running_loop().create_task(self._write_out(room))
-        for conn in room.joining.values():
-            if conn.pending is not None:
-                conn.pending.append((seq, json_frame))
-        if room.joining:
-            self._promote(room)
-
-    async def _write_out(self, room: Room) -> None:
-        """Bring every live connection of ``room`` up to the newest event (a chunk of
-        connections between turns of the event loop when ``fanout_chunk`` says so); each
-        connection gets everything it lacks in one write."""
-        outbox = room.outbox
-        try:
-            while len(outbox):
-                start = outbox.top
-                conns = list(room.live.values())
-                chunk = self.config.fanout_chunk or len(conns) or 1
-                sent = 0
-                for lo in range(0, len(conns), chunk):
-                    if lo:
-                        await asyncio.sleep(0)  # ops and store replies run in between
-                    top = outbox.top
-                    # The bytes for the last point asked: most connections share it.
-                    last_at, last_fmt, data, n = -2, Format.JSON, b"", 0
-                    for conn in conns[lo:lo + chunk]:
-                        at = conn.sent
-                        if at >= top or conn.closed:
-                            continue
-                        if at != last_at or conn.fmt is not last_fmt:
-                            last_at, last_fmt = at, conn.fmt
-                            data, n = outbox.after(at, last_fmt)
-                        conn.sent = top
-                        conn.push(data)
-                        sent += n
-                if sent:
-                    WS_MESSAGES_SENT.labels("event").inc(sent)
-                outbox.trim(start)  # every connection has it up to there (all, if no more)
-        except Exception:
-            # They would miss events otherwise: each resumes from what it has.
-            log.exception("session %s: writing events to its viewers failed", room.sid)
-            outbox.clear()
-            for conn in list(room.live.values()):
-                conn.close(CLOSE_RESYNC, "resync")
-        finally:
-            room.writer = None
+            room.deliver(s, d)
 
     # Coalescing and viewer counts ---------------------------------------------------------
 

@@ -9,7 +9,8 @@ from typing import Any
 from identity.errors import IdentityError
 from identity.members import Members
 from live.errors import LiveError
-from live.hub.hub import Hub, OpContext
+from live.hub.hub import Hub
+from live.hub.rooms import OpContext
 from live.protocol.messages import (
     AUDIENCE_ROLES,
     CHAT_RATE,

@@ -14,7 +14,8 @@ from typing import Any
 
 from live.commerce.service import Commerce, cart_message
 from live.commerce.types import BUYER_ROLES, CART_ROLES, HOST_ROLES, Caller
-from live.hub.hub import Hub, OpContext
+from live.hub.hub import Hub
+from live.hub.rooms import OpContext
 
 # The hub's roles are the first gate; the service checks again (a viewer's checkout is
 # let through here so it can be told to sign in rather than just "forbidden").

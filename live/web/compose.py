@@ -20,7 +20,8 @@ from live.commerce.service import Commerce
 from live.db.client import bounded, connect
 from live.db.server import EmbeddedValkey
 from live.db.tracked import Tracked
-from live.hub.hub import Hub, HubConfig
+from live.hub.hub import Hub
+from live.hub.rooms import HubConfig
 from live.hub.session_ops import SessionOps
 from live.offers.screens import ScreenGreeter
 from live.offers.service import COPY_MAX_KEYS, COPY_PREFIXES, OfferService
