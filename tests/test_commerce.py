@@ -22,6 +22,7 @@ from live.commerce.carts import (
     parse_sku,
 )
 from live.commerce.catalog import Catalog
+from live.commerce.checkout import RECORD_GRACE
 from live.commerce.flash import parse_flash_start
 from live.commerce.inventory import (
     CheckoutRequest,
@@ -31,7 +32,7 @@ from live.commerce.inventory import (
 )
 from live.commerce.keys import UNRECORDED
 from live.commerce.keys import stock as stock_key
-from live.commerce.service import RECORD_GRACE, Commerce
+from live.commerce.service import Commerce
 from live.commerce.types import Caller
 from live.errors import LiveError
 from recommender.events import EventLog

@@ -3,7 +3,6 @@ refresh-token rotation and the dev outbox. Time moves through an injected clock.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from starlette.testclient import TestClient
@@ -189,13 +188,9 @@ def test_outbox_is_admin_only_and_absent_in_prod(settings: Settings, tmp_path: P
         member = token(client, "member", "m_x")
         assert client.get("/identity/dev/outbox", headers=auth(member)).status_code == 403
     prod = Settings(redis_url=settings.redis_url, var_dir=tmp_path / "prod", mode="prod",
-                    jwt_keys="k1:" + "s" * 40, log_level="WARNING")
-    os.environ["NEWRETAIL_IDENTITY_PEPPER"] = "p" * 32
-    try:
-        with TestClient(create_app(prod)) as client:
-            r = client.get("/identity/dev/outbox", headers=admin(client))
-            assert r.status_code == 404
-            r = client.post("/identity/otp/request", json={"phone": PHONE})
-            assert r.status_code == 503 and r.json()["error"]["code"] == "sms_unavailable"
-    finally:
-        del os.environ["NEWRETAIL_IDENTITY_PEPPER"]
+                    jwt_keys="k1:" + "s" * 40, log_level="WARNING", identity_pepper="p" * 32)
+    with TestClient(create_app(prod)) as client:
+        r = client.get("/identity/dev/outbox", headers=admin(client))
+        assert r.status_code == 404
+        r = client.post("/identity/otp/request", json={"phone": PHONE})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "sms_unavailable"

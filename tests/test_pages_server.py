@@ -3,10 +3,10 @@ screens, and a check-in pushing the member's offers to the screen, then idle."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
-import pytest
 from starlette.testclient import TestClient
 
 from live.types import WAREHOUSE, Product, Sku, Store
@@ -62,12 +62,10 @@ def test_guests_get_offers_for_nobody_in_particular(client: TestClient) -> None:
     assert client.get("/offers").status_code == 401
 
 
-def test_check_in_pushes_member_offers_then_idle(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_check_in_pushes_member_offers_then_idle(settings: Settings) -> None:
     """A check-in at a screen sends that screen the greeting, tier and offers in stock in
     its store, with no member id or phone; after NEWRETAIL_SCREEN_CLEAR it goes idle."""
-    monkeypatch.setenv("NEWRETAIL_SCREEN_CLEAR", "0.3")
+    settings = dataclasses.replace(settings, screen_clear=0.3)
     with TestClient(create_app(settings)) as client:
         seed(client)
         signed = sign_in(client, PHONE)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict
 
 from live.commerce.orders import Order
+from live.errors import LiveError
 
 CART_ROLES = frozenset({"viewer", "member"})
 BUYER_ROLES = frozenset({"member"})
@@ -51,3 +52,17 @@ class Caller:
 class Checkout:
     order: Order
     replayed: bool
+
+
+def check_caller(caller: Caller, roles: frozenset[str], what: str) -> None:
+    if caller.role not in roles:
+        raise LiveError("forbidden", f"{what} needs one of the roles "
+                        f"{', '.join(sorted(roles))}; you are {caller.role}", 403)
+
+
+def cart_message(view: CartView) -> dict[str, Any]:
+    """The personal ``cart`` message a user's devices get."""
+    return {"type": "cart", "cart": view}
+
+
+EMPTY_CART: CartView = {"lines": [], "count": 0, "total": 0}

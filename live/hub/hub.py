@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import logging
 import secrets
@@ -26,8 +25,8 @@ from identity.errors import IdentityError
 from live.access import check_session_host
 from live.errors import STORE_ERRORS, LiveError, log_store_error, store_unavailable
 from live.hub.keys import SCREEN_CHANNEL, USER_CHANNEL, channel
+from live.hub.presence import Presence
 from live.hub.rooms import (
-    CLOSE_RESYNC,
     HubConfig,
     Op,
     OpContext,
@@ -41,8 +40,8 @@ from live.hub.rooms import (
     msgpack_frame,
 )
 from live.hub.sessions import Sessions
+from live.hub.subscriber import Subscriber
 from live.protocol.messages import (
-    CLOSE_POLICY,
     HOST_ROLES,
     ClientOp,
     ConnId,
@@ -50,11 +49,9 @@ from live.protocol.messages import (
     check_role,
 )
 from live.protocol.states import (
-    Arrival,
     Coalescer,
     GcPlan,
     ReplayKind,
-    classify_arrival,
     coalesced_events,
     plan_replay,
     replay_complete,
@@ -65,15 +62,11 @@ from live.writers.base import Conn
 log = logging.getLogger("newretail.live")
 
 
-# Seconds between full rewrites of a session's presence (it expires after three).
-PRESENCE_REFRESH = 20.0
-# A coalesced flush holds its pair this long at most (a process that dies mid-flush).
-FLUSH_HOLD_MS = 5000
 # Personal messages per publish in ``send_to_users`` (a few hundred KB at most).
 PERSONAL_BATCH = 500
 
 
-class Hub:
+class Hub(Subscriber, Presence):
     """The hub of this process (see the module docstring). Call ``start`` before use."""
 
     def __init__(
@@ -150,16 +143,6 @@ class Hub:
                 kind, await self._unshown_now(session_id, kind, dict.fromkeys(keys)))
         return await self.sessions.publish_many(session_id, [event, *figures]) - len(figures)
 
-    async def _unshown_now(self, sid: str, kind: str, values: dict[str, Any]) -> dict[str, Any]:
-        """The ``kind`` figures of ``values``' keys as they are now (read by the kind's
-        refresher), those that differ from the ones last shown in the session."""
-        return await self.sessions.unshown(sid, kind, await self.refreshers[kind](sid, values))
-
-    async def publish_coalesced(self, session_id: str, kind: str, key: str, value: Any) -> None:
-        """High-rate state: the latest value per key (reactions: the sum) goes out as one
-        ``kind`` event per session at most every ``coalesce_interval`` seconds."""
-        await self.sessions.stage(session_id, kind, key, value)
-        self.coalescer.mark(session_id, kind)
 
     async def send_to_user(self, user: str, message: dict[str, Any]) -> None:
         """A personal message to every connection of ``user`` on every process."""
@@ -194,9 +177,6 @@ class Hub:
     async def pinned_skus(self, session_id: str) -> list[str]:
         return [str(p["sku"]) for p in await self.sessions.pins(session_id)]
 
-    async def viewers(self, session_id: str) -> list[str]:
-        """Users connected to the session now on any process (refreshed every few seconds)."""
-        return await self.sessions.present(session_id)
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -361,202 +341,6 @@ class Hub:
         """Hand one event to every local viewer of ``room`` (``Room.deliver``)."""
         room.deliver(seq, data)
 
-    async def _listen(self) -> None:
-        while True:
-            try:
-                msg = await self._pubsub.get_message(ignore_subscribe_messages=False,
-                                                     timeout=1.0)
-                if msg is None:
-                    continue
-                name = msg["channel"].decode()
-                kind = msg["type"]
-                if kind == "subscribe" or kind == "ssubscribe":
-                    # The client resubscribes by itself after the store dropped it (quietly,
-                    # when it reconnects at once): what was published in between is lost.
-                    self._subscribed.setdefault(name, asyncio.Event()).set()
-                    if name == USER_CHANNEL:
-                        if self._listening_to_users and self._resync is None:
-                            log.warning("resubscribed to personal messages; sending %d "
-                                        "connected users their state again", len(self.by_user))
-                            self._resync = asyncio.create_task(self._resync_personal())
-                        self._listening_to_users = True
-                    elif name != SCREEN_CHANNEL:
-                        await self._catch_up(name)
-                elif kind == "message" or kind == "smessage":
-                    await self._on_message(name, msg["data"])
-            except asyncio.CancelledError:
-                raise
-            except STORE_ERRORS as exc:
-                # The store went away: the client resubscribes when it reconnects, and
-                # each session then catches up on what was published in between.
-                log_store_error(exc, "hub listener")
-                await asyncio.sleep(0.5)
-            except Exception:
-                log.exception("hub listener failed; reconnecting")
-                await asyncio.sleep(0.5)
-
-    async def _resync_personal(self) -> None:
-        """Send each connected user their personal state again; close the connections of
-        users erased meanwhile (the erasure's close went out while this process was not
-        listening)."""
-        try:
-            users = [u for u, conns in self.by_user.items() if conns]
-            erased = await self.erased_among(users) if self.erased_among and users else set()
-            for user in users:
-                if user in erased:
-                    for conn in list(self.by_user.get(user, ())):
-                        conn.close(CLOSE_POLICY, "erased")
-                    continue
-                for provider in self.personal_parts:
-                    message = await provider(user)
-                    if message is not None:
-                        self._send_local(self.by_user, user, message)
-        except STORE_ERRORS as exc:  # down again: the next resubscription starts over
-            log_store_error(exc, "personal state after an outage")
-        except Exception:
-            log.exception("sending personal state after an outage failed")
-        finally:
-            self._resync = None
-
-    @staticmethod
-    def _send_local(by: dict[str, set[Conn]], to: str, message: dict[str, Any]) -> None:
-        """``message`` to every connection here of user (or screen) ``to``."""
-        for conn in list(by.get(to, ())):
-            conn.send_message(message)
-
-    async def _catch_up(self, name: str) -> None:
-        """Deliver the events a session got while this process was not subscribed (nothing
-        on the first subscription: the room is not ready yet)."""
-        sid = name.rsplit(":", 1)[1].strip("{}")
-        room = self.rooms.get(sid)
-        if room is not None and room.ready.is_set():
-            current = await self.sessions.current_seq(sid)
-            if current > room.last_seq:
-                await self._fill(room, current)
-
-    async def _on_message(self, name: str, data: bytes) -> None:
-        if name == USER_CHANNEL or name == SCREEN_CHANNEL:
-            body = orjson.loads(data)
-            by = self.by_user if name == USER_CHANNEL else self.screens
-            if "many" in body:
-                for user, message in body["many"]:
-                    self._send_local(by, user, message)
-            elif "close" in body:
-                for conn in list(by.get(body["to"], ())):
-                    conn.close(*body["close"])
-            else:
-                self._send_local(by, body["to"], body["m"])
-            return
-        sid = name.rsplit(":", 1)[1].strip("{}")
-        room = self.rooms.get(sid)
-        if room is None:
-            return
-        seq = int(orjson.loads(data)["seq"])
-        arrival = classify_arrival(room.last_seq, seq)
-        if arrival is Arrival.OLD:
-            return
-        if arrival is Arrival.GAP:
-            await self._fill(room, seq - 1)
-        room.deliver(seq, data)
-
-    async def _fill(self, room: Room, upto: int) -> None:
-        """Deliver events ``room.last_seq + 1 .. upto`` from history; when history no
-        longer holds them all, the room's viewers are told to resume (close 4002)."""
-        sid = room.sid
-        missed = await self.sessions.history_range(sid, room.last_seq + 1, upto)
-        if [s for s, _ in missed] != list(range(room.last_seq + 1, upto + 1)):
-            log.warning("session %s: events %d..%d lost to this process; resyncing",
-                        sid, room.last_seq + 1, upto)
-            for conn in [*room.live.values(), *room.joining.values()]:
-                conn.close(CLOSE_RESYNC, "resync")
-        for s, d in missed:
-            room.deliver(s, d)
 
     # Coalescing and viewer counts ---------------------------------------------------------
 
-    async def _flush_loop(self) -> None:
-        interval_ms = int(self.config.coalesce_interval * 1000)
-        while True:
-            await asyncio.sleep(self.config.coalesce_interval / 2)
-            for sid, kind in self.coalescer.due(time.monotonic()):
-                try:
-                    values = await self.sessions.drain(sid, kind, FLUSH_HOLD_MS)
-                    if values is None:
-                        self.coalescer.retry(sid, kind)
-                        continue
-                    if values and kind in self.refreshers:
-                        values = await self._unshown_now(sid, kind, values)
-                    if values:  # one call: consecutive seqs, read together everywhere
-                        await self.sessions.publish_many(sid, coalesced_events(kind, values))
-                    await self.sessions.flushed(sid, kind, interval_ms)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("session %s: flushing %s failed", sid, kind)
-                    self.coalescer.retry(sid, kind)
-
-    def _tend_gc(self) -> None:
-        step = self.gc_plan.due(time.monotonic())
-        if step == "compact":
-            started, before = time.perf_counter(), gc.get_freeze_count()
-            gc.unfreeze()
-            found = gc.collect()
-            gc.freeze()
-            log.info("gc: %d frozen objects, %d unreachable collected, in %.0f ms", before,
-                     found, (time.perf_counter() - started) * 1000)
-        elif step == "freeze":
-            gc.freeze()
-            log.info("gc: %d objects frozen after a wave of joins", gc.get_freeze_count())
-
-    async def _viewers_loop(self) -> None:
-        every = self.config.viewers_interval
-        while True:
-            await asyncio.sleep(min(every, self.gc_plan.settle))
-            self._tend_gc()
-            if time.monotonic() < self._viewers_due:
-                continue
-            self._viewers_due = time.monotonic() + every
-            try:
-                await self.report_viewers(ttl=max(5.0, every * 5))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("viewer count update failed")
-
-    async def report_viewers(self, ttl: float) -> None:
-        """Write this process's viewer count per session and who arrived or left; publish
-        totals that changed; forget sessions with no local viewer left."""
-        counts: dict[str, int] = {}
-        now = time.monotonic()
-        for sid, room in list(self.rooms.items()):
-            if not room.ready.is_set():
-                continue
-            counts[sid] = len(room)
-            if now - room.presence_at > PRESENCE_REFRESH:
-                room.presence_at, room.arrived = now, room.users()
-            arrived, room.arrived = room.arrived, set()
-            departed, room.departed = room.departed, set()
-            await self.sessions.update_presence(sid, arrived, departed, PRESENCE_REFRESH * 3)
-        if not counts:
-            return
-        totals = await self.sessions.report_viewers(counts, self.proc, ttl)
-        for sid, total in totals.items():
-            if self._viewer_totals.get(sid) != total:
-                self._viewer_totals[sid] = total
-                await self.publish_coalesced(sid, "viewers", "count", total)
-        for sid, count in counts.items():
-            if count == 0:
-                await self._drop_room(sid)
-
-    async def _drop_room(self, sid: str) -> None:
-        async with self._rooms_lock:
-            room = self.rooms.get(sid)
-            if room is None or len(room) or not room.ready.is_set():
-                return
-            del self.rooms[sid]
-            self._viewer_totals.pop(sid, None)
-            self._subscribed.pop(channel(sid), None)
-            if await self.sessions.sharded():
-                await self._pubsub.sunsubscribe(channel(sid))
-            else:
-                await self._pubsub.unsubscribe(channel(sid))

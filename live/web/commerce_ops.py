@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from live.commerce.service import Commerce, cart_message
-from live.commerce.types import BUYER_ROLES, CART_ROLES, HOST_ROLES, Caller
+from live.commerce.service import Commerce
+from live.commerce.types import BUYER_ROLES, CART_ROLES, HOST_ROLES, Caller, cart_message
 from live.hub.hub import Hub
 from live.hub.rooms import OpContext
 
