@@ -405,8 +405,8 @@ async def _publish_note(url: str, sid: str, wait: float = 0.0) -> int:
 
 async def _train(url: str, model_dir: Path) -> str:
     from recommender.trainer import train_from_log
-    from tests.test_rec_service import PARAMS
-    from tests.test_rec_service import seed as seed_shoppers
+    from tests.rec_support import PARAMS
+    from tests.rec_support import seed as seed_shoppers
 
     redis = connect(url)
     try:

@@ -21,7 +21,7 @@ from live.types import WAREHOUSE, Product, Sku
 from recommender.model import current_version
 from tests.identity_support import auth, sign_in
 from tests.identity_support import token as id_token
-from tests.test_rec_core import write_csv
+from tests.rec_support import write_csv
 
 
 def token(client: TestClient, sub: str, role: str) -> dict[str, str]:

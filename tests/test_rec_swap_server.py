@@ -24,7 +24,7 @@ from recommender.service import Recommender
 from recommender.train import AlsParams
 from recommender.trainer import train_from_log, watch_and_train
 from recommender.types import Event
-from tests.test_rec_service import PARAMS, seed, sku
+from tests.rec_support import PARAMS, seed, sku
 from tests.utils import run_server
 
 
