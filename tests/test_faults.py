@@ -24,9 +24,9 @@ import redis as redis_sync
 
 from live.errors import STORE_ERRORS
 from live.store import connect
+from loadtests.wsclient import LightClient, open_client, wait_all
 from tests.commerce_helpers import JWT_SPEC, PEPPER, keyring, make_members, seed
 from tests.hub_support import Client
-from tests.light_ws import LightClient, open_client, wait_all
 from tests.utils import ServerProcess, free_port, run_server
 
 RING_ENV = {"NEWRETAIL_JWT_KEYS": JWT_SPEC, "NEWRETAIL_IDENTITY_PEPPER": PEPPER.decode()}

@@ -20,9 +20,9 @@ from live.config import Settings
 from live.limits import ConnectionLimits
 from live.sessions import SessionStore
 from live.store import connect
+from loadtests.wsclient import LightClient, open_client, wait_all
 from tests.commerce_helpers import JWT_SPEC, PEPPER, keyring, make_members, seed
 from tests.hub_support import Client
-from tests.light_ws import LightClient, open_client, wait_all
 from tests.utils import ServerProcess, run_server
 
 ENV = {"NEWRETAIL_JWT_KEYS": JWT_SPEC, "NEWRETAIL_IDENTITY_PEPPER": PEPPER.decode()}
