@@ -33,7 +33,7 @@ from identity.devices import Device
 from identity.service import IdentityService
 from identity.tokens import KeyRing
 from live.store import EmbeddedStore, connect
-from tests.utils import run_server
+from loadtests.server import run_server
 
 GOAL_P99_MS = 5.0
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -270,7 +270,7 @@ def server_cpu(pid: int) -> float:
 
 def bench_http(url: str, var_dir: Path, mids: list[str], products: int, rates: list[int],
                seconds: float, workers: list[int], fig: Figures) -> None:
-    from tests.utils import run_server
+    from loadtests.server import run_server
 
     ring = KeyRing.load_or_create(var_dir / "secrets" / "jwt-keys.json")
     token = ring.issue("bench", "admin", ttl=3600)

@@ -28,6 +28,7 @@ from loadtests.wsclient import (
     open_client,
     server_frames,
 )
+from tests.utils import wait_until_sync
 
 BIG = "x" * 200_000  # more than one read of the client's buffer
 closed: list[int | None] = []  # the close codes the server's side ended with
@@ -91,9 +92,8 @@ def test_one_mux_reads_every_connection_in_order(server_url: str) -> None:
     assert len(mux) == 0, got
     for name, frames in got.items():
         assert frames == [f"{name}:0", f"{name}:1", f"{name}:2", BIG]
-    deadline = time.monotonic() + 5
-    while len(closed) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)  # the server's side finishes its closing handshake on its thread
+    # the server's side finishes its closing handshake on its thread
+    wait_until_sync(lambda: len(closed) >= 4, "the server's four closing handshakes", 5)
     assert closed == [4001] * 4  # each client echoed the close: a clean closing handshake
     assert all(ws.closed and ws.sock.fileno() == -1 for ws in clients)
     mux.close()
