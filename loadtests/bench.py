@@ -2,7 +2,7 @@
 
 Each benchmark prints its own table and writes its results and plot under
 ``loadtests/results/``. ``--only NAME[,NAME]`` runs some of them (``fan-out``,
-``checkout``, ``check-in``, ``offers``); the other arguments go to the fan-out benchmark
+``checkout``, ``check-in``, ``offers``, ``floods``); the other arguments go to the fan-out benchmark
 (``make bench BENCH_ARGS="--only fan-out --ns 1000 --reps 1"``); the others run with
 their defaults.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from loadtests import bench_checkin, bench_checkout, bench_fanout, bench_offers
+from loadtests import bench_checkin, bench_checkout, bench_fanout, bench_floods, bench_offers
 
 
 def _offers(argv: list[str] | None) -> int:
@@ -26,6 +26,7 @@ BENCHES: list[tuple[str, Callable[[list[str] | None], int]]] = [
     ("checkout", lambda argv: bench_checkout.main([])),
     ("check-in", lambda argv: bench_checkin.main([])),
     ("offers", _offers),
+    ("floods", lambda argv: bench_floods.main([])),
 ]
 
 

@@ -32,9 +32,9 @@ from identity.codes import member_code
 from identity.devices import Device
 from identity.service import IdentityService
 from identity.tokens import KeyRing
-from live.db.client import connect
 from live.db.server import EmbeddedValkey
-from tests.utils import run_server
+from live.db.client import connect
+from loadtests.server import run_server
 
 GOAL_P99_MS = 5.0
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -11,9 +11,10 @@ For each configuration, in one run, side by side:
 
 The server is ``newretail serve`` (1 or 2 web processes on one store); the load generator
 is this process, on the same machine. It is kept light so that it measures the server, not
-itself: each buyer is an ``asyncio.Protocol`` driving the ``websockets`` sans-I/O client
-(no task and no stream per socket), the answer is timed in the callback that receives it,
-and the checkouts are written in one tight loop (or from timer callbacks when spread).
+itself: each buyer is the project's ``loadtests.wsclient.LightClient``, an
+``asyncio.Protocol`` (no task and no stream per socket), the answer is timed in the
+callback that receives it, and the checkouts are written in one tight loop (or from timer
+callbacks when spread).
 
 ``--server-root`` runs the server from another checkout of the project (its own ``.venv``
 when it has one), alternating with this one rep by rep, to compare two versions side by
@@ -38,16 +39,13 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
-from websockets.typing import Subprotocol
-from websockets.uri import parse_uri
 
 from loadtests.bench_fanout import bench_store, free_port
+from loadtests.wsclient import JSON, LightClient, client_frame, open_client
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -120,83 +118,25 @@ async def reset(store_url: str, units: int) -> None:
         await redis.aclose()
 
 
-class Buyer(asyncio.Protocol):
-    """One WebSocket client as a protocol: no task, no stream, answers timed on arrival.
-
-    The ``websockets`` sans-I/O client does the opening handshake and builds the frames we
-    send (masked, as a client must); the server's frames after the handshake are read by
-    ``_frames`` below (unmasked, unfragmented: what the server sends), several times
-    cheaper than the general parser, because 2,000 sockets each receive every session
-    event. ``request`` sends an op (or a frame built in advance) and returns a future of
-    its ``ack`` or ``error`` (with the ``order`` message seen before it, if any).
+class Buyer(LightClient):
+    """One buyer: the shared client (an ``asyncio.Protocol``: no task, no stream), its
+    answers timed in the callback that receives them and nothing kept but what the
+    benchmark reads. ``request`` sends an op (or a frame built in advance) and returns a
+    future of its ``ack`` or ``error`` (with the ``order`` message seen before it, if any).
     """
 
-    def __init__(self, url: str) -> None:
-        self.ws = ClientProtocol(parse_uri(url), subprotocols=[Subprotocol("newretail.json")],
-                                 max_size=None)
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, path: str) -> None:
+        super().__init__(path, JSON)
         loop = asyncio.get_running_loop()
-        self.opened: asyncio.Future[None] = loop.create_future()
-        self.welcome: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.welcomed_at: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.waiting: dict[str, tuple[asyncio.Future[dict[str, Any]], float]] = {}
         self.order: dict[str, Any] | None = None
         self.timing: dict[str, tuple[float, float]] = {}  # ref -> (sent, answered)
-        self.buffer = b""
         self.received = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.ws.send_request(self.ws.connect())
-        self._flush()
-
-    def _flush(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            for chunk in self.ws.data_to_send():
-                if chunk:
-                    self.transport.write(chunk)
-
-    def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
-        if self.opened.done():
-            self.buffer += data
-            self._frames(now)
-            return
-        self.ws.receive_data(data)
-        for event in self.ws.events_received():
-            if isinstance(event, Response) and not self.opened.done():
-                if self.ws.handshake_exc is not None:
-                    self.opened.set_exception(self.ws.handshake_exc)
-                else:
-                    self.opened.set_result(None)
-        self._flush()
-
-    def _frames(self, now: float) -> None:
-        buf, pos, end = self.buffer, 0, len(self.buffer)
-        while end - pos >= 2:
-            opcode, length, head = buf[pos] & 0x0F, buf[pos + 1] & 0x7F, 2
-            if length == 126:
-                if end - pos < 4:
-                    break
-                length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
-            if end - pos < head + length:
-                break
-            payload = buf[pos + head:pos + head + length]
-            pos += head + length
-            self.received += 1
-            if opcode == Opcode.TEXT.value:
-                self._message(orjson.loads(payload), now)
-            elif opcode == Opcode.PING.value and self.transport is not None:
-                self.transport.write(Frame(Opcode.PONG, payload).serialize(mask=True))
-            elif opcode == Opcode.CLOSE.value:
-                self.close()
-        self.buffer = buf[pos:]
-
-    def _message(self, msg: dict[str, Any], now: float) -> None:
+    def on_frame(self, opcode: int, payload: bytes, now: float) -> bool:
+        self.received += 1
+        msg = orjson.loads(payload)
         kind = msg.get("type")
         if kind == "order":
             self.order = msg["order"]
@@ -204,17 +144,18 @@ class Buyer(asyncio.Protocol):
             waiting = self.waiting.pop(msg.get("ref") or "", None)
             if waiting is not None:
                 future, sent = waiting
-                self.timing[msg["ref"]] = (sent, now)
+                self.timing[msg["ref"]] = (sent, time.perf_counter())
                 msg["order_seen"], self.order = self.order, None
                 if not future.done():
                     future.set_result(msg)
-        elif kind == "welcome" and not self.welcome.done():
-            self.welcome.set_result(msg)
+        elif kind == "welcome" and not self.welcomed_at.done():
+            self.welcomed_at.set_result(msg)
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
         error = ConnectionError(f"socket closed: {exc}")
-        futures: list[asyncio.Future[Any]] = [self.opened, self.welcome]
-        for future in [*futures, *(f for f, _ in self.waiting.values())]:
+        for future in [self.welcomed_at, *(f for f, _ in self.waiting.values())]:
             if not future.done():
                 future.set_exception(error)
 
@@ -223,29 +164,21 @@ class Buyer(asyncio.Protocol):
         """Send ``op`` (as ``frame`` when it was built in advance); the future of its answer."""
         if future is None:
             future = asyncio.get_running_loop().create_future()
-        if frame is None:
-            frame = Frame(Opcode.TEXT, orjson.dumps(op)).serialize(mask=True)
         self.waiting[op["ref"]] = (future, time.perf_counter())
-        if self.transport is not None:
-            self.transport.write(frame)
+        self._write(frame if frame is not None else client_frame(orjson.dumps(op)))
         return future
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(Frame(Opcode.CLOSE, b"\x03\xe8").serialize(mask=True))
-            self.transport.close()
 
 
 async def open_buyer(url: str, token_: str) -> Buyer:
-    host, _, port = url.split("/")[2].partition(":")
-    _, buyer = await asyncio.get_running_loop().create_connection(
-        lambda: Buyer(url), host, int(port))
+    parts = urlsplit(url)
+    path = parts.path
+    buyer = await open_client(parts.port or 80, path, timeout=60,
+                              host=parts.hostname or "127.0.0.1", factory=lambda: Buyer(path))
+    if buyer.status != 101:
+        raise ConnectionError(f"handshake refused: HTTP {buyer.status}")
     async with asyncio.timeout(60):
-        await buyer.opened
-        assert buyer.transport is not None
-        buyer.transport.write(Frame(Opcode.TEXT, orjson.dumps(
-            {"op": "hello", "token": token_})).serialize(mask=True))
-        await buyer.welcome
+        buyer.hello(token_)
+        await buyer.welcomed_at
     return buyer
 
 
@@ -291,7 +224,7 @@ async def run_once(urls: list[str], pids: list[int], store_url: str, buyers: int
         offsets = [rng.uniform(0, spread) if spread else 0.0 for _ in sockets]
         op = {"op": "checkout", "ref": "c", "idempotency_key": "bench"}
         # Each buyer's frame is built (and masked) before the moment, as on a real device.
-        frames = [Frame(Opcode.TEXT, orjson.dumps(op)).serialize(mask=True) for _ in sockets]
+        frames = [client_frame(orjson.dumps(op)) for _ in sockets]
         loop = asyncio.get_running_loop()
         replies: list[asyncio.Future[dict[str, Any]]] = [loop.create_future() for _ in sockets]
         received = sum(ws.received for ws in sockets)

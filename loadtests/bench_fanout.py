@@ -155,31 +155,27 @@ class HubTarget:
         asyncio.run(self._pins(count, rate))
 
     async def _pins(self, count: int, rate: float) -> None:
-        from websockets.asyncio.client import connect
+        from loadtests.wsclient import open_client
 
-        url = f"ws://127.0.0.1:{self.port}{self.path}"
-        async with connect(url, max_size=None) as ws:
-            await ws.send(orjson.dumps({"op": "hello", "token": self.ring.issue(
-                "bench-host", "host", ttl=3600)}).decode())
-            acks = 0
-
-            async def drain() -> None:
-                nonlocal acks
-                async for raw in ws:
-                    if b'"type":"ack"' in (raw if isinstance(raw, bytes) else raw.encode()):
-                        acks += 1
-                        if acks == count:
-                            return
-
-            reader = asyncio.create_task(drain())
+        host = await open_client(self.port, self.path, timeout=30)
+        try:
+            welcome = await host.welcomed(self.ring.issue("bench-host", "host", ttl=3600))
+            if welcome["type"] != "welcome":
+                raise RuntimeError(f"the host was not welcomed: {welcome}")
             start = time.monotonic()
+            refs = []
             for i in range(count):
                 if rate:
                     await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
                 self.seq += 1
                 op = {"op": "pin", "sku": "B1"} if self.seq % 2 else {"op": "unpin", "sku": "B1"}
-                await ws.send(orjson.dumps({**op, "ref": self.seq}).decode())
-            await asyncio.wait_for(reader, 120)
+                host.send({**op, "ref": self.seq})
+                refs.append(self.seq)
+            answered = set(refs)
+            await host.until(lambda c: answered <= {m.get("ref") for m in c.messages
+                                                     if m.get("type") == "ack"}, 120, "every ack")
+        finally:
+            host.close()
 
     def stop(self) -> None:
         for proc in self.procs:

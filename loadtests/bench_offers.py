@@ -35,16 +35,16 @@ import psutil
 
 from identity.members import Members
 from identity.tokens import KeyRing
-from live.commerce.catalog import Catalog
-from live.db.client import connect
-from live.db.server import EmbeddedValkey
-from live.db.tracked import Tracked
-from live.offers.service import COPY_MAX_KEYS, COPY_PREFIXES, OfferService
 from live.web.app import tune_gc
+from live.commerce.catalog import Catalog
+from live.offers.service import COPY_MAX_KEYS, COPY_PREFIXES, OfferService
+from live.db.server import EmbeddedValkey
+from live.db.client import connect
+from live.db.tracked import Tracked
 from recommender.evaluate import make_split, parse_time, read_retail
+from recommender.keys import LOG
 from recommender.events import EventLog, history_key
 from recommender.index import ItemIndex
-from recommender.keys import LOG
 from recommender.model import write_version
 from recommender.service import Recommender
 from recommender.train import AlsParams, confidence_matrix, event_weight, train_als
@@ -272,7 +272,7 @@ def server_cpu(pid: int) -> float:
 
 def bench_http(url: str, var_dir: Path, mids: list[str], products: int, rates: list[int],
                seconds: float, workers: list[int], fig: Figures) -> None:
-    from tests.utils import run_server
+    from loadtests.server import run_server
 
     ring = KeyRing.load_or_create(var_dir / "secrets" / "jwt-keys.json")
     token = ring.issue("bench", "admin", ttl=3600)

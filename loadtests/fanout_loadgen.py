@@ -1,6 +1,7 @@
 """Load generator for the fan-out benchmark: N WebSocket clients in one process.
 
-A hand-written ``asyncio.Protocol`` client (HTTP upgrade, frame parser, pong), because a
+The project's ``loadtests.wsclient.LightClient`` (an ``asyncio.Protocol``: HTTP upgrade,
+frame splitter, pong), told to do nothing per frame but read a pin's ``ts``, because a
 full client library spends more CPU per message than the servers being measured. It
 speaks the hub's hello, Engine.IO v4 / Socket.IO, or plain WebSocket.
 
@@ -15,31 +16,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import os
 import sys
 import time
 from typing import Any
 
 import orjson
 
+from loadtests.wsclient import JSON, LightClient
+
 PINNED = b'"type":"pinned"'
 UNPINNED = b'"type":"unpinned"'
 TS = b'"ts":'
-
-
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """A masked client frame."""
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
 
 
 class Stats:
@@ -54,109 +41,53 @@ class Stats:
         self.cpu0 = time.process_time()
 
 
-class BenchClient(asyncio.Protocol):
+class BenchClient(LightClient):
+    """The shared client, doing as little as it can per frame: the ``ts`` of pins and
+    unpins is read from the bytes, nothing is decoded or kept."""
+
     def __init__(self, kind: str, path: str, hello: bytes | None, stats: Stats,
                  opened: asyncio.Future[bool]) -> None:
+        super().__init__(path, JSON if kind == "hub" else None)
         self.kind = kind
-        self.path = path
-        self.hello = hello
+        self.hello_frame = hello
         self.stats = stats
         self.opened = opened
-        self.buf = bytearray()
-        self.upgraded = False
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        key = base64.b64encode(os.urandom(16)).decode()
-        proto = "Sec-WebSocket-Protocol: newretail.json\r\n" if self.kind == "hub" else ""
-        req = (f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               f"Sec-WebSocket-Version: 13\r\n{proto}\r\n")
-        transport.write(req.encode())  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
         if not self.opened.done():
             self.opened.set_result(False)
 
-    def send(self, payload: bytes, opcode: int = 0x1) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(client_frame(payload, opcode))
-
     def data_received(self, data: bytes) -> None:
-        # One clock read per read from the socket: frames that arrived together share it.
-        now = time.time() * 1000.0
-        if self.upgraded and not self.buf:
-            rest = self._frames(data, now)  # the common case: no copy into the buffer
-            if rest:
-                self.buf += data[len(data) - rest:]
-            return
-        self.buf += data
-        if not self.upgraded:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            status = bytes(self.buf[:end])
-            del self.buf[:end + 4]
-            if b" 101 " not in status.split(b"\r\n")[0]:
-                self.opened.set_result(False)
-                return
-            self.upgraded = True
-            if self.hello is not None:
-                self.send(self.hello)
-            if self.kind in ("ws", "raw") and not self.opened.done():
-                self.opened.set_result(True)
-        buf = bytes(self.buf)
-        rest = self._frames(buf, now)
-        self.buf = bytearray(buf[len(buf) - rest:]) if rest else bytearray()
+        super().data_received(data)
+        if self.status and self.status != 101 and not self.opened.done():
+            self.opened.set_result(False)
 
-    def _frames(self, buf: bytes, now: float) -> int:
-        """Handle every whole frame in ``buf``; returns how many bytes are left over."""
-        pos = 0
-        size = len(buf)
-        while size - pos >= 2:
-            opcode = buf[pos] & 0x0F
-            n = buf[pos + 1] & 0x7F
-            start = pos + 2
-            if n == 126:
-                if size - pos < 4:
-                    break
-                n = int.from_bytes(buf[pos + 2:pos + 4], "big")
-                start = pos + 4
-            elif n == 127:
-                if size - pos < 10:
-                    break
-                n = int.from_bytes(buf[pos + 2:pos + 10], "big")
-                start = pos + 10
-            if size - start < n:
-                break
-            self._message(opcode, buf[start:start + n], now)
-            pos = start + n
-        return size - pos
+    def on_open(self) -> None:
+        if self.hello_frame is not None:
+            self.send_raw(self.hello_frame)
+        if self.kind in ("ws", "raw") and not self.opened.done():
+            self.opened.set_result(True)
 
-    def _message(self, opcode: int, payload: bytes, now: float) -> None:
-        if opcode == 0x9:
-            self.send(payload, 0xA)
-            return
-        if opcode == 0x8:
-            return
+    def on_frame(self, opcode: int, payload: bytes, now: float) -> bool:
         if PINNED in payload or UNPINNED in payload:
             i = payload.find(TS) + 5
             stats = self.stats
             stats.count += 1
-            stats.last = now
-            stats.lat.append(now - float(payload[i:payload.find(b",", i)]))
-            return
+            stats.last = now * 1000.0
+            stats.lat.append(now * 1000.0 - float(payload[i:payload.find(b",", i)]))
+            return False
         if self.kind == "hub":  # ready once welcomed: joined the session
             if not self.opened.done() and b'"type":"welcome"' in payload:
                 self.opened.set_result(True)
         elif self.kind == "sio":
             if payload[:1] == b"0":  # Engine.IO open: join the default namespace
-                self.send(b"40")
+                self.send_raw(b"40")
             elif payload[:2] == b"40" and not self.opened.done():
                 self.opened.set_result(True)
             elif payload == b"2":
-                self.send(b"3")
+                self.send_raw(b"3")
+        return False
 
 
 def _pct(values: list[float], q: float) -> float:

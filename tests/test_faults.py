@@ -22,11 +22,11 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from live.db.client import connect
 from live.errors import STORE_ERRORS
+from live.db.client import connect
+from loadtests.wsclient import LightClient, open_client, wait_all
 from tests.commerce_helpers import JWT_SPEC, PEPPER, keyring, make_members, seed
 from tests.hub_support import Client
-from tests.light_ws import LightClient, open_client, wait_all
 from tests.utils import ServerProcess, free_port, run_server
 
 RING_ENV = {"NEWRETAIL_JWT_KEYS": JWT_SPEC, "NEWRETAIL_IDENTITY_PEPPER": PEPPER.decode()}
@@ -268,8 +268,9 @@ async def _acknowledge(server: ServerProcess, sid: str, member: str, host: Clien
 
 
 async def _while_down(server: ServerProcess, viewer: Client, limit: float) -> dict[str, float]:
-    """Every kind of client, all at once, gets a clear error within ``limit`` seconds;
-    returns how long each took."""
+    """Every kind of client, all at once, gets a clear error rather than a hang: each waits
+    at most ``limit`` seconds (a deadline on the wait, not a latency figure: those are in
+    the figures printed for RELIABILITY.md); returns how long each took."""
     auth = _auth("m_00000", "member")
     sid = viewer.welcome["state"]["session_id"]
 
@@ -289,7 +290,7 @@ async def _while_down(server: ServerProcess, viewer: Client, limit: float) -> di
     async def ws_op() -> float:
         t0 = time.monotonic()
         await viewer.send({"op": "chat", "ref": "down", "text": "anyone there?"})
-        reply = await viewer.until(lambda m: m.get("ref") == "down", limit + 10)
+        reply = await viewer.until(lambda m: m.get("ref") == "down", limit)
         assert reply["type"] == "error" and reply["code"] == "store_unavailable", reply
         return time.monotonic() - t0
 
@@ -309,15 +310,13 @@ async def _while_down(server: ServerProcess, viewer: Client, limit: float) -> di
         "cart_add": ("POST", "/carts/m_00000/items", {"sku": "kite", "qty": 1}),
         "consent": ("PATCH", "/identity/me", {"consent": {"marketing": True}}),
     }
-    async with httpx.AsyncClient(base_url=server.url, timeout=limit + 10) as http:
+    async with httpx.AsyncClient(base_url=server.url, timeout=limit) as http:
         times = await asyncio.gather(
             *(http_probe(http, name, *probe) for name, probe in probes.items()),
             ws_op(), ws_hello())
         health = await http.get("/healthz")
         assert health.status_code == 200  # the process itself is alive
     took = dict(zip([*probes, "ws_op", "ws_hello"], times, strict=True))
-    for name, seconds in took.items():
-        assert seconds < limit, (name, seconds)
     return {k: round(v, 3) for k, v in took.items()}
 
 
@@ -405,8 +404,8 @@ async def _publish_note(url: str, sid: str, wait: float = 0.0) -> int:
 
 async def _train(url: str, model_dir: Path) -> str:
     from recommender.trainer import train_from_log
-    from tests.test_rec_service import PARAMS
-    from tests.test_rec_service import seed as seed_shoppers
+    from tests.rec_support import PARAMS
+    from tests.rec_support import seed as seed_shoppers
 
     redis = connect(url)
     try:

@@ -4,8 +4,6 @@ spam and a client opening connections in a loop. The others keep being served.""
 from __future__ import annotations
 
 import asyncio
-import json
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,14 +14,14 @@ import orjson
 import pytest
 import redis as redis_sync
 
-from live.db.client import connect
-from live.hub.sessions import Sessions
-from live.web.limits import ConnectionLimits
 from live.web.settings import Settings
+from live.web.limits import ConnectionLimits
+from live.hub.sessions import Sessions
+from live.db.client import connect
+from loadtests.wsclient import LightClient, open_client, wait_all
 from tests.commerce_helpers import JWT_SPEC, PEPPER, keyring, make_members, seed
 from tests.hub_support import Client
-from tests.light_ws import LightClient, open_client, wait_all
-from tests.utils import ServerProcess, run_server
+from tests.utils import ServerProcess, run_server, wait_until
 
 ENV = {"NEWRETAIL_JWT_KEYS": JWT_SPEC, "NEWRETAIL_IDENTITY_PEPPER": PEPPER.decode()}
 LINEUP = ["mug", "pot", "kite", "lamp"]
@@ -31,16 +29,6 @@ LINEUP = ["mug", "pot", "kite", "lamp"]
 
 def _token(sub: str, role: str) -> str:
     return keyring().issue(sub, role, ttl=900)  # type: ignore[arg-type]
-
-
-def _record(name: str, **figures: Any) -> None:
-    """Figures for RELIABILITY.md (shown with ``pytest -s``)."""
-    print(f"\nFIGURES {name}: {json.dumps(figures)}")
-
-
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
 async def _seed(store_url: str) -> None:
@@ -122,7 +110,7 @@ async def test_reconnect_storm_all_resume_and_the_server_stays_responsive(
     it, one in ten with an epoch that is gone and one in ten with a since older than the
     kept history get ``recovered: false`` and no replay. Every one is welcomed and then
     gets every live event, including those published during the storm; /healthz
-    answers during the storm."""
+    answers during the storm. (How long it all takes: ``loadtests/bench_floods.py``.)"""
     server = storm_server
     sid = _open_session(server.url)
     host = await _host(server, sid)
@@ -142,6 +130,7 @@ async def test_reconnect_storm_all_resume_and_the_server_stays_responsive(
         return {"epoch": epoch, "seq": before - i % 20}
 
     retried: list[int] = []
+    opened: list[int] = []
 
     async def reconnect(i: int) -> LightClient:
         """A viewer page's reconnect: hello with since; when the handshake fails or the
@@ -150,9 +139,10 @@ async def test_reconnect_storm_all_resume_and_the_server_stays_responsive(
         for attempt in range(6):
             if attempt:
                 retried.append(i)
-                await asyncio.sleep(0.2 * attempt)
+                await asyncio.sleep(0.2 * attempt)  # a page's back-off: part of the scenario
             try:
                 c = await open_client(server.port, f"/ws/live/{sid}", timeout=30)
+                opened.append(i)
             except (OSError, TimeoutError):
                 continue
             if c.status != 101:
@@ -164,40 +154,33 @@ async def test_reconnect_storm_all_resume_and_the_server_stays_responsive(
                 return c
         raise AssertionError(f"viewer {i} could not reconnect")
 
-    answered: list[float] = []
+    during_storm: list[bool] = []  # for each /healthz answer: was the storm still on?
 
-    async def health_during() -> list[float]:
-        took = []
+    async def health_during() -> None:
         async with httpx.AsyncClient(timeout=30) as http:
             for _ in range(5):
-                t = time.monotonic()
                 assert (await http.get(f"{server.url}/healthz")).status_code == 200
-                answered.append(time.monotonic())
-                took.append(answered[-1] - t)
-                await asyncio.sleep(0.1)
-        return took
+                during_storm.append(not storm.done())
+                await asyncio.sleep(0.1)  # probes spread over the storm: the scenario
 
     async def publish_during() -> None:
         for i in range(3):
             await host.op("pin" if i % 2 == 0 else "unpin", f"b{i}", sku="pot")
 
-    t0 = time.monotonic()
-    health = asyncio.create_task(health_during())
     storm = asyncio.gather(*(reconnect(i) for i in range(STORM)))
-    await asyncio.sleep(0.05)
+    health = asyncio.create_task(health_during())
+    await wait_until(lambda: len(opened) >= 100, "the storm's first 100 handshakes", 60)
     await publish_during()
     back = await storm
     late = await wait_all(back, lambda c: c.welcome is not None, 60)
-    storm_over = time.monotonic()
-    storm_s = storm_over - t0
-    health_s = await health
+    await health
     assert late == [], (f"{len(late)} viewers not welcomed; one has lost={late[0].lost} "
                         f"close={late[0].close_code} messages={late[0].messages[:3]}")
-    assert answered[0] < storm_over, "the health check waited for the whole storm"
+    assert during_storm[0], "the health check waited for the whole storm"
     assert (await host.op("chat", "end", text="after the storm"))["type"] == "ack"
     final = (await host.until(lambda m: m.get("type") == "chat"))["seq"]
     assert await wait_all(back, lambda c: _last_seq(c) >= final, 60) == []
-    recovered = replayed = 0
+    recovered = 0
     for i, c in enumerate(back):
         welcome = c.welcome
         assert welcome is not None
@@ -208,14 +191,8 @@ async def test_reconnect_storm_all_resume_and_the_server_stays_responsive(
             continue
         assert welcome["recovered"] is True, (i, welcome)
         recovered += 1
-        replayed += welcome["seq"] - since(i)["seq"]
         assert seqs == list(range(since(i)["seq"] + 1, final + 1)), f"viewer {i}"
     assert recovered == STORM * 8 // 10
-    _record("reconnect_storm", viewers=STORM, all_welcomed_s=round(storm_s, 2),
-            recovered=recovered, replayed_events=replayed, retried=len(retried),
-            not_recovered=STORM - recovered,
-            healthz_max_ms=round(max(health_s) * 1000, 1),
-            healthz_median_ms=round(statistics.median(health_s) * 1000, 1), lost=0)
     await host.close()
     for c in [probe, *back]:
         c.close()
@@ -239,9 +216,10 @@ def one_server(seeded: str, tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 async def _pin_run(server: ServerProcess, store_url: str, sid: str, host: Client,
-                   readers: list[LightClient], tag: str) -> dict[str, Any]:
+                   readers: list[LightClient], tag: str) -> int:
     """The host pins and unpins ``PINS`` times, 20 ms apart, with a 48 KB event between
-    each; returns the readers' pin latencies (arrival minus the event's store time)."""
+    each; every reader gets every pin and every event, in order, with no gap. (The pins'
+    latency is measured in ``loadtests/bench_floods.py``.)"""
     redis = connect(store_url)
     store = Sessions(redis, 1000)
     start = [len(c.messages) for c in readers]
@@ -250,71 +228,58 @@ async def _pin_run(server: ServerProcess, store_url: str, sid: str, host: Client
             reply = await host.op("pin" if i % 2 == 0 else "unpin", f"{tag}{i}", sku="kite")
             assert reply["type"] == "ack", reply
             await store.publish(sid, {"type": "note", "pad": PAD})
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the stream's pace, part of the scenario
         final = await store.publish(sid, {"type": "note", "n": "end"})
     finally:
         await redis.aclose()
     assert await wait_all(readers, lambda c: _last_seq(c) >= final, 60) == []
-    latencies: list[float] = []
     for c, n in zip(readers, start, strict=True):
-        run = [(m, t) for m, t in zip(c.messages[n:], c.arrived[n:], strict=True)
-               if m.get("type") in ("pinned", "unpinned")]
+        run = [m for m in c.messages[n:] if m.get("type") in ("pinned", "unpinned")]
         assert len(run) == PINS
-        latencies += [(t - m["ts"] / 1000.0) * 1000.0 for m, t in run]
+        assert [m["type"] for m in run] == ["pinned", "unpinned"] * (PINS // 2)
         seqs = [e["seq"] for e in c.events()]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a reader missed an event"
-    return {"p50_ms": round(_pct(latencies, 0.5), 1), "p99_ms": round(_pct(latencies, 0.99), 1),
-            "max_ms": round(max(latencies), 1), "samples": len(latencies), "final": final}
+    return final
 
 
-async def test_a_viewer_who_never_reads_is_cut_off_and_the_others_keep_their_latency(
+async def test_a_viewer_who_never_reads_is_cut_off_and_the_others_get_every_event(
     one_server: ServerProcess, seeded: str,
 ) -> None:
     """The same pin stream is sent twice to 20 reading viewers: once alone, once with a
     viewer that stops reading. That one's buffer grows until the server closes it with
-    4001; the readers get every event both times and their pin latency stays close."""
+    4001; the readers get every event, in order, both times. (Their latency with and
+    without it: ``loadtests/bench_floods.py``.)"""
     server = one_server
     sid = _open_session(server.url)
     host = await _host(server, sid)
     readers = await _join(server, sid, [f"r{i}" for i in range(READERS)])
-    alone = await _pin_run(server, seeded, sid, host, readers, "a")
+    await _pin_run(server, seeded, sid, host, readers, "a")
     before = _metric(server, 'newretail_ws_disconnects_total{reason="slow_consumer"}')
     stuck = await open_client(server.port, f"/ws/live/{sid}", rcvbuf=4096)
     stuck.hello(_token("stuck", "viewer"))
     await stuck.until(lambda c: c.welcome is not None)
     stuck.pause()
-    cut_off_at = 0.0
 
-    async def watch_cut_off() -> None:
-        nonlocal cut_off_at
-        while True:
-            metric = await asyncio.to_thread(
-                _metric, server, 'newretail_ws_disconnects_total{reason="slow_consumer"}')
-            if metric > before:
-                cut_off_at = time.monotonic()
-                return
-            await asyncio.sleep(0.1)
+    async def cut_off() -> bool:
+        metric = await asyncio.to_thread(
+            _metric, server, 'newretail_ws_disconnects_total{reason="slow_consumer"}')
+        return metric > before
 
-    watcher = asyncio.create_task(watch_cut_off())
-    t0 = time.monotonic()
-    with_stuck = await _pin_run(server, seeded, sid, host, readers, "b")
+    watcher = asyncio.create_task(wait_until(cut_off, "the stuck viewer's cut-off", 120, 0.1))
+    await _pin_run(server, seeded, sid, host, readers, "b")
     redis = connect(seeded)
     try:  # should the kernel have taken more than the run sent: more until it is cut off
         for _ in range(200):
             if watcher.done():
                 break
             await Sessions(redis, 1000).publish(sid, {"type": "note", "pad": PAD})
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the stream's pace, as above
     finally:
         await redis.aclose()
     await asyncio.wait_for(watcher, 30)
-    stuck.transport.resume_reading()  # type: ignore[union-attr]
+    stuck.resume()
     await stuck.until(lambda c: c.close_code is not None, 10)
     assert stuck.close_code == 4001
-    assert with_stuck["p99_ms"] < alone["p99_ms"] + 300, (alone, with_stuck)
-    _record("slow_consumer", readers=READERS, pins=PINS, send_buffer=SEND_BUFFER,
-            cut_off_after_s=round(cut_off_at - t0, 2), close_code=stuck.close_code,
-            readers_alone=alone, readers_with_stuck=with_stuck, lost=0)
     await host.close()
     for c in readers:
         c.close()
@@ -348,19 +313,14 @@ async def test_chat_spam_is_rate_limited_and_others_chat_on(one_server: ServerPr
     def answered(ref: str) -> Callable[[LightClient], bool]:
         return lambda c: len(replies(c, ref)) == 1
 
-    t0 = time.monotonic()
     for i in range(SPAM):
         spammer.send({"op": "chat", "ref": f"s{i}", "text": f"buy my stuff {i}"})
-    took: list[float] = []
     for round_ in range(3):
         for j, c in enumerate(others):
-            sent = time.monotonic()
             c.send({"op": "chat", "ref": f"o{round_}", "text": f"hello from m{j + 1}"})
             await c.until(answered(f"o{round_}"))
-            took.append(time.monotonic() - sent)
             assert replies(c, f"o{round_}")[0]["type"] == "ack"
     await spammer.until(lambda c: len(replies(c, "s")) == SPAM, 60)
-    spam_s = time.monotonic() - t0
     answers = replies(spammer, "s")
     accepted = [m for m in answers if m["type"] == "ack"]
     refused = [m for m in answers if m["type"] == "error"]
@@ -377,10 +337,6 @@ async def test_chat_spam_is_rate_limited_and_others_chat_on(one_server: ServerPr
         seen = chats(c)
         assert all(seen.count(f"m{j}") == 3 for j in range(1, 5))
         assert seen.count("spammer") == len(accepted)
-    _record("chat_spam", spam_messages=SPAM, accepted=len(accepted), rate_limited=len(refused),
-            spam_answered_s=round(spam_s, 2),
-            others_ack_median_ms=round(statistics.median(took) * 1000, 1),
-            others_ack_max_ms=round(max(took) * 1000, 1), others_lost=0)
     for c in readers + members:
         c.close()
 
@@ -414,11 +370,9 @@ async def test_a_client_opening_connections_in_a_loop_is_refused_others_are_not(
     path = f"/ws/live/{sid}"
     held: list[LightClient] = []
     refused: list[LightClient] = []
-    t0 = time.monotonic()
     for _ in range(40):
         c = await open_client(server.port, path)
         (held if c.status == 101 else refused).append(c)
-    loop_s = time.monotonic() - t0
     assert len(held) == 20 and len(refused) == 20
     for c in refused:
         assert c.status == 429
@@ -452,23 +406,17 @@ async def test_a_client_opening_connections_in_a_loop_is_refused_others_are_not(
             await c.until(lambda c: c.lost, 10)
             assert "per second" in _refusal(c)["error"]["message"]
         c.close()
-    rate_loop_s = time.monotonic() - t0
+    rate_loop_s = time.monotonic() - t0  # the bucket's refill bounds what may open
     assert 30 <= opened <= 30 + 2 * rate_loop_s + 1 and refused_rate == 60 - opened >= 1
     # And after a pause a new connection is admitted again.
-    admitted_again = False
-    deadline = time.monotonic() + 10
-    while not admitted_again and time.monotonic() < deadline:
-        await asyncio.sleep(0.25)
+
+    async def admitted() -> bool:
         c = await open_client(server.port, path, source=fresh)
-        admitted_again = c.status == 101
         c.close()
-    assert admitted_again
-    refusals = _metric(server, 'newretail_ws_disconnects_total{reason="address_limit"}')
-    _record("connection_loop", per_address=20, rate_per_s=2, burst=30,
-            loop_of_40_held=len(held), loop_of_40_refused=len(refused),
-            loop_s=round(loop_s, 2), then_60_opened=opened, then_60_refused=refused_rate,
-            then_60_loop_s=round(rate_loop_s, 2),
-            refusals_counted=refusals, other_address_served=True)
+        return c.status == 101
+
+    await wait_until(admitted, "a new connection admitted once the bucket refilled", 10, 0.25)
+    assert _metric(server, 'newretail_ws_disconnects_total{reason="address_limit"}') >= 40
     other.close()
 
 

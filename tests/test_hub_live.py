@@ -15,10 +15,10 @@ from websockets.exceptions import ConnectionClosed
 
 from identity.members import Members
 from live.hub.hub import Hub
-from live.hub.keys import channel
 from live.hub.rooms import HubConfig
-from live.hub.sessions import Sessions
 from live.protocol.messages import friendly_label
+from live.hub.sessions import Sessions
+from live.hub.keys import channel
 from tests.hub_support import (
     ENV,
     Client,
@@ -27,7 +27,7 @@ from tests.hub_support import (
     session_events,
     token,
 )
-from tests.utils import ServerProcess, run_server
+from tests.utils import ServerProcess, run_server, wait_until
 
 HISTORY = 40
 SEND_BUFFER = 64 * 1024
@@ -365,9 +365,11 @@ async def test_reactions_and_viewer_counts_are_coalesced(
     for v in viewers[3:]:
         await v.close()
     await viewers[0].until(lambda m: m.get("type") == "viewers" and m["count"] == 3)
-    deadline = time.monotonic() + 10
-    while len(await Hub(redis).viewers(session)) != 3 and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+
+    async def three_left() -> bool:
+        return len(await Hub(redis).viewers(session)) == 3
+
+    await wait_until(three_left, "the store's viewer list down to three", 10, 0.1)
     assert sorted(await Hub(redis).viewers(session)) == ["member-0", "member-1", "member-2"]
     for v in viewers[:3]:
         await v.close()
@@ -611,9 +613,7 @@ async def test_a_figure_already_shown_is_not_sent_again(redis: Any) -> None:
         await a.publish_coalesced(sid, "stock", "kite", 0)
         assert await stock_events(a, sid, 1) == [("kite", 0)]
         await b.publish_coalesced(sid, "stock", "kite", 0)  # the other process's last sale
-        deadline = time.monotonic() + 10
-        while stock.reads < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: stock.reads >= 2, "the second process's stock read")
         stock.truth["kite"] = 5  # units back in the pool: a change, shown once
         await b.publish_coalesced(sid, "stock", "kite", 5)
         assert await stock_events(a, sid, 2) == [("kite", 0), ("kite", 5)]
@@ -683,9 +683,11 @@ async def test_a_flush_whose_values_another_process_took_publishes_nothing(redis
     await hub.start()
     try:
         deadline = time.monotonic() + 10
-        while not await redis.exists(lock):  # this process's flush has taken the pair
-            assert time.monotonic() < deadline, "the flush never ran"
-            await asyncio.sleep(0.005)
+
+        async def flushed() -> bool:  # this process's flush has taken the pair
+            return bool(await redis.exists(lock))
+
+        await wait_until(flushed, "this process's flush", 10, 0.005)
         await hub.publish_coalesced(sid, "reactions", "fire", 2)
         while True:
             rows = await hub.sessions.history_range(sid, 1, await hub.sessions.current_seq(sid))

@@ -3,7 +3,6 @@ model files, event validation and the offline evaluation on a synthetic CSV."""
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from recommender.model import current_version, read_version, write_version
 from recommender.rank import Candidate, ProductInfo, compose_offers, is_offerable, offer_price
 from recommender.train import AlsParams, FoldIn, confidence_matrix, event_weight, train_als
 from recommender.types import RecommenderError
+from tests.rec_support import write_csv
 
 GROUPS, PER_GROUP, USERS_PER_GROUP = 4, 10, 30
 
@@ -161,15 +161,6 @@ def test_bad_event_bodies_refused(body: object) -> None:
     with pytest.raises(LiveError) as err:
         parse_events(body, 1e9)
     assert err.value.code == "bad_request"
-
-
-HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
-
-
-def write_csv(path: Path, lines: list[str]) -> Path:
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        f.write(HEADER + "".join(line + "\n" for line in lines))
-    return path
 
 
 def test_retail_quirks(tmp_path: Path) -> None:

@@ -17,51 +17,15 @@ import redis.asyncio as aredis
 from identity.members import Members
 from live.commerce.catalog import Catalog
 from live.offers.service import OfferService
-from live.types import WAREHOUSE, Product, Sku, Store
-from recommender.events import EventLog, erased_tag, index_key
+from live.types import WAREHOUSE, Product, Sku
 from recommender.keys import ERASED
+from recommender.events import EventLog, erased_tag, index_key
 from recommender.model import current_version, read_version
 from recommender.rank import Candidate
 from recommender.service import TASTE_LOOKUPS, Recommender
-from recommender.train import AlsParams
 from recommender.trainer import train_from_log
 from recommender.types import Event
-
-GROUPS, PER_GROUP = 4, 10
-PARAMS = AlsParams(factors=8, iterations=10)
-
-
-def sku(group: int, i: int) -> str:
-    return f"{group}{i:03d}"
-
-
-async def never_erased(users: Sequence[str]) -> set[str]:
-    return set()
-
-
-async def seed(redis: aredis.Redis, now: float) -> tuple[Catalog, Members]:
-    """4 categories of 10 products, all in the warehouse, store s1 holds only group 0;
-    shopper u{g}-{k} bought 6 products of group g."""
-    catalog = Catalog(redis)
-    await catalog.put_stores([Store("s1", "One", "Town")])
-    await catalog.put_products(
-        Product(Sku(sku(g, i)), f"Item {g} {i}", f"cat{g}", 10.0 + i, "")
-        for g in range(GROUPS) for i in range(PER_GROUP))
-    for g in range(GROUPS):
-        for i in range(PER_GROUP):
-            await catalog.set_stock(sku(g, i), WAREHOUSE, 5)
-            if g == 0:
-                await catalog.set_stock(sku(g, i), "s1", 2)
-    rec = Recommender(redis, Path("unused"), never_erased)
-    events = []
-    for g in range(GROUPS):
-        for k in range(25):
-            for i in range(6):
-                events.append(Event(f"u{g}-{k}", sku(g, (k + i) % PER_GROUP), "purchase",
-                                    now - 86400 * (i + 1)))
-    await rec.record(events)
-    return catalog, Members(redis, b"pepper-for-tests-0123456789")
-
+from tests.rec_support import GROUPS, PARAMS, never_erased, seed, sku
 
 Setup = Callable[..., Awaitable[tuple[Recommender, OfferService, Members]]]
 

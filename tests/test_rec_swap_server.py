@@ -16,16 +16,16 @@ import redis as redis_sync
 
 from identity.members import Members
 from identity.tokens import KeyRing
-from live.db.client import connect
 from live.web.settings import Settings
+from live.db.client import connect
 from recommender.events import EventLog
 from recommender.model import current_version, read_version
 from recommender.service import Recommender
 from recommender.train import AlsParams
 from recommender.trainer import train_from_log, watch_and_train
 from recommender.types import Event
-from tests.test_rec_service import PARAMS, seed, sku
-from tests.utils import run_server
+from tests.rec_support import PARAMS, seed, sku
+from tests.utils import run_server, wait_until, wait_until_sync
 
 
 def test_swap_in_running_server(settings: Settings, sync_redis: redis_sync.Redis) -> None:
@@ -66,16 +66,14 @@ def test_swap_in_running_server(settings: Settings, sync_redis: redis_sync.Redis
             latest = ""
             for _ in range(3):
                 latest = (await train_from_log(redis, model_dir, PARAMS)).version
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.3)  # versions apart in time, as retrains come: the scenario
             await redis.aclose()
             return latest
 
         try:
             latest = asyncio.run(retrain())
-            deadline = time.monotonic() + 15
-            while latest not in versions:
-                assert time.monotonic() < deadline, f"server kept {versions}"
-                time.sleep(0.05)
+            wait_until_sync(lambda: latest in versions,
+                            f"the server serving {latest} (it kept {versions})", 15, 0.05)
         finally:
             stop.set()
             for t in threads:
@@ -98,22 +96,18 @@ async def test_watch_retrains_on_new_events(tmp_path: Path, store_url: str,
 
     task = asyncio.create_task(watch_and_train(redis, model_dir, 50, 0.05, train))
     try:
-        deadline = time.monotonic() + 20
-        while not runs:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: bool(runs), "the first training run", 20, 0.02)
         from recommender.service import Recommender
 
         async def no(users: object) -> set[str]:
             return set()
         rec = Recommender(redis, model_dir, no)
         await rec.record([Event(f"new{i}", "0001", "view", time.time()) for i in range(10)])
+        # Nothing should happen: let six of the watcher's 0.05 s polls pass, then look.
         await asyncio.sleep(0.3)
         assert len(runs) == 1, "ten events are below the threshold"
         await rec.record([Event(f"new{i}", "0002", "click", time.time()) for i in range(60)])
-        while len(runs) < 2:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: len(runs) >= 2, "the second training run", 20, 0.02)
         assert current_version(model_dir) == runs[-1]
     finally:
         task.cancel()
@@ -129,10 +123,7 @@ def _gauge(server_url: str, name: str) -> float:
 
 
 def _until(check: Callable[[], bool], what: str, seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+    wait_until_sync(check, what, seconds, 0.05)
 
 
 def test_erasure_reaches_every_web_process(settings: Settings,

@@ -5,7 +5,6 @@ bytes around them."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +19,7 @@ from websockets.uri import parse_uri
 
 from live.uvicorn.ws import QUEUE_HIGH, QUEUE_LOW, WS_PROTOCOL
 from live.websockets.parser import between_frames
-from tests.utils import uvicorn_in_loop
+from tests.utils import uvicorn_in_loop, wait_until
 
 
 @dataclass
@@ -81,10 +80,7 @@ async def uvicorn_proto() -> AsyncIterator[Served]:
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
+    await wait_until(condition, what, timeout, 0.005)
 
 
 async def _round_trips(served: Served, n: int) -> None:

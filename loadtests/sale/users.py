@@ -51,7 +51,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from identity.codes import member_code, totp_step
 from identity.types import DeviceIndex
 from loadtests.sale.plan import Pacing, Plan, claim
-from loadtests.sale.wsclient import WsClient, WsError, WsMux
+from loadtests.wsclient import WsClient, WsError, WsMux
 
 log = logging.getLogger("newretail.loadtest")
 
