@@ -32,8 +32,8 @@ from identity.codes import member_code
 from identity.devices import Device
 from identity.service import IdentityService
 from identity.tokens import KeyRing
-from live.db.server import EmbeddedValkey
 from live.db.client import connect
+from live.db.server import EmbeddedValkey
 from loadtests.server import run_server
 
 GOAL_P99_MS = 5.0

@@ -29,8 +29,8 @@ import httpx
 
 from identity.tokens import KeyRing
 from live.commerce.catalog import Catalog
-from live.hub.sessions import Sessions
 from live.db.client import connect
+from live.hub.sessions import Sessions
 from live.types import Product, Sku
 from loadtests.bench_fanout import bench_store
 from loadtests.server import ServerProcess, run_server

@@ -35,16 +35,16 @@ import psutil
 
 from identity.members import Members
 from identity.tokens import KeyRing
-from live.web.app import tune_gc
 from live.commerce.catalog import Catalog
-from live.offers.service import COPY_MAX_KEYS, COPY_PREFIXES, OfferService
-from live.db.server import EmbeddedValkey
 from live.db.client import connect
+from live.db.server import EmbeddedValkey
 from live.db.tracked import Tracked
+from live.offers.service import COPY_MAX_KEYS, COPY_PREFIXES, OfferService
+from live.web.app import tune_gc
 from recommender.evaluate import make_split, parse_time, read_retail
-from recommender.keys import LOG
 from recommender.events import EventLog, history_key
 from recommender.index import ItemIndex
+from recommender.keys import LOG
 from recommender.model import write_version
 from recommender.service import Recommender
 from recommender.train import AlsParams, confidence_matrix, event_weight, train_als

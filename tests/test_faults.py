@@ -22,8 +22,8 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from live.errors import STORE_ERRORS
 from live.db.client import connect
+from live.errors import STORE_ERRORS
 from loadtests.wsclient import LightClient, open_client, wait_all
 from tests.commerce_helpers import JWT_SPEC, PEPPER, keyring, make_members, seed
 from tests.hub_support import Client
@@ -58,7 +58,7 @@ def _open_session(base: str) -> str:
 
 
 def _record(name: str, **figures: Any) -> None:
-    """Figures for RELIABILITY.md (shown with ``pytest -s``)."""
+    """Figures for docs/reliability.md (shown with ``pytest -s``)."""
     print(f"\nFIGURES {name}: {json.dumps(figures)}")
 
 
@@ -270,7 +270,7 @@ async def _acknowledge(server: ServerProcess, sid: str, member: str, host: Clien
 async def _while_down(server: ServerProcess, viewer: Client, limit: float) -> dict[str, float]:
     """Every kind of client, all at once, gets a clear error rather than a hang: each waits
     at most ``limit`` seconds (a deadline on the wait, not a latency figure: those are in
-    the figures printed for RELIABILITY.md); returns how long each took."""
+    the figures printed for docs/reliability.md); returns how long each took."""
     auth = _auth("m_00000", "member")
     sid = viewer.welcome["state"]["session_id"]
 

@@ -14,10 +14,10 @@ import orjson
 import pytest
 import redis as redis_sync
 
-from live.web.settings import Settings
-from live.web.limits import ConnectionLimits
-from live.hub.sessions import Sessions
 from live.db.client import connect
+from live.hub.sessions import Sessions
+from live.web.limits import ConnectionLimits
+from live.web.settings import Settings
 from loadtests.wsclient import LightClient, open_client, wait_all
 from tests.commerce_helpers import JWT_SPEC, PEPPER, keyring, make_members, seed
 from tests.hub_support import Client

@@ -15,10 +15,10 @@ from websockets.exceptions import ConnectionClosed
 
 from identity.members import Members
 from live.hub.hub import Hub
-from live.hub.rooms import HubConfig
-from live.protocol.messages import friendly_label
-from live.hub.sessions import Sessions
 from live.hub.keys import channel
+from live.hub.rooms import HubConfig
+from live.hub.sessions import Sessions
+from live.protocol.messages import friendly_label
 from tests.hub_support import (
     ENV,
     Client,

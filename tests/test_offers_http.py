@@ -14,10 +14,10 @@ import redis as redis_sync
 from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 
+from live.types import WAREHOUSE, Product, Sku
 from live.web.app import create_app
 from live.web.cli import main
 from live.web.settings import Settings
-from live.types import WAREHOUSE, Product, Sku
 from recommender.model import current_version
 from tests.identity_support import auth, sign_in
 from tests.identity_support import token as id_token

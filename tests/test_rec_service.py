@@ -18,8 +18,8 @@ from identity.members import Members
 from live.commerce.catalog import Catalog
 from live.offers.service import OfferService
 from live.types import WAREHOUSE, Product, Sku
-from recommender.keys import ERASED
 from recommender.events import EventLog, erased_tag, index_key
+from recommender.keys import ERASED
 from recommender.model import current_version, read_version
 from recommender.rank import Candidate
 from recommender.service import TASTE_LOOKUPS, Recommender

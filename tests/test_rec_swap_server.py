@@ -16,8 +16,8 @@ import redis as redis_sync
 
 from identity.members import Members
 from identity.tokens import KeyRing
-from live.web.settings import Settings
 from live.db.client import connect
+from live.web.settings import Settings
 from recommender.events import EventLog
 from recommender.model import current_version, read_version
 from recommender.service import Recommender

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import uvicorn
 
-from live.protocol.messages import CLOSE_SLOW_CONSUMER, ConnId
+from live.hub.endpoint import make_conn
 from live.protocol.frames import Format, encode, frame
+from live.protocol.messages import CLOSE_SLOW_CONSUMER, ConnId
+from live.uvicorn.rawconn import RawConn
+from live.uvicorn.ws import WS_PROTOCOL
 from live.writers.base import Conn
 from live.writers.queued import QueuedConn
-from live.uvicorn.rawconn import RawConn
-from live.hub.endpoint import make_conn
-from live.uvicorn.ws import WS_PROTOCOL
 from loadtests.wsclient import JSON, MSGPACK, LightClient, open_client
 from tests.utils import uvicorn_in_loop, wait_until
 
