@@ -28,6 +28,7 @@ from live.errors import (
     handle_unexpected,
 )
 from live.limits import ConnectionLimiter
+from live.media.routes import MEDIA_ROUTES
 from live.metrics import RequestTimer
 from live.offers import ROUTES as OFFER_ROUTES
 from live.openapi import ROUTE as OPENAPI_ROUTE
@@ -103,7 +104,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # Offer routes before the session routes: /live/sessions/{id}/suggestions is theirs.
     routes: list[BaseRoute] = [
         *ROUTES, *IDENTITY_ROUTES, *OFFER_ROUTES, *LIVE_ROUTES, *COMMERCE_ROUTES,
-        OPENAPI_ROUTE, *page_routes(settings.static_dir),
+        *MEDIA_ROUTES, OPENAPI_ROUTE, *page_routes(settings.static_dir),
     ]
     app = Starlette(
         routes=routes,

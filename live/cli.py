@@ -236,6 +236,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_media(args: argparse.Namespace) -> int:
+    from live.media.cli import run_media_process
+
+    return run_media_process(Settings.from_env(), args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="newretail", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
     demo.set_defaults(func=cmd_demo)
+
+    media = sub.add_parser("media", help="RTMP ingest and HLS for live video")
+    media.add_argument("--host", default="127.0.0.1")
+    media.add_argument("--port", type=int, default=None, help="default NEWRETAIL_RTMP_PORT")
+    media.set_defaults(func=cmd_media)
 
     token = sub.add_parser("token", help="print a signed token")
     token.add_argument("--role", required=True, choices=ROLES)

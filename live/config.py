@@ -91,10 +91,18 @@ class Settings:
     # Keep what offers read from the store in each process, dropped as the store announces
     # writes to it (client-side caching); off: every offer reads the store.
     offers_copy: bool = True
+    # Video (live/media): the RTMP ingest port, and the ingest URL hosts are shown when
+    # it is not this host's name and port (a load balancer in front).
+    rtmp_port: int = 1935
+    rtmp_url: str = ""
 
     @property
     def model_dir(self) -> Path:
         return self.var_dir / "models"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.var_dir / "media"
 
     @property
     def store_dir(self) -> Path:
@@ -123,4 +131,6 @@ class Settings:
             ws_conn_burst=_int(env, "NEWRETAIL_WS_CONN_BURST", 100),
             ws_trusted=_addresses(env, "NEWRETAIL_WS_TRUSTED", ("127.0.0.1", "::1")),
             offers_copy=_choice(env, "NEWRETAIL_OFFERS_COPY", ("on", "off")) == "on",
+            rtmp_port=_int(env, "NEWRETAIL_RTMP_PORT", 1935),
+            rtmp_url=env.get("NEWRETAIL_RTMP_URL", ""),
         )

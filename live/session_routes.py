@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from identity.auth import require
 from live.errors import bad_request
+from live.media.routes import ingest, playback, session_video
 from live.routes import json_response, read_json, services
 
 MAX_TITLE = 200
@@ -46,7 +47,9 @@ async def create_session(request: Request) -> Response:
     if missing:
         raise bad_request("unknown products: " + ", ".join(missing[:10]))
     info = await svc.hub.store.create(title.strip(), skus, video, claims.sub)
-    return json_response({"session_id": info.id, **info.public()}, 201)
+    return json_response({"session_id": info.id, **info.public(),
+                          "ingest": await ingest(request, info.id),
+                          "playback": playback(info.id)}, 201)
 
 
 async def list_sessions(request: Request) -> Response:
@@ -57,7 +60,8 @@ async def list_sessions(request: Request) -> Response:
 async def get_session(request: Request) -> Response:
     store = services(request).hub.store
     info = await store.get(request.path_params["session_id"])
-    return json_response({**info.public(), "seq": await store.current_seq(info.id)})
+    return json_response({**info.public(), "seq": await store.current_seq(info.id),
+                          **await session_video(request, info.id)})
 
 
 LIVE_ROUTES = [
