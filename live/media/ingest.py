@@ -95,6 +95,8 @@ class Publisher:
         self.folder.mkdir(parents=True, exist_ok=True)
         part = max(playlist.part_numbers(self.folder), default=0) + 1
         self._part_path = playlist.part_path(self.folder, part)
+        self._start_path = playlist.start_path(self.folder, part)
+        self._first_seen = False
         self._proc = await asyncio.create_subprocess_exec(
             *hls_args(self.server.ffmpeg, self.folder, part),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
@@ -108,6 +110,9 @@ class Publisher:
     async def write(self, tag: MediaTag) -> None:
         if self._proc is None or self._proc.stdin is None:
             return
+        if not self._first_seen and tag.payload:
+            self._first_seen = True
+            self._start_path.write_text(repr(time.time()))
         self._bytes.append((time.monotonic(), tag.payload))
         self._proc.stdin.write(tag.flv)
         await self._proc.stdin.drain()

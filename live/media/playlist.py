@@ -14,7 +14,8 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 LIVE_WINDOW = 12
@@ -45,6 +46,28 @@ def parse_media_playlist(text: str) -> list[Segment]:
             segments.append(Segment(line, duration, pdt))
             duration, pdt = None, None
     return segments
+
+
+def anchored(segments: Sequence[Segment], started: float) -> list[Segment]:
+    """The part's segments with program-date-times counted from ``started``, the wall
+    clock when its first frame reached the ingest.
+
+    ffmpeg dates the first segment when it starts writing, after reading a second or so
+    to learn the streams: its times run late by that much, and a page would think it is
+    closer to live than it is.
+    """
+    if not segments or not segments[0].program_date_time:
+        return list(segments)
+    first = datetime.strptime(segments[0].program_date_time, "%Y-%m-%dT%H:%M:%S.%f%z")
+    shift = started - first.timestamp()
+    out = []
+    for seg in segments:
+        if seg.program_date_time:
+            at = datetime.strptime(seg.program_date_time, "%Y-%m-%dT%H:%M:%S.%f%z")
+            when = datetime.fromtimestamp(at.timestamp() + shift, UTC)
+            seg = replace(seg, program_date_time=when.isoformat(timespec="milliseconds"))
+        out.append(seg)
+    return out
 
 
 def compose(parts: Sequence[Sequence[Segment]], ended: bool,
@@ -91,14 +114,24 @@ def part_path(folder: Path, number: int) -> Path:
     return folder / f"p{number:04d}.m3u8"
 
 
+def start_path(folder: Path, number: int) -> Path:
+    """Where the part's first-frame wall clock is kept (see ``anchored``)."""
+    return folder / f"p{number:04d}.start"
+
+
 def write_index(folder: Path, ended: bool) -> str:
     """Compose ``index.m3u8`` from the folder's parts and replace it atomically."""
     parts = []
     for n in part_numbers(folder):
         try:
-            parts.append(parse_media_playlist(part_path(folder, n).read_text()))
+            segments = parse_media_playlist(part_path(folder, n).read_text())
         except FileNotFoundError:
             continue
+        try:
+            segments = anchored(segments, float(start_path(folder, n).read_text()))
+        except (FileNotFoundError, ValueError):
+            pass
+        parts.append(segments)
     text = compose(parts, ended)
     tmp = folder / "index.m3u8.tmp"
     tmp.write_text(text)

@@ -47,7 +47,7 @@ export class StagePlayer {
         this.kind = "hls";
         const video = this.#videoElement({});
         // No worker: the pages' policy runs only our own scripts, and a blob worker is not.
-        this.hls = new Hls({ enableWorker: false, lowLatencyMode: false, liveSyncDurationCount: 3 });
+        this.hls = new Hls({ enableWorker: false, lowLatencyMode: false, liveSyncDurationCount: 4 });
         this.hls.loadSource(url);
         this.hls.attachMedia(video);
         this.hls.on(Hls.Events.ERROR, (_, data) => {
