@@ -105,10 +105,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
             asyncio.run(_train(settings, watch=False, min_new=0, interval=0))
         ring = load_keyring(settings)
         base = f"http://{args.host}:{args.port}"
+        # Video: the media server in this process, and a generated picture streamed
+        # into the demo session's ingest (live/media/demo.py).
+        from live.media.demo import DemoVideo
+
+        video = DemoVideo(settings)
+        video.start()
+
+        def ready_with_video(urls: DemoUrls) -> None:
+            _print_urls(urls)
+            video.publish(urls.session_id)
+
         _, urls, ready = start_in_thread(
-            base, ring, [f"m_demo{i:05d}" for i in range(8)], DEMO_LINEUP, on_ready=_print_urls,
+            base, ring, [f"m_demo{i:05d}" for i in range(8)], DEMO_LINEUP,
+            on_ready=ready_with_video,
         )
-        run_uvicorn(settings, args.host, args.port, 1)
+        try:
+            run_uvicorn(settings, args.host, args.port, 1)
+        finally:
+            video.stop()
     finally:
         if embedded is not None:
             embedded.stop()
