@@ -12,6 +12,7 @@ from identity.auth import require
 from live.errors import bad_request
 from live.http import json_response, read_json
 from live.hub.sessions import Sessions
+from live.media.routes import ingest, playback, session_video
 from live.types import ProductSource
 
 MAX_TITLE = 200
@@ -57,7 +58,9 @@ async def create_session(request: Request) -> Response:
     if missing:
         raise bad_request("unknown products: " + ", ".join(missing[:10]))
     info = await sessions(request).create(title.strip(), skus, video, claims.sub)
-    return json_response({"session_id": info.id, **info.public()}, 201)
+    return json_response({"session_id": info.id, **info.public(),
+                          "ingest": await ingest(request, info.id),
+                          "playback": playback(info.id)}, 201)
 
 
 async def list_sessions(request: Request) -> Response:
@@ -68,7 +71,8 @@ async def list_sessions(request: Request) -> Response:
 async def get_session(request: Request) -> Response:
     found = sessions(request)
     info = await found.get(request.path_params["session_id"])
-    return json_response({**info.public(), "seq": await found.current_seq(info.id)})
+    return json_response({**info.public(), "seq": await found.current_seq(info.id),
+                          **await session_video(request, info.id)})
 
 
 ROUTES = [

@@ -21,6 +21,7 @@ from live.db.client import bounded
 from live.errors import STORE_ERRORS, LiveError, StoreOutageFilter
 from live.hub.endpoint import LiveSockets
 from live.hub.routes import ROUTES as SESSION_ROUTES
+from live.media.routes import ROUTES as MEDIA_ROUTES
 from live.offers.routes import ROUTES as OFFER_ROUTES
 from live.web.compose import open_services
 from live.web.errors import (
@@ -101,7 +102,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # Offer routes before the session routes: /live/sessions/{id}/suggestions is theirs.
     routes: list[BaseRoute] = [
         *ROUTES, *IDENTITY_ROUTES, *OFFER_ROUTES, *SESSION_ROUTES, *COMMERCE_ROUTES,
-        OPENAPI_ROUTE, *page_routes(settings.static_dir),
+        *MEDIA_ROUTES, OPENAPI_ROUTE, *page_routes(settings.static_dir),
     ]
     app = Starlette(
         routes=routes,

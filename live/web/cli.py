@@ -106,10 +106,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
             asyncio.run(_train(settings, watch=False, min_new=0, interval=0))
         ring = load_keyring(settings)
         base = f"http://{args.host}:{args.port}"
+        # Video: the media server in this process, and a generated picture streamed
+        # into the demo session's ingest (live/demo/video.py).
+        from live.demo.video import DemoVideo
+
+        assert settings.redis_url is not None  # the embedded datastore was started above
+        video = DemoVideo(settings.redis_url, settings.rtmp_port, settings.media_dir)
+        video.start()
+
+        def ready_with_video(urls: DemoUrls) -> None:
+            _print_urls(urls)
+            video.publish(urls.session_id)
+
         _, urls, ready = start_in_thread(
-            base, ring, [f"m_demo{i:05d}" for i in range(8)], DEMO_LINEUP, on_ready=_print_urls,
+            base, ring, [f"m_demo{i:05d}" for i in range(8)], DEMO_LINEUP,
+            on_ready=ready_with_video,
         )
-        run_uvicorn(settings, args.host, args.port, 1)
+        try:
+            run_uvicorn(settings, args.host, args.port, 1)
+        finally:
+            video.stop()
     finally:
         if embedded is not None:
             embedded.stop()
@@ -237,6 +253,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_media(args: argparse.Namespace) -> int:
+    from live.web.media import run_media_process
+
+    return run_media_process(Settings.from_env(), args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="newretail", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -251,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
     demo.set_defaults(func=cmd_demo)
+
+    media = sub.add_parser("media", help="RTMP ingest and HLS for live video")
+    media.add_argument("--host", default="127.0.0.1")
+    media.add_argument("--port", type=int, default=None, help="default NEWRETAIL_RTMP_PORT")
+    media.set_defaults(func=cmd_media)
 
     token = sub.add_parser("token", help="print a signed token")
     token.add_argument("--role", required=True, choices=ROLES)

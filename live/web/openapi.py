@@ -80,6 +80,10 @@ SCHEMAS: dict[str, Schema] = {
                     "created_at"], session_id=STR, title=STR, products=arr(STR),
                    video_url=nullable(STR), host=nullable(STR),
                    status={"enum": ["live", "ended"]}, created_at=NUM),
+    # Video (live/media): where hosts stream to, where players read, the stream's state.
+    "Ingest": obj(["url", "key"], url=STR, key=STR),
+    "Playback": obj(["hls"], hls=STR),
+    "Stream": obj(["state"], state={"enum": ["offline", "live"]}, bitrate=INT),
     "CartView": obj(["lines", "count", "total"], count=INT, total=NUM, lines=arr(obj(
         ["sku", "title", "qty", "price"], sku=STR, title=STR, qty=INT, price=NUM,
         flash_sale=nullable(STR)))),
@@ -251,11 +255,21 @@ OPS: tuple[Op, ...] = (
        errors=(400, 404), query={"n": {"type": "integer", "minimum": 1, "maximum": 50}}),
     # live sessions
     Op("POST", "/live/sessions", "Open a live session", STAFF,
-       {201: (JSON, ref("Session"))}, body="session", errors=(400,)),
+       {201: (JSON, {"allOf": [ref("Session"), obj(
+           ["ingest", "playback"], ingest=ref("Ingest"), playback=ref("Playback"))]})},
+       body="session", errors=(400,)),
     Op("GET", "/live/sessions", "The live sessions", (),
        {200: (JSON, obj(["sessions"], sessions=arr(ref("Session"))))}),
     Op("GET", SESSION, "A session with its last seq", (),
-       {200: (JSON, {"allOf": [ref("Session"), obj(["seq"], seq=INT)]})}, errors=(404,)),
+       {200: (JSON, {"allOf": [ref("Session"), obj(
+           ["seq", "playback", "stream"], seq=INT, playback=ref("Playback"),
+           stream=ref("Stream"))]})}, errors=(404,)),
+    Op("GET", SESSION + "/ingest",
+       "The RTMP ingest URL and stream key (the session's own host, or an admin)", STAFF,
+       {200: (JSON, obj(["ingest", "playback", "stream"], ingest=ref("Ingest"),
+                        playback=ref("Playback"), stream=ref("Stream")))}, errors=(404,)),
+    Op("GET", "/media/{session_id}/{name}", "A session's HLS playlist or segment", (),
+       {200: ("application/vnd.apple.mpegurl", None)}, errors=(404,), tag="media"),
     # carts, checkout, orders, flash sales
     Op("GET", "/carts/{user_id}", "A cart (your own; an admin: anyone's)", EVERY_ROLE,
        {200: (JSON, ref("Cart"))}),

@@ -117,10 +117,20 @@ class Settings:
     live_pubsub: str = "auto"
     live_fanout_chunk: int = 0
     ws_direct_send: bool = True
+    # Video (live/media): the RTMP ingest port, and the ingest URL hosts are shown when
+    # it is not this host's name and port (a load balancer in front).
+    rtmp_port: int = 1935
+    rtmp_url: str = ""
+    # The ffmpeg binary; empty: the one the imageio-ffmpeg wheel ships.
+    ffmpeg: str = ""
 
     @property
     def model_dir(self) -> Path:
         return self.var_dir / "models"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.var_dir / "media"
 
     @property
     def db_dir(self) -> Path:
@@ -161,4 +171,7 @@ class Settings:
             live_pubsub=_choice(env, "NEWRETAIL_LIVE_PUBSUB", ("auto", "sharded", "plain")),
             live_fanout_chunk=_int(env, "NEWRETAIL_LIVE_FANOUT_CHUNK", 0, lo=0),
             ws_direct_send=_choice(env, "NEWRETAIL_WS_DIRECT_SEND", ("1", "0")) == "1",
+            rtmp_port=_int(env, "NEWRETAIL_RTMP_PORT", 1935, lo=1),
+            rtmp_url=env.get("NEWRETAIL_RTMP_URL", ""),
+            ffmpeg=env.get("NEWRETAIL_FFMPEG", ""),
         )

@@ -1,5 +1,6 @@
 // Presenter console: pin, flash sales, live figures, chat moderation, audience suggestions.
 import { api, el, money, productImage, tokenFromUrl } from "./api.js";
+import { streamPanel } from "./stream_panel.js";
 import { LiveSocket } from "./ws.js";
 
 const sessionId = decodeURIComponent(location.pathname.split("/").pop());
@@ -285,4 +286,5 @@ function drawChart() {
 setInterval(drawChart, 2000);
 drawChart();
 
+streamPanel(sessionId, token);
 socket.connect();

@@ -1,6 +1,7 @@
 // Viewer page: watch, chat, react, cart and checkout inside the stream.
 import { api, bindSignin, el, memberToken, money, offerCard, productImage, save, viewerIdentity } from "./api.js";
 import { LiveSocket } from "./ws.js";
+import { EventHold, StagePlayer, attachSessionVideo, showLatency } from "./video.js";
 
 const sessionId = decodeURIComponent(location.pathname.split("/").pop());
 const $ = (id) => document.getElementById(id);
@@ -38,6 +39,12 @@ const socket = new LiveSocket(`/ws/live/${encodeURIComponent(sessionId)}`, async
   },
 });
 
+// Video (video.js): the stream or the video_url; product events wait for the video.
+const player = new StagePlayer($("stage"), $("poster"));
+const hold = new EventHold(player);
+showLatency(player, $("latency"));
+socket.addEventListener("message", (e) => player.sawServerTime(e.detail.ts));
+
 socket.addEventListener("status", (e) => {
   const { state, message } = e.detail;
   document.body.dataset.connection = state;
@@ -53,7 +60,7 @@ socket.addEventListener("welcome", async (e) => {
   $("title").textContent = s.title || "";
   $("poster-title").textContent = s.title || "";
   document.title = `${s.title || "Live"} · newretail`;
-  if (s.video_url) showVideo(s.video_url);
+  attachSessionVideo(player, sessionId, s.video_url);
   setViewers(s.viewers ?? 0);
   stock.clear();
   for (const [sku, left] of Object.entries(s.stock || {})) stock.set(sku, left);
@@ -63,6 +70,7 @@ socket.addEventListener("welcome", async (e) => {
     $("chat").replaceChildren();
     for (const m of s.chat || []) addChat(m);
   }
+  hold.clear();
   pinned = [];
   for (const p of s.pinned || []) { rememberProduct(p); pinned.push(p.sku); }
   flash = s.flash_sale || null;
@@ -74,17 +82,17 @@ socket.addEventListener("welcome", async (e) => {
   if (pendingChat && signedIn()) { const text = pendingChat; pendingChat = ""; sendChat(text); }
 });
 
-socket.addEventListener("pinned", (e) => {
-  const p = e.detail.product || { sku: e.detail.sku };
+socket.addEventListener("pinned", hold.wrap((d) => {
+  const p = d.product || { sku: d.sku };
   rememberProduct(p);
   pinned = [...pinned.filter((s) => s !== p.sku), p.sku];
   renderPinned();
   track("view", p.sku);
-});
-socket.addEventListener("unpinned", (e) => {
-  pinned = e.detail.sku ? pinned.filter((s) => s !== e.detail.sku) : pinned.slice(0, -1);
+}));
+socket.addEventListener("unpinned", hold.wrap((d) => {
+  pinned = d.sku ? pinned.filter((s) => s !== d.sku) : pinned.slice(0, -1);
   renderPinned();
-});
+}));
 socket.addEventListener("chat", (e) => addChat(e.detail));
 socket.addEventListener("chat_removed", (e) => {
   const li = $("chat").querySelector(`[data-chat-id="${CSS.escape(String(e.detail.id))}"]`);
@@ -104,8 +112,8 @@ socket.addEventListener("stock", (e) => {
   else for (const [k, v] of Object.entries(e.detail.values || {})) setStock(k, Number(v));
   renderPinned(); renderFlash();
 });
-socket.addEventListener("flash_sale", (e) => { flash = e.detail; setStock(flash.sku, flash.qty_left); renderFlash(); renderPinned(); });
-socket.addEventListener("flash_sale_ended", () => { flash = null; renderFlash(); renderPinned(); });
+socket.addEventListener("flash_sale", hold.wrap((d) => { flash = d; setStock(flash.sku, flash.qty_left); renderFlash(); renderPinned(); }));
+socket.addEventListener("flash_sale_ended", hold.wrap(() => { flash = null; renderFlash(); renderPinned(); }));
 socket.addEventListener("cart", (e) => setCart(e.detail.cart));
 socket.addEventListener("order", (e) => showOrder(e.detail.order));
 socket.addEventListener("offers", (e) => renderOffers(e.detail.offers || [], e.detail.personalized));
@@ -118,13 +126,6 @@ function rememberProduct(p) {
 function setStock(sku, left) {
   stock.set(sku, left);
   if (flash && flash.sku === sku) flash.qty_left = left;
-}
-
-function showVideo(url) {
-  if ($("stage").querySelector("video")) return;
-  const video = el("video", { src: url, autoplay: true, playsinline: true, loop: true, controls: true });
-  video.muted = true;   // autoplay is allowed only muted
-  $("poster").replaceWith(video);
 }
 
 function setViewers(n) { $("viewer-count").textContent = String(n); }

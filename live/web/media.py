@@ -1,0 +1,56 @@
+"""``newretail media``: the media process, the RTMP ingest and its ffmpeg processes, until
+SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+
+from live.db.client import connect
+from live.errors import LiveError
+from live.hub.sessions import Sessions
+from live.media.ingest import MediaServer, ffmpeg_exe
+from live.types import HostedSession, SessionDirectory
+from live.web.settings import Settings
+
+
+def session_is_live(sessions: SessionDirectory[HostedSession]) -> Callable[[str], Awaitable[bool]]:
+    """Whether a session exists and is live, as the media server asks it."""
+
+    async def live(sid: str) -> bool:
+        try:
+            (await sessions.get(sid)).require_live()
+        except LiveError:
+            return False
+        return True
+
+    return live
+
+
+async def serve_media(settings: Settings, host: str, port: int) -> None:
+    if settings.redis_url is None:
+        raise ValueError("newretail media needs the store the web process uses: set "
+                         "NEWRETAIL_REDIS_URL (newretail demo runs its own media server)")
+    redis = connect(settings.redis_url, settings.db_timeout)
+    server = MediaServer(redis, settings.media_dir, session_is_live(Sessions(redis)),
+                         ffmpeg_exe(settings.ffmpeg))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await server.start(host, port)
+        print(f"newretail media: rtmp://{host}:{port}/live, HLS in {settings.media_dir}",
+              flush=True)
+        await stop.wait()
+    finally:
+        await server.stop()
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+
+
+def run_media_process(settings: Settings, host: str, port: int | None) -> int:
+    asyncio.run(serve_media(settings, host, settings.rtmp_port if port is None else port))
+    return 0
