@@ -60,7 +60,7 @@ class Devices:
     """Device secrets by index, and the member-code check.
 
     Args:
-        redis: the store.
+        redis: the datastore.
         clock: the time source (TOTP steps come from it).
     """
 

@@ -1,7 +1,7 @@
 """Members and the identifiers linked to them.
 
 Identifier values are never used in clear in key names: each is looked up by a
-keyed HMAC (``pepper``), so a copy of the store does not list phone numbers.
+keyed HMAC (``pepper``), so a copy of the datastore does not list phone numbers.
 
 Rules against over-merging: junk values are refused, each kind has a limit per member,
 an identifier owned by one member is never moved to another (two members are never
@@ -155,8 +155,8 @@ class Members:
     """Member records and identifier lookups.
 
     Args:
-        redis: the store.
-        pepper: the HMAC key for identifier lookups (kept outside the store).
+        redis: the datastore.
+        pepper: the HMAC key for identifier lookups (kept outside the datastore).
     """
 
     def __init__(self, redis: aredis.Redis, pepper: bytes) -> None:

@@ -3,7 +3,7 @@
 Codes are stored as a keyed hash only, live five minutes and work once. Limits (per
 phone): 3 sends in 10 minutes, 5 wrong tries per code, 10 failures in an hour and the
 phone is locked for an hour. Every answer is the same whether the number belongs to a
-member or not. Times come from an injected clock; the store's own expiries only clean up.
+member or not. Times come from an injected clock; the datastore's own expiries only clean up.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class SmsSender(Protocol):
 
 
 class OutboxSender:
-    """The dev/demo sender: writes to the log and to an admin-only outbox in the store."""
+    """The dev/demo sender: writes to the log and to an admin-only outbox in the datastore."""
 
     def __init__(self, redis: aredis.Redis, keep: int = 200) -> None:
         self.redis = redis
@@ -134,7 +134,7 @@ class OtpService:
     """Sign-in codes for phones (already in E.164).
 
     Args:
-        redis: the store.
+        redis: the datastore.
         key: HMAC key for code hashes and per-phone key names.
         sender: where codes go.
         clock: the time source.

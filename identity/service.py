@@ -72,7 +72,7 @@ class IdentityService:
     """Members, sign-in and everything that says who someone is.
 
     Args:
-        redis: the store.
+        redis: the datastore.
         keyring: signs and verifies access tokens.
         pepper: HMAC key for identifier lookups, code hashes and tombstones.
         sender: where sign-in codes go (``None``: the dev outbox when allowed).

@@ -173,7 +173,7 @@ class RefreshTokens:
     the whole family is revoked and the holder must sign in again.
 
     Args:
-        redis: the store (only a hash of each token is kept).
+        redis: the datastore (only a hash of each token is kept).
         ttl: seconds a family lives without use.
     """
 

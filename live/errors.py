@@ -11,7 +11,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("newretail.live")
 
-# What the store client raises when the store is down, restarting (``LOADING`` is a
+# What the datastore client raises when the datastore is down, restarting (``LOADING`` is a
 # ``ConnectionError``) or too slow to answer within ``NEWRETAIL_STORE_TIMEOUT``.
 STORE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 STORE_UNAVAILABLE = "store_unavailable"
@@ -50,7 +50,7 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
 def store_unavailable() -> LiveError:
-    """The error for a request or op that needed the store while it was unreachable."""
+    """The error for a request or op that needed the datastore while it was unreachable."""
     return LiveError(STORE_UNAVAILABLE, STORE_MESSAGE, 503)
 
 
@@ -73,9 +73,9 @@ _store_log = _Every(5.0)
 
 
 class StoreOutageFilter(logging.Filter):
-    """A logging filter: during a store outage every background loop (hub flushes, viewer
+    """A logging filter: during a datastore outage every background loop (hub flushes, viewer
     counts, the flash-sale sweep) fails on each turn; keep one short line per ``seconds``
-    for failures the store caused instead of a traceback each time."""
+    for failures the datastore caused instead of a traceback each time."""
 
     def __init__(self, seconds: float = 5.0) -> None:
         super().__init__()

@@ -1,6 +1,6 @@
-"""The event log: an append-only Redis stream, durable with the store's AOF.
+"""The event log: an append-only Redis stream, durable with the datastore's AOF.
 
-Appending is one store script per batch: it refuses users in the erased set, adds each event
+Appending is one datastore script per batch: it refuses users in the erased set, adds each event
 to the stream, to its user's index of stream ids, to the user's recent history and to the
 trending scores, all at once. Nothing can slip between the erased check and the write, so a
 late event of an erased user cannot come back, and erasure finds every event of a user
@@ -57,7 +57,7 @@ return kept
 
 @functools.lru_cache(maxsize=65536)
 def erased_tag(user: str) -> str:
-    """What the store keeps of an erased user: a hash, so that erasure leaves no id behind."""
+    """What the datastore keeps of an erased user: a hash, so that erasure leaves no id behind."""
     return hashlib.sha256(f"nr-erased:{user}".encode()).hexdigest()[:32]
 
 

@@ -82,7 +82,7 @@ class Recommender:
     """Events in, candidates out.
 
     Args:
-        erased_among: the user ids of those given that were erased (one store round trip
+        erased_among: the user ids of those given that were erased (one datastore round trip
             for a batch); their events are refused.
     """
 
@@ -234,7 +234,7 @@ class Recommender:
         self._watcher = asyncio.create_task(self._watch_through_outages())
 
     async def _watch_through_outages(self) -> None:
-        """``watch`` again after the store went away (down or restarting), so notices and
+        """``watch`` again after the datastore went away (down or restarting), so notices and
         the polling fallback resume once it is back."""
         while True:
             try:
@@ -272,7 +272,7 @@ class Recommender:
         return model.user_factors[pos] if pos is not None else None
 
     async def user_vector(self, user: str, hist: History | None = None) -> Vector | None:
-        """``vector`` with the history read from the store when not given."""
+        """``vector`` with the history read from the datastore when not given."""
         if self.model is None or user in self._erased:
             return None
         return self.vector(user, await self.history(user) if hist is None else hist)
@@ -296,7 +296,7 @@ class Recommender:
                        hist: History | None = None, vec: Vector | None = None
                        ) -> list[Candidate]:
         """buy_again and for_you candidates, best first (the engine's blend). ``hist`` and
-        ``vec`` may be given when the caller already has them (one store trip per offer)."""
+        ``vec`` may be given when the caller already has them (one datastore trip per offer)."""
         if hist is None:
             hist = await self.history(user)
         if vec is None:

@@ -1,4 +1,4 @@
-"""Catalog and stock per location, kept in the store.
+"""Catalog and stock per location, kept in the datastore.
 
 Stock is one hash per sku (location -> units), so a live session sees the pool
 (sum over locations) and a store screen sees its own shelf, from one record.

@@ -38,7 +38,7 @@ log = logging.getLogger("newretail.live")
 RECORD_GRACE = 30.0
 
 
-# Checkouts per script call: bounds how long one call holds the store (each is a few
+# Checkouts per script call: bounds how long one call holds the datastore (each is a few
 # microseconds of Lua).
 CHECKOUT_BATCH = 500
 
@@ -122,7 +122,7 @@ class Checkouts:
             self._drainer = asyncio.create_task(self._drain())
         result = await waiting.future
         if isinstance(result, Exception):
-            # one store failure is every buyer's of the batch: its traceback is theirs alone
+            # one datastore failure is every buyer's of the batch: its traceback is theirs alone
             raise result.with_traceback(None)
         return result
 
@@ -136,7 +136,7 @@ class Checkouts:
                 try:
                     results, ended = await self.inventory.reserve_batch(
                         [w.request for w in batch])
-                except Exception as exc:  # the store failed: every buyer of the batch hears it
+                except Exception as exc:  # the datastore failed: every buyer of the batch hears it
                     for w in batch:
                         fail_pending(w, exc)
                     continue
@@ -147,7 +147,7 @@ class Checkouts:
     async def _settle(
         self, batch: list[PendingCheckout], results: list[Reservation], ended: tuple[str, ...],
     ) -> None:
-        """Answer every buyer of a batch as soon as the store has answered (an order is
+        """Answer every buyer of a batch as soon as the datastore has answered (an order is
         durable by then), then record the purchase events and send the buyers' devices
         their carts, now empty."""
         won: list[tuple[PendingCheckout, Order]] = []

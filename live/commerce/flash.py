@@ -156,7 +156,7 @@ return 1
 
 
 class FlashSales:
-    """Flash sales in the store."""
+    """Flash sales in the datastore."""
 
     def __init__(self, redis: aredis.Redis) -> None:
         self.redis = redis

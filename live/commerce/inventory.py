@@ -64,7 +64,7 @@ def pool(stock: Mapping[str, int]) -> int:
 # commit: one round trip and one fsync serve every checkout that arrived together). Each
 # cart is read here, inside the script, so nothing can change it between the read and the
 # reservation; the keys of its lines follow from the cart, so they are built here from the
-# prefixes in ARGV (this needs one store, not a cluster).
+# prefixes in ARGV (this needs one datastore server, not a cluster).
 # KEYS: orders index, running flash sales, orders whose purchase events are owed.
 # ARGV: idempotency ttl, key prefixes (idempotency, cart, order, member orders, figures,
 # flash sale, product, stock), then the checkouts as one JSON array (one argument to pack

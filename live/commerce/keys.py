@@ -1,4 +1,4 @@
-"""Key names of the live package in the store, in one place."""
+"""Key names of the live package in the datastore, in one place."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Orders as stored by the checkout script: one JSON record each, indexed by time
-overall and per member. Durable with the store's append-only file."""
+overall and per member. Durable with the datastore's append-only file."""
 
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ class FlashSelling:
                 if time.monotonic() >= owed_at:
                     owed_at = time.monotonic() + RECORD_GRACE / 6
                     await self.record_owed()
-            except Exception:  # a store hiccup must not stop the sweep
+            except Exception:  # a datastore hiccup must not stop the sweep
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     # Cancelled, and a client library answered with an error of its own

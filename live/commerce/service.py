@@ -7,7 +7,7 @@ Role rules, enforced here whatever the transport:
 - flash sales: hosts and admins.
 
 Session events and personal messages go out through a ``Notifier`` (the live hub); with
-none attached the service still works and only the store changes.
+none attached the service still works and only the datastore changes.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from recommender.types import Event
 log = logging.getLogger("newretail.live")
 
 # Cart changes in flight per process: past this they queue here rather than exhaust the
-# store client's connection pool (a burst of buyers at a flash sale).
+# datastore client's connection pool (a burst of buyers at a flash sale).
 STORE_CONCURRENCY = 64
 
 
@@ -253,7 +253,7 @@ class Commerce(Checkouts, FlashSelling, HostFigures):
 
     async def close(self) -> None:
         queued, self._queue = self._queue, []
-        for w in queued:  # not sent to the store: nothing was bought
+        for w in queued:  # not sent to the datastore: nothing was bought
             fail_pending(w, LiveError("unavailable", "the server is stopping; try again", 503))
         for task in [*self._tasks, *([self._drainer] if self._drainer else [])]:
             task.cancel()

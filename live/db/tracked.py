@@ -1,16 +1,16 @@
-"""Store values kept in the process for as long as the store says they have not changed.
+"""Store values kept in the process for as long as the datastore says they have not changed.
 
 Redis's server-assisted client-side caching, broadcast mode: one connection per process
-(RESP3) asks the store to announce every write to a key under some prefixes
+(RESP3) asks the datastore to announce every write to a key under some prefixes
 (``CLIENT TRACKING ON BCAST PREFIX ...``), and each announced key is dropped from the
 process's copy as soon as the announcement is read, before any task runs again.
 
-- The store sends a write's announcement in the same turn as the write's reply, so the
-  copy is behind the store by one trip over the network at most.
+- The datastore sends a write's announcement in the same turn as the write's reply, so the
+  copy is behind the datastore by one trip over the network at most.
 - A read under way when its key is announced keeps nothing: it may hold the old value.
 - While the connection is down nothing is kept, and the copy is dropped whole when it goes
   and again when it comes back (writes in between were never announced).
-- A flush of the store (an announcement without keys) drops the whole copy.
+- A flush of the datastore (an announcement without keys) drops the whole copy.
 """
 
 from __future__ import annotations
@@ -33,19 +33,19 @@ MISSING: Any = object()
 CLIENT_NAME = "newretail-tracked"
 
 ANNOUNCED = Counter("newretail_tracked_announced_keys",
-                    "Keys the store announced as written, dropped from the process's copy")
+                    "Keys the datastore announced as written, dropped from the process's copy")
 DROPPED = Counter("newretail_tracked_dropped",
                   "Times the whole copy was dropped, by why", ["why"])
 
 
 class Tracked:
-    """A copy of store values under ``prefixes``, each dropped when the store writes it.
+    """A copy of store values under ``prefixes``, each dropped when the datastore writes it.
 
     Use: ``get`` a key (``MISSING`` when not held); to fill it, ``begin`` before the read
     and ``end`` after it with what was read.
 
     Args:
-        url: the store.
+        url: the datastore.
         prefixes: the key prefixes to be told about (none may be a prefix of another).
         max_keys: keys held at most; the oldest go first.
         max_fields: fields held at most in one key's dict (see ``end``); past it the dict
@@ -74,7 +74,7 @@ class Tracked:
         return self._values.get(key, MISSING)
 
     def begin(self, keys: Iterable[str]) -> int:
-        """Before reading ``keys`` from the store; the result goes to ``end``."""
+        """Before reading ``keys`` from the datastore; the result goes to ``end``."""
         reading = self._reading
         for key in keys:
             reading[key] = reading.get(key, 0) + 1
@@ -131,7 +131,7 @@ class Tracked:
         if len(push) < 2 or push[0] != b"invalidate":
             return
         keys = push[1]
-        if keys is None:  # the store was flushed
+        if keys is None:  # the datastore was flushed
             self.drop_all("flush")
             return
         values, reading, spoiled = self._values, self._reading, self._spoiled
@@ -146,8 +146,8 @@ class Tracked:
     # the connection ---------------------------------------------------------------------
 
     async def start(self, wait: float = 2.0) -> None:
-        """Connect in the background; wait up to ``wait`` s for the store to start
-        announcing (reads go to the store meanwhile, and for good if it never does)."""
+        """Connect in the background; wait up to ``wait`` s for the datastore to start
+        announcing (reads go to the datastore meanwhile, and for good if it never does)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._watch())
         with contextlib.suppress(TimeoutError):
@@ -202,14 +202,14 @@ class Tracked:
                 self.live = True
                 self._up.set()
                 pause = 0.05
-                log.info("the store announces writes under %s", ", ".join(self.prefixes))
+                log.info("the datastore announces writes under %s", ", ".join(self.prefixes))
                 lost = await listener.closed
-                raise ConnectionError(f"connection lost: {lost or 'closed by the store'}")
+                raise ConnectionError(f"connection lost: {lost or 'closed by the datastore'}")
             except (OSError, hiredis.HiredisError, _Refused) as exc:
                 if self.live:
-                    log.warning("store announcements stopped (%s): reading from the store "
+                    log.warning("store announcements stopped (%s): reading from the datastore "
                                 "until they are back", exc)
-                elif str(exc) != said:  # a store that refuses is retried quietly
+                elif str(exc) != said:  # a datastore that refuses is retried quietly
                     log.warning("store announcements not available (%s): reading from the "
                                 "store", exc)
                 said = str(exc)
@@ -225,7 +225,7 @@ class Tracked:
 
 
 class _Refused(Exception):
-    """The store answered the set-up with an error (no RESP3, no tracking, bad auth)."""
+    """The datastore answered the set-up with an error (no RESP3, no tracking, bad auth)."""
 
 
 class _Listener(asyncio.Protocol):

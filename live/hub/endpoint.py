@@ -156,7 +156,7 @@ class Socket:
                 await self.hub.run_op(conn, parse_op(obj))
         except (LiveError, IdentityError) as exc:
             conn.send_message(error_message(exc.code, exc.message, ref))
-        except STORE_ERRORS as exc:  # hello while the store is down: retry, not internal
+        except STORE_ERRORS as exc:  # hello while the datastore is down: retry, not internal
             log_store_error(exc, "hello")
             conn.send_message(error_message(STORE_UNAVAILABLE, STORE_MESSAGE, ref))
         except Exception:

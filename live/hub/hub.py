@@ -1,7 +1,7 @@
 """The live hub of one web process: rooms of local connections per session, fan-out of
-session events arriving from the store, personal messages, ops and snapshots.
+session events arriving from the datastore, personal messages, ops and snapshots.
 
-Events travel through the store (``Sessions.publish``: history stream + pub/sub); each
+Events travel through the datastore (``Sessions.publish``: history stream + pub/sub); each
 process that has viewers of a session subscribes to its channel, encodes each event once
 per format and writes the same frame bytes to every local viewer, through the room's
 writer (``live/outbox.py``).
@@ -99,7 +99,7 @@ class Hub(Subscriber, Presence):
         self._viewer_totals: dict[str, int] = {}
         self._viewers_due = 0.0
         self._rooms_lock = asyncio.Lock()
-        # Joins read the store a few times each; a burst of them must not exhaust the
+        # Joins read the datastore a few times each; a burst of them must not exhaust the
         # client's connection pool.
         self._join_gate = asyncio.Semaphore(64)
 

@@ -2,7 +2,7 @@
 every one of them, and the bytes that bring a connection up to date in one write (sans-I/O).
 
 The hub's writer for a room brings each connection up to the newest event in one write.
-Events that arrive before it runs (a burst read from the store in one go, a catch-up after
+Events that arrive before it runs (a burst read from the datastore in one go, a catch-up after
 an outage) or, when it pauses between chunks of connections, while it runs (a pin right
 after an unpin) go out together: one ``send`` carries several frames, so a burst costs the
 server and every viewer a system call per connection, not one per event.

@@ -1,4 +1,4 @@
-"""Live sessions in the store: the session record, its ordered history, pins, chat, mutes,
+"""Live sessions in the datastore: the session record, its ordered history, pins, chat, mutes,
 coalesced values, viewer counts and presence. Keys live under ``nr:live:``.
 
 Publishing is one script: the next ``seq``, the history entry (stream id ``<seq>-0``, so

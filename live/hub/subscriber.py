@@ -54,7 +54,7 @@ class Subscriber:
                 name = msg["channel"].decode()
                 kind = msg["type"]
                 if kind == "subscribe" or kind == "ssubscribe":
-                    # The client resubscribes by itself after the store dropped it (quietly,
+                    # The client resubscribes by itself after the datastore dropped it (quietly,
                     # when it reconnects at once): what was published in between is lost.
                     self._subscribed.setdefault(name, asyncio.Event()).set()
                     if name == USER_CHANNEL:
@@ -70,7 +70,7 @@ class Subscriber:
             except asyncio.CancelledError:
                 raise
             except STORE_ERRORS as exc:
-                # The store went away: the client resubscribes when it reconnects, and
+                # The datastore went away: the client resubscribes when it reconnects, and
                 # each session then catches up on what was published in between.
                 log_store_error(exc, "hub listener")
                 await asyncio.sleep(0.5)

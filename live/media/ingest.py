@@ -3,7 +3,7 @@ publishing session that writes HLS.
 
 Each connection is pumped through the sans-I/O ``RtmpServer``. A publish is accepted when
 the key is the session's, the session is live and nobody else publishes it (a claim in
-the store, refreshed with the bitrate while media flows); the audio and video then go to
+the datastore, refreshed with the bitrate while media flows); the audio and video then go to
 ffmpeg as FLV on its standard input, copied (not re-encoded) into ~1 s segments, so the
 segment length follows the publisher's keyframe interval (1 s in OBS is right).
 """
@@ -139,7 +139,7 @@ class Publisher:
                     self.session_ended = True
                     self._stop.set()
                     return
-            except Exception as exc:   # the store is away: keep streaming, say it
+            except Exception as exc:   # the datastore is away: keep streaming, say it
                 log.warning("conn %s: stream heartbeat failed: %s", self.conn, exc)
 
     async def _playlist(self) -> None:
@@ -186,7 +186,7 @@ class MediaServer:
     """The RTMP front and its publishers.
 
     Args:
-        redis: the store, shared with the web process.
+        redis: the datastore, shared with the web process.
         media_dir: where each session's HLS is written (``<media_dir>/<session id>/``).
     """
 

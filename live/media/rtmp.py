@@ -4,7 +4,7 @@ A publisher (OBS, a phone app, ffmpeg) connects, shakes hands, sends ``connect``
 ``createStream`` and ``publish <key>``, then audio and video messages. This reads the
 chunk stream far enough to answer those commands and to turn every audio, video and
 metadata message into an FLV tag: FLV is what ffmpeg reads on its standard input to write
-HLS. Whether a key may publish is decided outside (the store): ``PublishRequested`` is
+HLS. Whether a key may publish is decided outside (the datastore): ``PublishRequested`` is
 answered with ``accept`` or ``refuse``.
 """
 

@@ -1,4 +1,4 @@
-"""A session's stream in the store: its stream key, and who publishes now with what
+"""A session's stream in the datastore: its stream key, and who publishes now with what
 bitrate. Keys carry the session id as a hash tag (``{sid}``), as every session key does.
 
 The publisher claim is a key with a short expiry that the media process refreshes while

@@ -44,7 +44,7 @@ class ScreenGreeter:
     """Greets members at store screens (see the module docstring).
 
     Args:
-        redis: the store (the mark of which check-in a screen shows).
+        redis: the datastore (the mark of which check-in a screen shows).
         offers: composes offers in stock at a store.
         members: first name and tier of the member.
         sender: the hub (``send_to_screen``).

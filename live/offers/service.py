@@ -37,7 +37,7 @@ USERS_GAUGE = Gauge("newretail_rec_model_users",
                     "Users whose trained factors this process holds (erased ones dropped)")
 COPY_LOOKUPS = Counter("newretail_offers_context_lookups",
                        "Offers' member contexts, by whether the process's copy held them "
-                       "(held) or the store was read (read)", ["result"])
+                       "(held) or the datastore was read (read)", ["result"])
 COPY_HELD, COPY_READ = COPY_LOOKUPS.labels("held"), COPY_LOOKUPS.labels("read")
 COPY_KEYS = Gauge("newretail_offers_copy_keys",
                   "Store keys held in this process's copy for offers")
@@ -106,7 +106,7 @@ def _reads_history(member: Member) -> bool:
 
 
 # The keys an offer reads, announced to each process's copy when written. None of these
-# prefixes may begin another (the store refuses overlapping prefixes).
+# prefixes may begin another (the datastore refuses overlapping prefixes).
 COPY_PREFIXES = (MEMBER.split("{")[0], HISTORY.split("{")[0], ERASED, REVISION,
                  keys.stock(""))
 # Keys each process's copy holds at most: about three a member (record, history, stock of
@@ -120,7 +120,7 @@ class OfferService:
 
     An offer costs two store trips at most: the member's context (one script), then the
     stock of every over-fetched candidate (one script). With a ``copy`` (``Tracked`` over
-    ``COPY_PREFIXES``) what the store has announced no write to since it was read is taken
+    ``COPY_PREFIXES``) what the datastore has announced no write to since it was read is taken
     from the process instead: a member asking again, with the same history, for products
     whose stock has not moved, costs no trip at all. Product titles, categories and prices
     are cached in the process and dropped whenever the catalog's revision moves."""
@@ -145,7 +145,7 @@ class OfferService:
 
     async def _in_stock(self, skus: list[str], store_id: str | None) -> set[str]:
         """Those of ``skus`` with units at ``store_id`` (anywhere when None): from the
-        process's copy where it holds them, the rest in one trip to the store."""
+        process's copy where it holds them, the rest in one trip to the datastore."""
         if not skus:
             return set()
         loc = store_id or ""
@@ -258,7 +258,7 @@ class OfferService:
 
     async def _read_context(self, context_keys: list[str], tag: str, loc: str
                             ) -> tuple[Member | None, History, int, bytes, list[int]]:
-        """``_member_context``'s read from the store, kept in the copy when there is one."""
+        """``_member_context``'s read from the datastore, kept in the copy when there is one."""
         copy = self.copy
         began = copy.begin(context_keys) if copy is not None else 0
         try:
@@ -286,7 +286,7 @@ class OfferService:
     ) -> tuple[Member, History, bool, dict[str, bool]]:
         """The member, their history (empty without consent), whether erased, and whether
         each product of ``guess`` is in stock at ``store_id``: from the process's copy when
-        it holds all of it, else in one trip to the store."""
+        it holds all of it, else in one trip to the datastore."""
         rec = self.recommender
         context_keys = [Members.key(member_id), history_key(member_id), ERASED, REVISION,
                         *(keys.stock(s) for s in guess)]

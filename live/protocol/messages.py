@@ -202,7 +202,7 @@ def chat_name(role: str, user: str, display_name: str | None) -> str:
 # Replay --------------------------------------------------------------------------------
 
 
-# Ordering of events arriving from the store ---------------------------------------------
+# Ordering of events arriving from the datastore ---------------------------------------------
 
 
 # Coalescing ----------------------------------------------------------------------------

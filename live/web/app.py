@@ -70,7 +70,7 @@ _GC_TUNED = False
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    """Build the app; the store is opened when the app starts (its lifespan).
+    """Build the app; the datastore is opened when the app starts (its lifespan).
 
     Args:
         settings: defaults to ``Settings.from_env()``.

@@ -39,7 +39,7 @@ def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
 
     # uvicorn shuts down on SIGTERM, then raises the signal again with the handler it
     # found: with the default one the process dies at once and the embedded store it
-    # started outlives it. Exiting through Python stops the store on the way out.
+    # started outlives it. Exiting through Python stops the datastore on the way out.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     embedded: EmbeddedValkey | None = None
     if settings.redis_url is None:
@@ -90,7 +90,7 @@ async def _prepare_demo(settings: Settings) -> None:
             print(f"demo data made in {time.perf_counter() - started:.1f} s: "
                   + ", ".join(f"{v:,} {k}" for k, v in made.items()))
         else:
-            print("demo data found in the store; kept as it is")
+            print("demo data found in the datastore; kept as it is")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

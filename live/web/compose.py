@@ -88,7 +88,7 @@ class Services:
 
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    """Connect to the store (starting the embedded one when no URL is set) and build
+    """Connect to the datastore (starting the embedded one when no URL is set) and build
     the services; stop what was started on exit."""
     embedded: EmbeddedValkey | None = None
     url = settings.redis_url
@@ -153,6 +153,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     finally:
         if copy is not None:
             await bounded(copy.stop(), "store announcements")
-        await bounded(redis.aclose(), "store client")
+        await bounded(redis.aclose(), "datastore client")
         if embedded is not None:
             embedded.stop()

@@ -41,7 +41,7 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 
 
 async def handle_store_error(request: Request, exc: Exception) -> Response:
-    """Starlette exception handler: a store outage is a 503 with a retry hint, not a 500."""
+    """Starlette exception handler: a datastore outage is a 503 with a retry hint, not a 500."""
     log_store_error(exc, request.url.path)
     resp = error_response(STORE_UNAVAILABLE, STORE_MESSAGE, 503)
     resp.headers["retry-after"] = "1"

@@ -30,7 +30,7 @@ async def readyz(request: Request) -> Response:
     try:
         await svc.redis.ping()
         checks["store"] = "ok"
-    except Exception as exc:  # any store failure means not ready
+    except Exception as exc:  # any datastore failure means not ready
         checks["store"] = f"down: {type(exc).__name__}"
     # Offers fall back to trending until a model is trained, so no model is not "not ready".
     checks["model"] = svc.recommender.model_version or "none"

@@ -31,7 +31,7 @@ def session_is_live(sessions: SessionDirectory[HostedSession]) -> Callable[[str]
 
 async def serve_media(settings: Settings, host: str, port: int) -> None:
     if settings.redis_url is None:
-        raise ValueError("newretail media needs the store the web process uses: set "
+        raise ValueError("newretail media needs the datastore the web process uses: set "
                          "NEWRETAIL_REDIS_URL (newretail demo runs its own media server)")
     redis = connect(settings.redis_url, settings.db_timeout)
     server = MediaServer(redis, settings.media_dir, session_is_live(Sessions(redis)),

@@ -159,7 +159,7 @@ OPS: tuple[Op, ...] = (
     # operations
     Op("GET", "/healthz", "Liveness", (), {200: (JSON, obj(["status"], status=STR))},
        tag="ops"),
-    Op("GET", "/readyz", "Readiness: the store answers (and which model serves)", (),
+    Op("GET", "/readyz", "Readiness: the datastore answers (and which model serves)", (),
        {200: (JSON, obj(["ready", "checks"], ready=BOOL, checks={"type": "object"}))},
        errors=(503,), tag="ops"),
     Op("GET", "/metrics", "Prometheus metrics", (), {200: ("text/plain", None)}, tag="ops"),

@@ -75,7 +75,7 @@ class Settings:
     """Everything the service reads from its environment.
 
     Attributes:
-        redis_url: the store; ``None`` starts the embedded server under ``var_dir``.
+        redis_url: the datastore; ``None`` starts the embedded server under ``var_dir``.
         var_dir: where the embedded store, the signing keys and the models live.
         mode: ``dev`` and ``demo`` write one-time codes to an outbox; ``prod`` needs a
             real SMS sender and explicit signing keys.
@@ -99,8 +99,8 @@ class Settings:
     ws_conn_rate: float = 20.0
     ws_conn_burst: int = 100
     ws_trusted: tuple[str, ...] = ("127.0.0.1", "::1")
-    # Keep what offers read from the store in each process, dropped as the store announces
-    # writes to it (client-side caching); off: every offer reads the store.
+    # Keep what offers read from the datastore in each process, dropped as the datastore announces
+    # writes to it (client-side caching); off: every offer reads the datastore.
     offers_copy: bool = True
     # Pepper of identifier digests; empty outside prod: one generated once under var_dir.
     identity_pepper: str = ""
