@@ -171,6 +171,9 @@ class HubTarget:
                 op = {"op": "pin", "sku": "B1"} if self.seq % 2 else {"op": "unpin", "sku": "B1"}
                 host.send({**op, "ref": self.seq})
                 refs.append(self.seq)
+                # One op per turn of the loop, as a host's client sends them: a burst of
+                # ops in one read would be fanned out in fewer, larger writes.
+                await asyncio.sleep(0)
             answered = set(refs)
             await host.until(lambda c: answered <= {m.get("ref") for m in c.messages
                                                      if m.get("type") == "ack"}, 120, "every ack")

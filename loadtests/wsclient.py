@@ -152,10 +152,9 @@ class LightClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.upgraded and not self.buf:  # the common case: no copy into the buffer
-            frames, used = server_frames(data)
+            used = self._walk(data)
             if used < len(data):
                 self.buf += data[used:]
-            self._dispatch(frames)
             return
         if self.status and self.status != 101:
             self.refusal += data  # the rest of a refusal's body
@@ -178,16 +177,36 @@ class LightClient(asyncio.Protocol):
             self.on_open()
             if not self.handshake.done():
                 self.handshake.set_result(101)
-        frames, used = server_frames(bytes(self.buf))
+        used = self._walk(bytes(self.buf))
         del self.buf[:used]
-        self._dispatch(frames)
 
-    def _dispatch(self, frames: list[tuple[int, bytes]]) -> None:
-        if not frames:
-            return
+    def _walk(self, buf: bytes) -> int:
+        """Handle every whole frame at the start of ``buf``, as ``server_frames`` reads them
+        but with no list in between (a load generator reads 100,000 frames a second with
+        this); returns how many bytes they took. One clock read per read from the socket:
+        frames that arrived together share it."""
         now = time.time()
         got = False
-        for opcode, payload in frames:
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            head, n = buf[pos], buf[pos + 1]
+            if head & 0x70 or not head & 0x80 or n & 0x80:
+                raise WsError(f"unexpected frame from the server: first bytes {head:#04x} "
+                              f"{n:#04x} (extension bits, a fragment or a mask)")
+            n &= 0x7F
+            start = pos + 2
+            if n == 126:
+                if size - pos < 4:
+                    break
+                n, start = int.from_bytes(buf[pos + 2:pos + 4], "big"), pos + 4
+            elif n == 127:
+                if size - pos < 10:
+                    break
+                n, start = int.from_bytes(buf[pos + 2:pos + 10], "big"), pos + 10
+            if size - start < n:
+                break
+            opcode, payload = head & 0x0F, buf[start:start + n]
+            pos = start + n
             if opcode == PING:
                 self._write(client_frame(payload, PONG))
             elif opcode == CLOSE:
@@ -200,6 +219,7 @@ class LightClient(asyncio.Protocol):
                 got = self.on_frame(opcode, payload, now) or got
         if got:
             self.changed.set()
+        return pos
 
     # What a subclass may change ----------------------------------------------------------
 
