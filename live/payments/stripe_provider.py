@@ -84,7 +84,8 @@ class StripeProvider:
             raise PaymentError(f"stripe refused {what}: {exc.user_message or exc}",
                                str(code)) from None
 
-    def _payment(self, intent: Any) -> Payment:
+    def _payment(self, resource: Any) -> Payment:
+        intent = _plain(resource)
         currency = str(intent["currency"]).upper()
         metadata = intent.get("metadata") or {}
         return Payment(
@@ -127,6 +128,7 @@ class StripeProvider:
         refund = await self._call("the refund", self.client.v1.refunds.create_async(
             {"payment_intent": payment_id, "amount": amount.amount},
             {"idempotency_key": idempotency_key}))
+        refund = _plain(refund)
         return Refund(str(refund["id"]), payment_id,
                       Money(int(refund["amount"]), str(refund["currency"]).upper()),
                       str(refund["status"]))
@@ -143,7 +145,7 @@ class StripeProvider:
         kind = _EVENTS.get(event.type)
         if kind is None:
             return None
-        obj: Any = event.data.object
+        obj = _plain(event.data.object)
         try:
             payment_id = str(obj["payment_intent"] if kind is EventKind.REFUNDED else obj["id"])
             metadata = obj.get("metadata") or {}
@@ -155,3 +157,9 @@ class StripeProvider:
         except (KeyError, TypeError, ValueError) as exc:
             raise PaymentError(f"the webhook's event cannot be read: {exc}",
                                "bad_event") from None
+
+
+def _plain(resource: Any) -> dict[str, Any]:
+    """A library object as a plain dict (its objects refuse ``.get``)."""
+    plain: dict[str, Any] = resource.to_dict() if hasattr(resource, "to_dict") else resource
+    return plain
