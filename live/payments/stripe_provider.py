@@ -125,10 +125,10 @@ class StripeProvider:
         return self._payment(intent)
 
     async def refund(self, payment_id: str, amount: Money, idempotency_key: str) -> Refund:
-        refund = await self._call("the refund", self.client.v1.refunds.create_async(
+        made = await self._call("the refund", self.client.v1.refunds.create_async(
             {"payment_intent": payment_id, "amount": amount.amount},
             {"idempotency_key": idempotency_key}))
-        refund = _plain(refund)
+        refund = _plain(made)
         return Refund(str(refund["id"]), payment_id,
                       Money(int(refund["amount"]), str(refund["currency"]).upper()),
                       str(refund["status"]))
