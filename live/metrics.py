@@ -50,3 +50,10 @@ class _FastPathCollector:
 
 
 REGISTRY.register(_FastPathCollector())
+
+PAYMENT_WEBHOOKS = Counter(
+    "newretail_payment_webhooks_total",
+    "Payment webhooks received, by provider, event kind and result "
+    "(handled, duplicate, ignored, bad_signature, amount_mismatch, bad_event, failed)",
+    ["provider", "kind", "result"],
+)

@@ -147,6 +147,10 @@ CASES: tuple[Case, ...] = (
      _one_bad({"sku": "kite", "price": 5.0, "qty": 2, "seconds": 30},
               {"sku": BAD_SKU, "price": BAD_PRICE, "qty": BAD_QTY, "seconds": BAD_SECONDS,
                "limit": BAD_QTY}, ("sku", "price", "qty", "seconds"))),
+    ("POST", "/pay/fake/{payment_id}", lambda w: "/pay/fake/pf_nothing", None,
+     _one_bad({"decision": "approve"},
+              {"decision": VALUE.filter(lambda v: v not in ("approve", "decline"))},
+              ("decision",))),
 )
 _ = BAD_TEXT, BAD_ID  # the WebSocket fuzz uses these; bodies have no chat
 

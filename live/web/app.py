@@ -23,6 +23,7 @@ from live.hub.endpoint import LiveSockets
 from live.hub.routes import ROUTES as SESSION_ROUTES
 from live.media.routes import ROUTES as MEDIA_ROUTES
 from live.offers.routes import ROUTES as OFFER_ROUTES
+from live.payments.routes import ROUTES as PAYMENT_ROUTES
 from live.web.compose import open_services
 from live.web.errors import (
     handle_error,
@@ -87,6 +88,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             services.recommender.start()
             await services.hub.start()
             expiry = asyncio.create_task(services.commerce.run_expiry())
+            if services.payment_parts.delivery is not None:
+                services.payment_parts.delivery.start()
             tune_gc()
             try:
                 yield
@@ -94,6 +97,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 expiry.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await bounded(expiry, "flash sale sweep")
+                await bounded(services.payment_parts.close(), "payments")
                 await bounded(services.commerce.close(), "commerce")
                 await bounded(services.hub.stop(), "hub")
                 await bounded(services.identity.drain(), "identity")
@@ -102,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # Offer routes before the session routes: /live/sessions/{id}/suggestions is theirs.
     routes: list[BaseRoute] = [
         *ROUTES, *IDENTITY_ROUTES, *OFFER_ROUTES, *SESSION_ROUTES, *COMMERCE_ROUTES,
-        *MEDIA_ROUTES, OPENAPI_ROUTE, *page_routes(settings.static_dir),
+        *MEDIA_ROUTES, *PAYMENT_ROUTES, OPENAPI_ROUTE, *page_routes(settings.static_dir),
     ]
     app = Starlette(
         routes=routes,

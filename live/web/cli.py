@@ -48,6 +48,10 @@ def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
         embedded.supervise()
     os.environ["NEWRETAIL_VAR_DIR"] = str(settings.var_dir)
     os.environ["NEWRETAIL_MODE"] = settings.mode
+    # The service's own address, where the fake payment provider sends its webhooks.
+    if settings.public_url is None:
+        local = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        os.environ["NEWRETAIL_PUBLIC_URL"] = f"http://{local}:{port}"
     config = TcpConfig(
         "live.web.app:create_app", factory=True, host=host, port=port, workers=workers,
         # uvicorn's httptools protocol, writing a response's head with its body.

@@ -25,6 +25,11 @@ from live.hub.rooms import HubConfig
 from live.hub.session_ops import SessionOps
 from live.offers.screens import ScreenGreeter
 from live.offers.service import COPY_MAX_KEYS, COPY_PREFIXES, OfferService
+from live.payments.delivery import FakeDelivery
+from live.payments.fake import FakeConfig, FakeProvider
+from live.payments.port import PaymentProvider
+from live.payments.service import Payments
+from live.payments.stripe_provider import StripeProvider
 from live.web.commerce_ops import register_commerce_ops
 from live.web.settings import Settings
 from recommender.events import EventLog
@@ -62,6 +67,46 @@ def load_pepper(settings: Settings) -> bytes:
     return secret_file(settings.var_dir / "secrets" / "identity-pepper")
 
 
+@dataclass
+class PaymentParts:
+    """The payments of a process and what runs beside them (the fake's webhook sender)."""
+
+    payments: Payments
+    delivery: FakeDelivery | None = None
+    stripe: StripeProvider | None = None
+
+    async def close(self) -> None:
+        if self.delivery is not None:
+            await self.delivery.stop()
+        if self.stripe is not None:
+            await self.stripe.close()
+
+
+def build_payments(settings: Settings, redis: aredis.Redis) -> PaymentParts:
+    """The provider named by ``NEWRETAIL_PAYMENTS``; the fake's page only in dev and demo."""
+    if settings.payments == "stripe":
+        stripe = StripeProvider(settings.stripe_secret_key, settings.stripe_webhook_secret,
+                                settings.stripe_api_base)
+        return PaymentParts(Payments(redis, stripe), stripe=stripe)
+    secret = (settings.fake_pay_secret.encode() if settings.fake_pay_secret
+              else secret_file(settings.var_dir / "secrets" / "fake-pay-secret"))
+    config = FakeConfig(secret=secret, timeout_rate=settings.fake_pay_timeout_rate,
+                        latency=settings.fake_pay_latency,
+                        duplicate_rate=settings.fake_pay_duplicate_rate,
+                        reorder_rate=settings.fake_pay_reorder_rate, seed=settings.fake_pay_seed)
+    url = (f"{settings.public_url}/payments/webhook/fake" if settings.public_url else None)
+    if url is None:
+        log.warning("NEWRETAIL_PUBLIC_URL is not set: the fake payment provider cannot "
+                    "deliver its webhooks")
+    fake = FakeProvider(redis, config)
+    delivery = FakeDelivery(redis, url, fake.signed, duplicate_rate=config.duplicate_rate,
+                            seed=config.seed)
+    fake.delivery = delivery
+    provider: PaymentProvider = fake
+    page = fake if settings.mode != "prod" else None
+    return PaymentParts(Payments(redis, provider, fake_page=page), delivery=delivery)
+
+
 def _erase_from(recommender: Recommender) -> Callable[[str, list[str]], Awaitable[None]]:
     async def erase(member_id: str, user_ids: list[str]) -> None:
         await recommender.erase_user(user_ids)
@@ -83,6 +128,8 @@ class Services:
     hub: Hub
     recommender: Recommender
     offers: OfferService
+    payments: Payments
+    payment_parts: PaymentParts
     embedded: EmbeddedValkey | None = None
 
 
@@ -136,6 +183,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         identity.on_erase.append(session_ops.erase_users)
         identity.on_erase.append(_erase_from(recommender))
         identity.on_checkin.append(offers.record_checkin)
+        parts = build_payments(settings, redis)
         yield Services(
             settings=settings,
             redis=redis,
@@ -148,6 +196,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             hub=hub,
             recommender=recommender,
             offers=offers,
+            payments=parts.payments,
+            payment_parts=parts,
             embedded=embedded,
         )
     finally:

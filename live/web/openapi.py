@@ -96,6 +96,11 @@ SCHEMAS: dict[str, Schema] = {
     "FlashSale": obj(["type", "id", "sku", "price", "qty_total", "qty_left", "limit",
                       "ends_at"], type=STR, id=STR, sku=STR, price=NUM, qty_total=INT,
                      qty_left=INT, limit=nullable(INT), ends_at=NUM),
+    "Money": obj(["amount", "currency"], amount=INT,
+                  currency={"type": "string", "pattern": "^[A-Z]{3}$"}),
+    "PaymentState": obj(["provider", "status", "payment_id"], provider=STR, payment_id=STR,
+                        url=STR, status={"enum": ["requires_action", "processing", "succeeded",
+                                                  "failed", "canceled", "refunded"]}),
     "Figures": obj(["carts", "orders", "revenue", "stock"], carts=INT, orders=INT,
                    revenue=NUM, stock={"type": "object"}),
 }
@@ -120,6 +125,7 @@ BODIES: dict[str, Schema] = {
     "cart_add": obj(["sku"], sku=STR, qty={"type": "integer", "minimum": 1},
                     session_id=STR),
     "checkout": obj(["idempotency_key"], idempotency_key=STR, session_id=STR),
+    "pay_decision": obj(["decision"], decision={"enum": ["approve", "decline"]}),
     "flash": obj(["sku", "price", "qty", "seconds"], sku=STR, price=NUM, qty=INT,
                  seconds=INT, limit=INT),
 }
@@ -297,6 +303,19 @@ OPS: tuple[Op, ...] = (
     Op("GET", SESSION + "/figures",
        "Carts, orders, revenue and stock of a session (its own host, or an admin)", STAFF,
        {200: (JSON, ref("Figures"))}, errors=(404,)),
+    # payments
+    Op("POST", "/payments/webhook/{provider}",
+       "A payment provider's event, signed by it (fake: fake-signature; stripe: "
+       "stripe-signature); deduplicated by event id", (),
+       {200: (JSON, obj(["received", "outcome"], received=BOOL,
+                        outcome={"enum": ["handled", "duplicate", "ignored"]}))},
+       errors=(400, 404, 503), tag="payments"),
+    Op("GET", "/pay/fake/{payment_id}", "The fake provider's payer page (dev and demo)", (),
+       {200: ("text/html", None)}, errors=(404,), tag="payments"),
+    Op("POST", "/pay/fake/{payment_id}", "The payer's decision on the fake provider's page "
+       "(dev and demo); the outcome follows as the provider's webhook", (),
+       {200: (JSON, obj(["payment"], payment=ref("PaymentState")))}, body="pay_decision",
+       errors=(400, 404), tag="payments"),
     # pages
     _page("/live/{session_id}", "The viewer page"),
     _page("/host/{session_id}", "The presenter console"),

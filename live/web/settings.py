@@ -55,6 +55,51 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int | None = None)
     return value
 
 
+def _rate(env: Mapping[str, str], name: str) -> float:
+    """A probability: a number from 0 to 1 (0 when unset)."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number from 0 to 1, got {raw!r}") from exc
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number from 0 to 1, got {raw!r}")
+    return value
+
+
+def _payments(env: Mapping[str, str], mode: str) -> dict[str, object]:
+    """The payment settings: ``NEWRETAIL_PAYMENTS`` is ``fake`` (the default outside prod,
+    where it must be named) or ``stripe`` (which needs its keys)."""
+    provider = env.get("NEWRETAIL_PAYMENTS") or ("fake" if mode != "prod" else "")
+    if provider not in ("fake", "stripe"):
+        raise ValueError("NEWRETAIL_PAYMENTS must be fake or stripe"
+                         + (" in prod mode" if not provider else f", got {provider!r}"))
+    secret = env.get("NEWRETAIL_STRIPE_SECRET_KEY", "")
+    hook = env.get("NEWRETAIL_STRIPE_WEBHOOK_SECRET", "")
+    if provider == "stripe" and not (secret and hook):
+        raise ValueError("NEWRETAIL_PAYMENTS=stripe needs NEWRETAIL_STRIPE_SECRET_KEY and "
+                         "NEWRETAIL_STRIPE_WEBHOOK_SECRET")
+    api_base = env.get("NEWRETAIL_STRIPE_API_BASE") or "https://api.stripe.com"
+    public = env.get("NEWRETAIL_PUBLIC_URL") or None
+    for name, url in (("NEWRETAIL_STRIPE_API_BASE", api_base), ("NEWRETAIL_PUBLIC_URL", public)):
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"{name} must be an http:// or https:// URL, got {url!r}")
+    seed = env.get("NEWRETAIL_FAKE_PAY_SEED")
+    return {
+        "payments": provider, "public_url": public.rstrip("/") if public else None,
+        "fake_pay_secret": env.get("NEWRETAIL_FAKE_PAY_SECRET", ""),
+        "fake_pay_timeout_rate": _rate(env, "NEWRETAIL_FAKE_PAY_TIMEOUT_RATE"),
+        "fake_pay_latency": _float(env, "NEWRETAIL_FAKE_PAY_LATENCY", 0.0),
+        "fake_pay_duplicate_rate": _rate(env, "NEWRETAIL_FAKE_PAY_DUPLICATE_RATE"),
+        "fake_pay_reorder_rate": _rate(env, "NEWRETAIL_FAKE_PAY_REORDER_RATE"),
+        "fake_pay_seed": _int(env, "NEWRETAIL_FAKE_PAY_SEED", 0) if seed else None,
+        "stripe_secret_key": secret, "stripe_webhook_secret": hook,
+        "stripe_api_base": api_base.rstrip("/"),
+    }
+
+
 def _renamed(env: Mapping[str, str], name: str, old: str) -> Mapping[str, str]:
     """``env`` with ``name`` taken from its earlier name ``old`` when only that is set."""
     if env.get(name) is None and env.get(old) is not None:
@@ -123,6 +168,19 @@ class Settings:
     rtmp_url: str = ""
     # The ffmpeg binary; empty: the one the imageio-ffmpeg wheel ships.
     ffmpeg: str = ""
+    # Payments (docs/payments.md): the provider, the service's own address (the fake
+    # provider's webhooks go to it), the fake's behaviour, Stripe's keys and API address.
+    payments: str = "fake"
+    public_url: str | None = None
+    fake_pay_secret: str = ""
+    fake_pay_timeout_rate: float = 0.0
+    fake_pay_latency: float = 0.0
+    fake_pay_duplicate_rate: float = 0.0
+    fake_pay_reorder_rate: float = 0.0
+    fake_pay_seed: int | None = None
+    stripe_secret_key: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_api_base: str = "https://api.stripe.com"
 
     @property
     def model_dir(self) -> Path:
@@ -174,4 +232,5 @@ class Settings:
             rtmp_port=_int(env, "NEWRETAIL_RTMP_PORT", 1935, lo=1),
             rtmp_url=env.get("NEWRETAIL_RTMP_URL", ""),
             ffmpeg=env.get("NEWRETAIL_FFMPEG", ""),
+            **_payments(env, mode),  # type: ignore[arg-type]
         )
