@@ -226,13 +226,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from recommender.evaluate import evaluate, parse_time, read_retail
+    from recommender.evaluate import parse_time, read_retail
+    from recommender.evaluate_discovery import evaluate_splits, format_reports
 
     rows = list(read_retail(Path(args.data)))
-    results = evaluate(rows, parse_time(args.split))
-    print(f"{'':28}{'recall@20':>12}{'ndcg@20':>12}{'precision@10':>14}")
-    for name, m in results.items():
-        print(f"{name:28}{m['recall@20']:12.4f}{m['ndcg@20']:12.4f}{m['precision@10']:14.4f}")
+    dates = [d.strip() for d in (args.splits or args.split).split(",") if d.strip()]
+    reports = evaluate_splits(rows, [(d, parse_time(d)) for d in dates], args.horizon_days,
+                              lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_reports(reports))
     return 0
 
 
@@ -273,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="offline quality against the baselines")
     ev.add_argument("--data", default="../shared/data/online_retail_dev.csv.gz")
     ev.add_argument("--split", default="2011-07-01")
+    ev.add_argument("--splits", default=None,
+                    help="several split dates, comma separated (instead of --split)")
+    ev.add_argument("--horizon-days", type=float, default=None,
+                    help="score on purchases this many days after each split (default: all)")
     ev.set_defaults(func=cmd_eval)
     return parser
 

@@ -9,6 +9,7 @@ those days) and the rankers (``discovery.fit_discovery``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -67,11 +68,15 @@ class SplitReport:
 
     def discovery_lift(self) -> float:
         """The two-stage discovery slate's explore recall@10 over the best rival's."""
+        if TWO_STAGE not in self.rows:
+            return float("nan")
         best = max(self.rows[r]["explore recall@10"] for r in EXPLORE_RIVALS)
         return self.rows[TWO_STAGE]["explore recall@10"] / best - 1.0 if best else float("inf")
 
     def full_margins(self) -> dict[str, float]:
         """Per full-slate metric: the two-stage value minus the better rival's."""
+        if TWO_STAGE not in self.rows:
+            return {}
         return {m: self.rows[TWO_STAGE][m] - max(self.rows[r][m] for r in FULL_RIVALS)
                 for m in FULL[:3]}
 
@@ -153,14 +158,18 @@ def evaluate_split(rows: list[RetailRow], split_ts: float, label: str,
         _explore(tifu_scores(vectors, fusers, tp), fusers, bought), first, bought)
     say("ALS")
     user_f, item_f = fit_als(p, split_ts, blend.als)
-    rep.rows["als"] = full({u: dense_als_top(item_f, user_f[u], 20, np.zeros(0, np.int64))
+    rep.rows["als"] = full({u: dense_als_top(item_f, user_f[u], 20, np.zeros(0, np.int64)).tolist()
                             for u in users}) | discovery_metrics(
-        {u: dense_als_top(item_f, user_f[u], 10, np.array(sorted(bought[u])))
+        {u: dense_als_top(item_f, user_f[u], 10, np.array(sorted(bought[u]))).tolist()
          for u in fusers}, first, bought)
     rep.rows["engine (ALS blend)"] = full(engine_slates(split, blend))
     say("two-stage: rankers on the window before the split")
     price, category = item_attributes(rows, split.items, split_ts)
-    disc = fit_discovery(p, split_ts, price=price, category=category, on_step=say)
+    try:
+        disc = fit_discovery(p, split_ts, price=price, category=category, on_step=say)
+    except ValueError as exc:  # too little data before the split to learn a ranking
+        rep.notes.append(f"two-stage ranker not trained: {exc}")
+        return rep
     say("two-stage: scoring")
     unit = unit_rows(user_f)
     hist = p.by_user()
@@ -180,6 +189,21 @@ def evaluate_split(rows: list[RetailRow], split_ts: float, label: str,
     top = sorted(gains, key=lambda k: -gains[k])[:5]
     rep.notes.append("discovery ranker's top features by gain: " + ", ".join(top))
     return rep
+
+
+def evaluate_splits(rows: list[RetailRow], splits: list[tuple[str, float]],
+                    horizon_days: float | None = None,
+                    progress: Callable[[str], None] | None = None) -> list[SplitReport]:
+    """``evaluate_split`` on each (label, time) of ``splits``."""
+    reports = []
+    for label, ts in splits:
+        tell = None if progress is None else functools.partial(_tagged, progress, label)
+        reports.append(evaluate_split(rows, ts, label, horizon_days, tell))
+    return reports
+
+
+def _tagged(progress: Callable[[str], None], label: str, message: str) -> None:
+    progress(f"{label}: {message}")
 
 
 def format_reports(reports: list[SplitReport]) -> str:
