@@ -68,10 +68,11 @@ class Discovery:
         return self.rank_given(profile, vec, item_factors, sig, cands, full)
 
     def rank_within(self, profile: MemberProfile, vec: F32 | None, item_factors: F32,
-                    user_unit: F32, cands: I64, self_pos: int | None) -> Ranked:
-        """Given products (a live session's) ranked by the discovery side."""
+                    user_unit: F32, cands: I64, self_pos: int | None,
+                    full: bool = False) -> Ranked:
+        """Given products (a live session's) ranked by one of the rankers."""
         sig = signals(self.table, profile, nearest_users(user_unit, vec, self_pos=self_pos))
-        return self.rank_given(profile, vec, item_factors, sig, np.unique(cands), False)
+        return self.rank_given(profile, vec, item_factors, sig, np.unique(cands), full)
 
     def rank_given(self, profile: MemberProfile, vec: F32 | None, item_factors: F32,
                    sig: Signals, cands: I64, full: bool) -> Ranked:

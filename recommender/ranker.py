@@ -50,14 +50,21 @@ class Ranker:
         y = np.concatenate([g[1] for g in kept]).astype(np.float32)
         data = lgb.Dataset(x, y, group=[len(g[1]) for g in kept],
                            feature_name=list(FEATURES), free_raw_data=True)
-        booster = lgb.train({
+        try:
+            booster = cls._fit(data, p)
+        except lgb.basic.LightGBMError as exc:
+            raise ValueError(f"ranker not trained: {exc}") from exc
+        return cls(booster)
+
+    @staticmethod
+    def _fit(data: Any, p: RankerParams) -> Any:
+        return lgb.train({
             "objective": "lambdarank", "metric": "ndcg", "eval_at": [10, 20],
             "num_leaves": p.leaves, "learning_rate": p.learning_rate,
             "min_data_in_leaf": p.min_data_in_leaf, "feature_fraction": p.feature_fraction,
             "lambdarank_truncation_level": 30, "num_threads": 1, "seed": p.seed,
             "deterministic": True, "verbose": -1,
         }, data, num_boost_round=p.rounds)
-        return cls(booster)
 
     def predict(self, features: F32) -> npt.NDArray[np.float64]:
         if not len(features):
@@ -78,7 +85,10 @@ class Ranker:
 
     @classmethod
     def load(cls, path: Path) -> Ranker:
-        booster = lgb.Booster(model_str=path.read_text())
+        try:
+            booster = lgb.Booster(model_str=path.read_text())
+        except lgb.basic.LightGBMError as exc:
+            raise ValueError(f"ranker {path.name}: {exc}") from exc
         names = list(booster.feature_name())
         if names != list(FEATURES):
             raise ValueError(f"ranker {path.name} has features {names}, expected {FEATURES}")

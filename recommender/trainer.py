@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aredis
 
+from recommender.discovery import Discovery, Purchases, fit_discovery
 from recommender.events import LOG, EventLog, erased_tag
 from recommender.model import write_version
+from recommender.rank import is_offerable
 from recommender.service import ALIASES, ERASED, NOTICES
 from recommender.train import (
     DAY,
@@ -55,6 +57,7 @@ async def train_from_log(
     alias = {k.decode(): v.decode() for k, v in raw_alias.items()}
     erased = await _erased(redis)
     rows: list[tuple[str, str, str, float, float]] = []  # user, raw user, sku, ts, weight
+    bought: list[tuple[str, str, str, float, int]] = []  # the purchases, for the rankers
     count = 0
     last_id = "0-0"
     async for entry_id, e in EventLog(redis).read():
@@ -68,6 +71,8 @@ async def train_from_log(
             continue
         rows.append((user, e.user, e.sku, e.ts, KIND_WEIGHTS[e.kind] * (
             1.0 + math.log(max(1, e.qty)))))
+        if e.kind == "purchase":
+            bought.append((user, e.user, e.sku, e.ts, e.qty))
     if on_events is not None:
         on_events(count % 10_000)
     for _round in range(3):
@@ -80,14 +85,37 @@ async def train_from_log(
         if not late or not any(_names(r, late) for r in rows):
             break
         rows = [r for r in rows if not _names(r, late)]
+    bought = [b for b in bought if not (erased_tag(b[0]) in erased or erased_tag(b[1]) in erased)]
+    discovery = await asyncio.to_thread(_fit_discovery, bought, users, items, params)
     version = await asyncio.to_thread(
         write_version, model_dir, items, users, item_f, user_f, popularity,
-        params, hnsw_threshold)
+        params, hnsw_threshold, discovery)
     await redis.publish(NOTICES, b'{"model": "%s"}' % version.encode())
     seconds = time.perf_counter() - started
     log.info("trained %s on %d events (%d users, %d items) in %.1f s",
              version, count, len(users), len(items), seconds)
     return TrainResult(version, count, len(users), len(items), seconds, last_id)
+
+
+def _fit_discovery(bought: list[tuple[str, str, str, float, int]], users: list[str],
+                   items: list[str], params: AlsParams) -> Discovery | None:
+    """The two-stage rankers from the purchases (labels: the last ``LABEL_DAYS``); None
+    when the log holds too few purchases to learn a ranking (offers then use the blend)."""
+    upos = {u: i for i, u in enumerate(users)}
+    ipos = {s: i for i, s in enumerate(items)}
+    kept = [b for b in bought if b[0] in upos and b[2] in ipos]
+    if not kept:
+        return None
+    p = Purchases(np.array([upos[b[0]] for b in kept], dtype=np.int64),
+                  np.array([ipos[b[2]] for b in kept], dtype=np.int64),
+                  np.array([b[3] for b in kept]), np.array([b[4] for b in kept], np.int64),
+                  len(users), len(items))
+    banned = np.array([i for i, s in enumerate(items) if not is_offerable(s)], np.int64)
+    try:
+        return fit_discovery(p, float(p.ts.max()) + 1.0, als=params, banned=banned)
+    except ValueError as exc:
+        log.info("no rankers in this version: %s", exc)
+        return None
 
 
 def _names(row: tuple[str, str, str, float, float], tags: set[str]) -> bool:
