@@ -17,10 +17,10 @@ NEIGHBOURS = 30
 class CandidateSizes:
     """How many candidates each source gives (before the union)."""
 
-    als: int = 60
-    cooc: int = 60
-    neighbours: int = 40
-    trending: int = 30
+    als: int = 40
+    cooc: int = 40
+    neighbours: int = 30
+    trending: int = 20
 
 
 def unit_rows(factors: F32) -> F32:
@@ -45,8 +45,9 @@ def nearest_users(user_unit: F32, vec: F32 | None, k: int = NEIGHBOURS,
     return top[sims[top] > 0].astype(np.int64)
 
 
-def _best(items: I64, scores: npt.NDArray[np.floating], k: int, banned: I64) -> I64:
-    keep = ~np.isin(items, banned)
+def _best(items: I64, scores: npt.NDArray[np.floating], k: int,
+          blocked: npt.NDArray[np.bool_]) -> I64:
+    keep = ~blocked[items]
     items, scores = items[keep], scores[keep]
     if len(items) > k:
         top = np.argpartition(-scores, k)[:k]
@@ -59,7 +60,9 @@ def explore_candidates(table: ItemTable, profile: MemberProfile, sig: Signals,
     """Products the member never bought, from every source, ascending and distinct.
     ``als_items`` is the ALS/FAISS search (best first); ``banned`` what may never be
     offered (postage, fees)."""
-    never = np.concatenate([profile.items, banned]) if len(banned) else profile.items
+    never = np.zeros(table.n_items, dtype=bool)
+    never[profile.items] = True
+    never[banned] = True
     parts = [
         _best(als_items, -np.arange(len(als_items), dtype=np.float64), sizes.als, never),
         _best(sig.cooc_items, sig.cooc_sum, sizes.cooc, never),

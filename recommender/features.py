@@ -165,6 +165,15 @@ class Signals:
     nbr_share: F32
 
 
+def _ranges(starts: I64, lens: I64) -> I64:
+    """The concatenation of ``arange(s, s + n)`` for each start and length."""
+    total = int(lens.sum())
+    if not total:
+        return np.zeros(0, np.int64)
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+    return (offsets + np.arange(total)).astype(np.int64)
+
+
 def signals(table: ItemTable, profile: MemberProfile, neighbours: I64) -> Signals:
     """Co-purchase strength from the member's products and the share of ``neighbours`` (the
     nearest customers) who bought each product."""
@@ -172,7 +181,7 @@ def signals(table: ItemTable, profile: MemberProfile, neighbours: I64) -> Signal
     if len(it):
         lo, hi = table.cooc_indptr[it], table.cooc_indptr[it + 1]
         lens = hi - lo
-        idx = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
+        idx = _ranges(lo, lens)
         nb = table.cooc_indices[idx].astype(np.int64)
         raw = table.cooc_weights[idx]
         w = raw * np.repeat(np.log1p(profile.recency), lens)
@@ -186,7 +195,7 @@ def signals(table: ItemTable, profile: MemberProfile, neighbours: I64) -> Signal
         csum = cmax = chits = np.zeros(0, np.float32)
     if len(neighbours):
         lo, hi = table.user_indptr[neighbours], table.user_indptr[neighbours + 1]
-        idx = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
+        idx = _ranges(lo, hi - lo)
         ni, counts = np.unique(table.user_items[idx], return_counts=True)
         share = (counts / len(neighbours)).astype(np.float32)
     else:

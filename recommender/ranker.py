@@ -23,9 +23,9 @@ class RankerParams:
     """Small trees, few of them: a prediction over ~200 candidates must cost well under a
     millisecond on one thread."""
 
-    rounds: int = 120
+    rounds: int = 60
     leaves: int = 15
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     min_data_in_leaf: int = 50
     feature_fraction: float = 0.9
     seed: int = 7
