@@ -40,6 +40,7 @@ from recommender.ranker import Ranker, RankerParams
 from recommender.train import DAY, AlsParams, confidence_matrix, event_weight, train_als
 
 LABEL_DAYS = 30.0
+WINDOWS = 3  # label windows the rankers learn from, the newest first
 ALS_CANDIDATES = 80
 DIRNAME = "discovery"
 
@@ -193,15 +194,25 @@ def fit_discovery(p: Purchases, now: float, *, label_days: float = LABEL_DAYS,
                   als: AlsParams | None = None, ranker: RankerParams | None = None,
                   price: F32 | None = None, category: I32 | None = None,
                   banned: I64 | None = None, sizes: CandidateSizes | None = None,
+                  windows: int = WINDOWS,
                   on_step: Callable[[str], None] | None = None) -> Discovery:
-    """Both rankers trained on the window before ``now``, and the product table at
-    ``now`` (from every purchase before it) for serving or evaluating at ``now``."""
+    """Both rankers trained on the ``windows`` label windows before ``now`` (each with
+    features from before it), and the product table at ``now`` (from every purchase
+    before it) for serving or evaluating at ``now``."""
     sizes = sizes or CandidateSizes()
     ban = banned if banned is not None else np.zeros(0, np.int64)
-    ex, full, _ = training_groups(p, now, label_days, als or AlsParams(), price, category,
-                                  ban, sizes)
-    if on_step is not None:
-        on_step(f"ranker groups: {len(ex)} members")
+    ex: list[tuple[F32, F32]] = []
+    full: list[tuple[F32, F32]] = []
+    for w in range(windows):
+        end = now - w * label_days * DAY
+        if w and not (p.ts < end - label_days * DAY).any():
+            break  # no purchases before this window: nothing to learn from
+        more_ex, more_full, _ = training_groups(p, end, label_days, als or AlsParams(),
+                                                price, category, ban, sizes)
+        ex += more_ex
+        full += more_full
+        if on_step is not None:
+            on_step(f"ranker window {w + 1}: {len(more_ex)} members")
     seen = p.before(now)
     table = build_item_table(seen.users, seen.items, seen.ts, p.n_users, p.n_items, now,
                              price, category)
