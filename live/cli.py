@@ -12,12 +12,16 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from identity.types import ROLES
 from live.config import Settings
 from live.demo_script import DemoUrls, start_in_thread
 from live.services import load_keyring, open_services
 from live.store import EmbeddedStore
+
+if TYPE_CHECKING:
+    from live.catalog import Catalog
 
 log = logging.getLogger("newretail.live")
 
@@ -154,7 +158,8 @@ async def _train(settings: Settings, watch: bool, min_new: int, interval: float)
                 result = await train_from_log(
                     svc.redis, settings.model_dir, params,
                     on_events=lambda k: void(events_bar.update(k)),
-                    on_iteration=lambda _: void(iter_bar.update(1)))
+                    on_iteration=lambda _: void(iter_bar.update(1)),
+                    attributes=lambda skus: product_attributes(svc.catalog, skus))
             print(f"model {result.version}: {result.events:,} events, {result.users:,} users, "
                   f"{result.items:,} items, {result.seconds:.1f} s")
 
@@ -162,6 +167,17 @@ async def _train(settings: Settings, watch: bool, min_new: int, interval: float)
             await watch_and_train(svc.redis, settings.model_dir, min_new, interval, train_once)
         else:
             await train_once()
+
+
+async def product_attributes(catalog: Catalog, skus: list[str]) -> dict[str, tuple[float, str]]:
+    """Price and category of the catalog's products among ``skus``, for the rankers."""
+    out: dict[str, tuple[float, str]] = {}
+    for start in range(0, len(skus), 1000):
+        part = skus[start:start + 1000]
+        for sku, p in zip(part, await catalog.get_many(part), strict=True):
+            if p is not None:
+                out[sku] = (float(p.price), str(p.category))
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ from recommender.train import DAY, AlsParams, confidence_matrix, event_weight, t
 
 LABEL_DAYS = 30.0
 WINDOWS = 3  # label windows the rankers learn from, the newest first
-ALS_CANDIDATES = 80
+ALS_CANDIDATES = 40  # as many as CandidateSizes.als: FAISS excludes the bought already
 DIRNAME = "discovery"
 
 Ranked = tuple[I64, npt.NDArray[np.float64]]  # products best first, their scores

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from recommender.train import (
 log = logging.getLogger("newretail.recommender")
 
 Progress = Callable[[int], None]
+# The price and category of the products named (those it knows), for the rankers' features.
+Attributes = Callable[[list[str]], Awaitable[dict[str, tuple[float, str]]]]
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class TrainResult:
 async def train_from_log(
     redis: aredis.Redis, model_dir: Path, params: AlsParams | None = None,
     hnsw_threshold: int = 20_000, on_events: Progress | None = None,
-    on_iteration: Progress | None = None,
+    on_iteration: Progress | None = None, attributes: Attributes | None = None,
 ) -> TrainResult:
     """Train on every event in the log (anonymous ids stitched to their member, erased users
     left out), write a model version and make it current."""
@@ -86,7 +88,8 @@ async def train_from_log(
             break
         rows = [r for r in rows if not _names(r, late)]
     bought = [b for b in bought if not (erased_tag(b[0]) in erased or erased_tag(b[1]) in erased)]
-    discovery = await asyncio.to_thread(_fit_discovery, bought, users, items, params)
+    known = await attributes(items) if attributes is not None else {}
+    discovery = await asyncio.to_thread(_fit_discovery, bought, users, items, params, known)
     version = await asyncio.to_thread(
         write_version, model_dir, items, users, item_f, user_f, popularity,
         params, hnsw_threshold, discovery)
@@ -98,7 +101,8 @@ async def train_from_log(
 
 
 def _fit_discovery(bought: list[tuple[str, str, str, float, int]], users: list[str],
-                   items: list[str], params: AlsParams) -> Discovery | None:
+                   items: list[str], params: AlsParams,
+                   known: dict[str, tuple[float, str]]) -> Discovery | None:
     """The two-stage rankers from the purchases (labels: the last ``LABEL_DAYS``); None
     when the log holds too few purchases to learn a ranking (offers then use the blend)."""
     upos = {u: i for i, u in enumerate(users)}
@@ -111,8 +115,14 @@ def _fit_discovery(bought: list[tuple[str, str, str, float, int]], users: list[s
                   np.array([b[3] for b in kept]), np.array([b[4] for b in kept], np.int64),
                   len(users), len(items))
     banned = np.array([i for i, s in enumerate(items) if not is_offerable(s)], np.int64)
+    price = np.array([known[s][0] if s in known and known[s][0] > 0 else np.nan
+                      for s in items], dtype=np.float32)
+    names: dict[str, int] = {}
+    category = np.array([names.setdefault(known[s][1], len(names)) if s in known else -1
+                         for s in items], dtype=np.int32)
     try:
-        return fit_discovery(p, float(p.ts.max()) + 1.0, als=params, banned=banned)
+        return fit_discovery(p, float(p.ts.max()) + 1.0, als=params, banned=banned,
+                             price=price, category=category)
     except ValueError as exc:
         log.info("no rankers in this version: %s", exc)
         return None
