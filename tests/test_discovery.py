@@ -30,8 +30,8 @@ from recommender.features import FEATURES, member_profile
 from recommender.model import read_version, write_version
 from recommender.rank import Candidate
 from recommender.ranker import RankerParams
-from recommender.slates import only_new
-from recommender.train import DAY, AlsParams
+from recommender.slates import audience_ranked, only_new, session_ranked
+from recommender.train import DAY, AlsParams, FoldIn
 from recommender.types import RecommenderError
 
 PAIRS, DISTRACTORS, USERS = 12, 8, 360
@@ -248,3 +248,22 @@ def test_fresh_purchase_changes_the_next_discover_slate(client: TestClient) -> N
         {"member_id": mid, "sku": top, "kind": "purchase"}])
     again = client.get("/offers", params={"n": 5, "slate": "discover"}, headers=me).json()
     assert top not in [o["sku"] for o in again["offers"]]
+
+
+def test_audience_and_session_ranked_by_the_rankers(tmp_path: Path) -> None:
+    """An audience that bought starter 3 wants its follower first; a live session's
+    products come back with the follower of what the member bought first."""
+    p = planted()
+    disc = fit_discovery(p, NOW, als=ALS, ranker=RANKER)
+    model = read_version(tmp_path, _write(tmp_path, p, disc))
+    sku = model.item_ids
+    fold = FoldIn(model.item_factors, model.params)
+    hist = [(sku[3], "purchase", time.time() - 86400.0, 1)]
+    vec = fold.user_vector([3], [8.0])
+    wants = audience_ranked(model, [hist, hist], vec * 2, {sku[0]}, 5)
+    assert wants is not None and wants[0].sku == sku[PAIRS + 3]
+    assert sku[0] not in [c.sku for c in wants]
+    live = [sku[2 * PAIRS], sku[PAIRS + 3], sku[PAIRS + 5], "unknown-sku"]
+    ranked = session_ranked(model, None, hist, vec, live)
+    assert ranked is not None and ranked[0].sku == sku[PAIRS + 3]
+    assert ranked[-1].sku == "unknown-sku" and {c.reason for c in ranked} == {"in_this_live"}
