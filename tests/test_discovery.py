@@ -24,7 +24,7 @@ from recommender.baselines import (
     top_rows,
     user_knn_scores,
 )
-from recommender.candidates import unit_rows
+from recommender.candidates import nearest_users, unit_rows
 from recommender.discovery import Discovery, Purchases, dense_als_top, fit_als, fit_discovery
 from recommender.features import FEATURES, member_profile
 from recommender.model import read_version, write_version
@@ -267,3 +267,15 @@ def test_audience_and_session_ranked_by_the_rankers(tmp_path: Path) -> None:
     ranked = session_ranked(model, None, hist, vec, live)
     assert ranked is not None and ranked[0].sku == sku[PAIRS + 3]
     assert ranked[-1].sku == "unknown-sku" and {c.reason for c in ranked} == {"in_this_live"}
+
+
+def test_erased_members_are_nobodys_neighbours(tmp_path: Path) -> None:
+    """Once a member is erased from a loaded model, their purchases no longer reach anyone
+    through the nearest customers."""
+    p = planted()
+    disc = fit_discovery(p, NOW, als=ALS, ranker=RANKER)
+    model = read_version(tmp_path, _write(tmp_path, p, disc))
+    vec = model.user_factors[5].copy()
+    assert 5 in nearest_users(model.user_unit, vec, k=5).tolist()
+    model.forget_users({"u5"})
+    assert 5 not in nearest_users(model.user_unit, vec, k=model.user_unit.shape[0]).tolist()
