@@ -41,11 +41,12 @@ from live.db.server import EmbeddedValkey
 from live.db.tracked import Tracked
 from live.offers.service import COPY_MAX_KEYS, COPY_PREFIXES, OfferService
 from live.web.app import tune_gc
+from recommender.discovery import Purchases, fit_discovery
 from recommender.evaluate import make_split, parse_time, read_retail
 from recommender.events import EventLog, history_key
 from recommender.index import ItemIndex
 from recommender.keys import LOG
-from recommender.model import write_version
+from recommender.model import current_version, read_version, write_version
 from recommender.service import Recommender
 from recommender.train import AlsParams, confidence_matrix, event_weight, train_als
 from recommender.types import Event
@@ -165,6 +166,77 @@ async def bench_server_side(url: str, model_dir: Path, mids: list[str], requests
                     f"{pct(core, 50):.2f} / {pct(core, 99):.2f} ms")
             fig.curves["in process, recommender part"] = core
     await copy.stop()
+    await redis.aclose()
+
+
+def two_stage_version(model_dir: Path, out_dir: Path, users: int = 5000, per_user: int = 30
+                      ) -> tuple[str, float]:
+    """The seeded version again, with rankers trained on synthetic purchases (Zipf over
+    the products, 30 per user over 120 days) over its products and users, in
+    ``out_dir``; returns the version and the rankers' training seconds."""
+    model = read_version(model_dir, current_version(model_dir) or "")
+    rng = np.random.default_rng(2)
+    n = users * per_user
+    now = time.time()
+    p = Purchases(rng.integers(0, users, n).astype(np.int64),
+                  (np.minimum(rng.zipf(1.3, n) - 1, len(model.item_ids) - 1)
+                   + rng.integers(0, 7, n)) % len(model.item_ids),
+                  now - rng.uniform(0, 120, n) * 86_400.0, np.ones(n, np.int64), users,
+                  len(model.item_ids))
+    t0 = time.perf_counter()
+    disc = fit_discovery(p, now, als=AlsParams(factors=DIM, iterations=5))
+    seconds = time.perf_counter() - t0
+    version = write_version(out_dir, model.item_ids, model.user_ids, model.item_factors,
+                            model.user_factors, model.popularity, model.params, 20_000, disc)
+    return version, seconds
+
+
+async def bench_two_stage(url: str, plain_dir: Path, two_dir: Path, mids: list[str],
+                          requests: int, fig: Figures) -> None:
+    """Offers computed afresh (no kept taste) side by side, one request of each in turn:
+    the current engine (ALS blend), the two-stage full slate and the discovery slate."""
+    redis = connect(url)
+    members = Members(redis, b"bench-pepper-0123456789abcdef")
+    variants: list[tuple[str, Recommender, OfferService, str, list[float], list[float],
+                         list[float]]] = []
+    for label, folder, slate in (("ALS blend (current engine), slate=all", plain_dir, "all"),
+                                 ("two-stage, slate=all", two_dir, "all"),
+                                 ("two-stage, slate=discover", two_dir, "discover")):
+        rec = Recommender(redis, folder, no_one_erased)
+        await rec.refresh()
+        rec.taste_seconds = 0.0
+        svc = OfferService(rec, Catalog(redis), members, no_products)
+        await svc.products_warmed()
+        for mid in mids[:50]:
+            await svc.offers(mid, 10, None, None, slate)
+        variants.append((label, rec, svc, slate, [], [], []))
+    tune_gc()
+    for k in range(requests):
+        mid = mids[k % len(mids)]
+        for _label, rec, svc, slate, full, cpu, core in variants:
+            c0, t0 = time.process_time(), time.perf_counter()
+            body = await svc.offers(mid, 10, None, None, slate)
+            full.append((time.perf_counter() - t0) * 1000)
+            cpu.append((time.process_time() - c0) * 1000)
+            if len(body["offers"]) != 10:
+                raise RuntimeError(f"short slate: {body}")
+            hist = await rec.history(mid)
+            t0 = time.perf_counter()
+            vec = rec.vector(mid, hist)
+            (rec.discover_personal if slate == "discover" else rec.blend_personal)(
+                mid, hist, vec, 40, set())
+            core.append((time.perf_counter() - t0) * 1000)
+    model = variants[0][1].model
+    n = len(model.item_ids) if model is not None else 0
+    for label, _rec, _svc, _slate, full, cpu, core in variants:
+        fig.add(f"offers computed afresh, {n:,} products, {label}, p50 / p99 wall",
+                f"{pct(full, 50):.2f} / {pct(full, 99):.2f} ms "
+                f"(goal p99 < {GOAL_SERVER_P99_MS} ms)")
+        fig.add(f"  {label}: web process CPU per offer, p50 / p99",
+                f"{pct(cpu, 50):.2f} / {pct(cpu, 99):.2f} ms")
+        fig.add(f"  {label}: recommender part (fold-in + candidates + ranking), p50 / p99",
+                f"{pct(core, 50):.2f} / {pct(core, 99):.2f} ms")
+        fig.curves[f"computed afresh, {label}"] = full
     await redis.aclose()
 
 
@@ -408,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=None,
                         help="a database of its own (it is flushed); default: an embedded store")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--two-stage", action="store_true",
+                        help="also the two-stage rankers beside the current engine, offers "
+                             "computed afresh, side by side in one run")
+    parser.add_argument("--only-two-stage", action="store_true",
+                        help="the side-by-side two-stage figures alone (implies --two-stage)")
     args, _ = parser.parse_known_args(argv)  # ``make bench`` passes every bench its args
     fig = Figures()
     with tempfile.TemporaryDirectory(prefix="bench-offers-") as tmp:
@@ -419,17 +496,25 @@ def main(argv: list[str] | None = None) -> int:
         try:
             var = Path(tmp) / "var"
             mids = asyncio.run(seed(url, var / "models", args.products))
-            asyncio.run(bench_server_side(url, var / "models", mids, args.requests, fig))
-            rates = [int(r) for r in args.rates.split(",") if r]
-            if rates:
-                bench_http(url, var, mids, args.products, rates, args.seconds,
-                           [int(w) for w in args.workers.split(",") if w], fig)
-            asyncio.run(bench_erasure(url, args.erase_log, fig))
+            if args.two_stage or args.only_two_stage:
+                version, fit_s = two_stage_version(var / "models", var / "models-two-stage")
+                fig.add(f"two-stage rankers, training on 150,000 synthetic purchases "
+                        f"({args.products:,} products), version {version}", f"{fit_s:.1f} s")
+                asyncio.run(bench_two_stage(url, var / "models", var / "models-two-stage",
+                                            mids, args.requests, fig))
+            if not args.only_two_stage:
+                asyncio.run(bench_server_side(url, var / "models", mids, args.requests, fig))
+                rates = [int(r) for r in args.rates.split(",") if r]
+                if rates:
+                    bench_http(url, var, mids, args.products, rates, args.seconds,
+                               [int(w) for w in args.workers.split(",") if w], fig)
+                asyncio.run(bench_erasure(url, args.erase_log, fig))
         finally:
             if store is not None:
                 store.stop()
-    bench_memory(args.products, fig)
-    bench_training(Path(args.data), fig)
+    if not args.only_two_stage:
+        bench_memory(args.products, fig)
+        bench_training(Path(args.data), fig)
     fig.add("bench process peak RSS",
             f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     width = max(len(k) for k, _ in fig.rows)

@@ -98,7 +98,10 @@ class Split:
     split_ts: float
 
 
-def make_split(rows: list[RetailRow], split_ts: float) -> Split:
+def make_split(rows: list[RetailRow], split_ts: float, until_ts: float | None = None
+               ) -> Split:
+    """Training arrays before ``split_ts``; held out: purchases from it (up to ``until_ts``
+    when given) of members and products seen before it."""
     users: dict[str, int] = {}
     items: dict[str, int] = {}
     tu, ti, tt, tq = [], [], [], []
@@ -109,7 +112,7 @@ def make_split(rows: list[RetailRow], split_ts: float) -> Split:
             ti.append(items.setdefault(r.sku, len(items)))
             tt.append(r.ts)
             tq.append(r.qty)
-        else:
+        elif until_ts is None or r.ts < until_ts:
             after.append(r)
     truth: dict[int, set[int]] = {}
     for r in after:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from recommender.candidates import unit_rows
+from recommender.discovery import Discovery
 from recommender.index import ItemIndex
 from recommender.rank import is_offerable
 from recommender.train import AlsParams
@@ -35,11 +37,14 @@ class Model:
     popularity: npt.NDArray[np.float32]
     params: AlsParams
     index: ItemIndex
+    discovery: Discovery | None = None  # the two-stage rankers, when trained with them
     item_pos: dict[str, int] = field(init=False)
     user_pos: dict[str, int] = field(init=False)
     trending: list[tuple[str, float]] = field(init=False)
     pop_top: float = field(init=False)  # the largest popularity, to scale scores to 1
     offerable: npt.NDArray[np.bool_] = field(init=False)  # not postage, fees, vouchers
+    banned: npt.NDArray[np.int64] = field(init=False)  # positions of the non-offerable
+    user_unit: npt.NDArray[np.float32] = field(init=False)  # user factors, unit rows
 
     def __post_init__(self) -> None:
         self.item_pos = {s: i for i, s in enumerate(self.item_ids)}
@@ -49,6 +54,8 @@ class Model:
         order = np.argsort(-self.popularity, kind="stable")[:TRENDING_KEEP]
         top = float(self.popularity[order[0]]) if len(order) else 1.0
         self.offerable = np.array([is_offerable(s) for s in self.item_ids], dtype=bool)
+        self.banned = np.flatnonzero(~self.offerable).astype(np.int64)
+        self.user_unit = unit_rows(self.user_factors)
         self.trending = [(self.item_ids[i], float(self.popularity[i]) / (top or 1.0))
                          for i in order if self.offerable[i]]
 
@@ -58,12 +65,14 @@ class Model:
             pos = self.user_pos.pop(user, None)
             if pos is not None:
                 self.user_factors[pos] = 0.0
+                self.user_unit[pos] = 0.0
 
 
 def write_version(
     model_dir: Path, item_ids: list[str], user_ids: list[str],
     item_factors: npt.NDArray[np.float32], user_factors: npt.NDArray[np.float32],
     popularity: npt.NDArray[np.float32], params: AlsParams, hnsw_threshold: int,
+    discovery: Discovery | None = None,
 ) -> str:
     """Write a new version and make it current; returns its name."""
     version = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.urandom(3).hex()}"
@@ -75,6 +84,8 @@ def write_version(
     (tmp / "ids.json").write_text(json.dumps({"items": item_ids, "users": user_ids}))
     (tmp / "params.json").write_text(json.dumps(params.__dict__))
     ItemIndex.build(item_factors, hnsw_threshold).save(tmp / "items.faiss")
+    if discovery is not None:
+        discovery.save(tmp)
     tmp.rename(model_dir / version)
     pointer = model_dir / f".{CURRENT}.tmp"
     pointer.write_text(version)
@@ -107,10 +118,14 @@ def read_version(model_dir: Path, version: str) -> Model:
         users = np.load(path / "user_factors.npy", allow_pickle=False)
         pop = np.load(path / "popularity.npy", allow_pickle=False)
         index = ItemIndex.load(path / "items.faiss")
-    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        discovery = Discovery.load(path)
+    except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
         raise RecommenderError("model_unreadable", f"model {version}: {exc}") from exc
     if (items.shape[0] != len(ids["items"]) or users.shape[0] != len(ids["users"])
             or index.size != len(ids["items"]) or pop.shape[0] != len(ids["items"])):
         raise RecommenderError("model_unreadable", f"model {version}: shapes disagree")
+    if discovery is not None and (discovery.table.n_items != len(ids["items"]) or len(
+            discovery.table.user_indptr) != len(ids["users"]) + 1):
+        raise RecommenderError("model_unreadable", f"model {version}: ranker's items disagree")
     return Model(version, ids["items"], ids["users"], items.astype(np.float32),
-                 users.astype(np.float32), pop.astype(np.float32), params, index)
+                 users.astype(np.float32), pop.astype(np.float32), params, index, discovery)

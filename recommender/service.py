@@ -24,6 +24,7 @@ from recommender.events import HISTORY_LEN, EventLog, erased_tag, history_key
 from recommender.keys import ALIASES, ERASED, NOTICES, TRENDING
 from recommender.model import Model, current_version, read_version
 from recommender.rank import Candidate, is_offerable
+from recommender.slates import audience_ranked, bought_skus, member_ranked, session_ranked
 from recommender.train import DAY, FoldIn, event_weight
 from recommender.types import EVENT_KINDS, Event, RecommenderError
 
@@ -102,6 +103,7 @@ class Recommender:
         self._failed: str | None = None
         self._erased_seen = -1
         self._tastes: OrderedDict[str, _Taste] = OrderedDict()
+        self._discoveries: OrderedDict[str, _Taste] = OrderedDict()  # slate=discover's
         self.taste_seconds = TASTE_SECONDS  # 0: every request computes the taste afresh
 
     # events -------------------------------------------------------------------------------
@@ -152,6 +154,7 @@ class Recommender:
         self._erased |= gone
         for user in gone:
             self._tastes.pop(user, None)
+            self._discoveries.pop(user, None)
         if self.model is not None:
             self.model.forget_users(gone)
 
@@ -307,25 +310,35 @@ class Recommender:
         """``vector`` and ``blend_personal`` (best ``k``, nothing excluded) of a user, kept for
         ``taste_seconds`` while their history and the model stay the same: any new event of
         theirs, a new model or their erasure computes it afresh."""
+        return self._kept(self._tastes, user, hist, k, self.blend_personal)
+
+    def discovery_taste(self, user: str, hist: History, k: int
+                        ) -> tuple[Vector | None, list[Candidate]]:
+        """``taste`` for the discovery slate: ``discover_personal`` instead of the blend."""
+        return self._kept(self._discoveries, user, hist, k, self.discover_personal)
+
+    def _kept(self, kept_tastes: OrderedDict[str, _Taste], user: str, hist: History, k: int,
+              rank: Callable[[str, History, Vector | None, int, set[str]], list[Candidate]],
+              ) -> tuple[Vector | None, list[Candidate]]:
         model = self.model
         if user in self._erased or erased_tag(user) in self._erased_tags:
-            self._tastes.pop(user, None)
+            kept_tastes.pop(user, None)
             return None, []
         key = tuple(hist)
         now = time.monotonic()
-        kept = self._tastes.get(user)
+        kept = kept_tastes.get(user)
         if (kept is not None and kept.model is model and kept.k == k and kept.until > now
                 and kept.hist == key):
-            self._tastes.move_to_end(user)
+            kept_tastes.move_to_end(user)
             TASTE_KEPT.inc()
             return kept.vec, kept.candidates()
         TASTE_COMPUTED.inc()
         vec = self.vector(user, hist)
-        candidates = self.blend_personal(user, hist, vec, k, set())
-        self._tastes[user] = _Taste(model, key, k, now + self.taste_seconds, vec, candidates)
-        self._tastes.move_to_end(user)
-        while len(self._tastes) > TASTE_MAX:
-            self._tastes.popitem(last=False)
+        candidates = rank(user, hist, vec, k, set())
+        kept_tastes[user] = _Taste(model, key, k, now + self.taste_seconds, vec, candidates)
+        kept_tastes.move_to_end(user)
+        while len(kept_tastes) > TASTE_MAX:
+            kept_tastes.popitem(last=False)
         return vec, candidates
 
     def kept_skus(self, user: str, k: int) -> list[str]:
@@ -338,9 +351,15 @@ class Recommender:
 
     def blend_personal(self, user: str, hist: History, vec: Vector | None, k: int,
                        excluded: set[str]) -> list[Candidate]:
+        """The full slate: the member's own products (buy_again) and new ones (for_you),
+        by the full ranker when the model has one, else by the ALS blend."""
         model = self.model
         if user in self._erased:
             return []
+        if model is not None:
+            two_stage = member_ranked(model, user, hist, vec, k, excluded, full=True)
+            if two_stage is not None:
+                return two_stage
         days: dict[str, set[int]] = {}
         recent: dict[str, float] = {}
         now = time.time()
@@ -371,15 +390,36 @@ class Recommender:
         return [Candidate(s, v, r) for s, (v, r) in ranked  # type: ignore[arg-type]
                 if r == "for_you" or is_offerable(s)]
 
+    def discover_personal(self, user: str, hist: History, vec: Vector | None, k: int,
+                          excluded: set[str]) -> list[Candidate]:
+        """The discovery slate: products the member never bought (for_you), best ``k``
+        first, by the discovery ranker when the model has one, else by ALS alone."""
+        model = self.model
+        if user in self._erased:
+            return []
+        if model is not None:
+            two_stage = member_ranked(model, user, hist, vec, k, excluded, full=False)
+            if two_stage is not None:
+                return two_stage
+        bought = bought_skus(hist)
+        return [c for c in self.blend_personal(user, hist, vec, k + len(bought), excluded)
+                if c.reason == "for_you" and c.sku not in bought][:k]
+
     async def rank_within(self, user: str | None, skus: Sequence[str]) -> list[Candidate]:
         """``skus`` (a live session's products) ranked for ``user`` (ID-selector search)."""
         vec = await self.user_vector(user) if user else None
         return self.rank_session(vec, skus)
 
-    def rank_session(self, vec: Vector | None, skus: Sequence[str]) -> list[Candidate]:
-        """``skus`` ranked by the taste ``vec`` with an ID-selector search, the unknown ones
-        (and all of them without a taste) after, in the given order."""
+    def rank_session(self, vec: Vector | None, skus: Sequence[str], user: str | None = None,
+                     hist: History | None = None) -> list[Candidate]:
+        """``skus`` ranked for the member: by the full ranker when ``hist`` is given and
+        the model has one, else by the taste ``vec`` with an ID-selector search; the unknown
+        ones (and all of them without a taste) after, in the given order."""
         model = self.model
+        if model is not None and hist is not None and (vec is not None or hist):
+            two_stage = session_ranked(model, user, hist, vec, skus)
+            if two_stage is not None:
+                return two_stage
         if model is None or vec is None:
             return [Candidate(s, 0.0, "in_this_live") for s in skus]
         allowed = [model.item_pos[s] for s in skus if s in model.item_pos]
@@ -405,12 +445,16 @@ class Recommender:
         for user in viewers:
             pipe.lrange(history_key(user), 0, -1)
         raws: list[Any] = await pipe.execute() if viewers else []
-        for user, raw in zip(viewers, raws, strict=True):
-            vec = self.vector(user, parse_history(raw))
+        hists = [parse_history(raw) for raw in raws]
+        for user, hist in zip(viewers, hists, strict=True):
+            vec = self.vector(user, hist)
             if vec is not None:
                 total += vec / (float(np.linalg.norm(vec)) or 1.0)
         if not total.any():
             return [c for c in await self.trending(n + len(exclude)) if c.sku not in exclude][:n]
+        two_stage = audience_ranked(model, hists, total, exclude, n)
+        if two_stage is not None:
+            return two_stage
         ex = [model.item_pos[s] for s in exclude if s in model.item_pos]
         found = model.index.search(total, n * 2 + len(ex), excluded=ex)
         return [Candidate(model.item_ids[i], s, "for_you") for i, s in found

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aredis
 
+from recommender.discovery import Discovery, Purchases, fit_discovery
 from recommender.events import EventLog, erased_tag
 from recommender.keys import ALIASES, LOG, NOTICES
 from recommender.model import write_version
+from recommender.rank import is_offerable
 from recommender.service import ERASED
 from recommender.train import (
     DAY,
@@ -31,6 +33,8 @@ from recommender.train import (
 log = logging.getLogger("newretail.recommender")
 
 Progress = Callable[[int], None]
+# The price and category of the products named (those it knows), for the rankers' features.
+Attributes = Callable[[list[str]], Awaitable[dict[str, tuple[float, str]]]]
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class TrainResult:
 async def train_from_log(
     redis: aredis.Redis, model_dir: Path, params: AlsParams | None = None,
     hnsw_threshold: int = 20_000, on_events: Progress | None = None,
-    on_iteration: Progress | None = None,
+    on_iteration: Progress | None = None, attributes: Attributes | None = None,
 ) -> TrainResult:
     """Train on every event in the log (anonymous ids stitched to their member, erased users
     left out), write a model version and make it current."""
@@ -56,6 +60,7 @@ async def train_from_log(
     alias = {k.decode(): v.decode() for k, v in raw_alias.items()}
     erased = await _erased(redis)
     rows: list[tuple[str, str, str, float, float]] = []  # user, raw user, sku, ts, weight
+    bought: list[tuple[str, str, str, float, int]] = []  # the purchases, for the rankers
     count = 0
     last_id = "0-0"
     async for entry_id, e in EventLog(redis).read():
@@ -69,6 +74,8 @@ async def train_from_log(
             continue
         rows.append((user, e.user, e.sku, e.ts, KIND_WEIGHTS[e.kind] * (
             1.0 + math.log(max(1, e.qty)))))
+        if e.kind == "purchase":
+            bought.append((user, e.user, e.sku, e.ts, e.qty))
     if on_events is not None:
         on_events(count % 10_000)
     for _round in range(3):
@@ -81,14 +88,45 @@ async def train_from_log(
         if not late or not any(_names(r, late) for r in rows):
             break
         rows = [r for r in rows if not _names(r, late)]
+    bought = [b for b in bought if not (erased_tag(b[0]) in erased or erased_tag(b[1]) in erased)]
+    known = await attributes(items) if attributes is not None else {}
+    discovery = await asyncio.to_thread(_fit_discovery, bought, users, items, params, known)
     version = await asyncio.to_thread(
         write_version, model_dir, items, users, item_f, user_f, popularity,
-        params, hnsw_threshold)
+        params, hnsw_threshold, discovery)
     await redis.publish(NOTICES, b'{"model": "%s"}' % version.encode())
     seconds = time.perf_counter() - started
     log.info("trained %s on %d events (%d users, %d items) in %.1f s",
              version, count, len(users), len(items), seconds)
     return TrainResult(version, count, len(users), len(items), seconds, last_id)
+
+
+def _fit_discovery(bought: list[tuple[str, str, str, float, int]], users: list[str],
+                   items: list[str], params: AlsParams,
+                   known: dict[str, tuple[float, str]]) -> Discovery | None:
+    """The two-stage rankers from the purchases (labels: the last ``LABEL_DAYS``); None
+    when the log holds too few purchases to learn a ranking (offers then use the blend)."""
+    upos = {u: i for i, u in enumerate(users)}
+    ipos = {s: i for i, s in enumerate(items)}
+    kept = [b for b in bought if b[0] in upos and b[2] in ipos]
+    if not kept:
+        return None
+    p = Purchases(np.array([upos[b[0]] for b in kept], dtype=np.int64),
+                  np.array([ipos[b[2]] for b in kept], dtype=np.int64),
+                  np.array([b[3] for b in kept]), np.array([b[4] for b in kept], np.int64),
+                  len(users), len(items))
+    banned = np.array([i for i, s in enumerate(items) if not is_offerable(s)], np.int64)
+    price = np.array([known[s][0] if s in known and known[s][0] > 0 else np.nan
+                      for s in items], dtype=np.float32)
+    names: dict[str, int] = {}
+    category = np.array([names.setdefault(known[s][1], len(names)) if s in known else -1
+                         for s in items], dtype=np.int32)
+    try:
+        return fit_discovery(p, float(p.ts.max()) + 1.0, als=params, banned=banned,
+                             price=price, category=category)
+    except ValueError as exc:
+        log.info("no rankers in this version: %s", exc)
+        return None
 
 
 def _names(row: tuple[str, str, str, float, float], tags: set[str]) -> bool:

@@ -15,7 +15,7 @@ from identity.auth import require
 from live.errors import LiveError, bad_request
 from live.http import int_param, json_response, read_json, require_session_host
 from live.hub.routes import sessions as _hub_sessions
-from live.offers.service import MAX_EVENTS, OfferService
+from live.offers.service import MAX_EVENTS, SLATES, OfferService
 from recommender.types import EVENT_KINDS, Event
 
 
@@ -35,9 +35,12 @@ async def get_offers(request: Request) -> Response:
         raise LiveError("forbidden", "members see their own offers only", 403)
     if claims.role == "viewer" and member_id is not None:
         raise LiveError("forbidden", "sign in to see offers picked for you", 403)
+    slate = request.query_params.get("slate") or "all"
+    if slate not in SLATES:
+        raise bad_request(f"slate must be one of {', '.join(SLATES)}")
     body = await _service(request).offers(
         member_id, int_param(request, "n", 10, 1, 50), request.query_params.get("store_id") or None,
-        request.query_params.get("session_id") or None)
+        request.query_params.get("session_id") or None, slate)
     took = (time.perf_counter() - started) * 1000
     return Response(orjson.dumps(body), media_type="application/json",
                     headers={"server-timing": f"app;dur={took:.3f}"})

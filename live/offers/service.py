@@ -24,6 +24,7 @@ from recommender.events import erased_tag
 from recommender.keys import HISTORY
 from recommender.rank import Candidate, Offer, ProductInfo, compose_offers, is_offerable
 from recommender.service import ERASED, History, Recommender, history_key, parse_history
+from recommender.slates import bought_skus, only_new
 from recommender.types import Event
 
 log = logging.getLogger("newretail.live")
@@ -32,6 +33,7 @@ SkuList = Callable[[str], Awaitable[list[str]]]
 OVERFETCH = 4
 PRODUCT_CACHE_MAX = 200_000
 MAX_EVENTS = 500
+SLATES = ("all", "discover")
 
 USERS_GAUGE = Gauge("newretail_rec_model_users",
                     "Users whose trained factors this process holds (erased ones dropped)")
@@ -305,9 +307,10 @@ class OfferService:
         return member, hist, bool(erased), in_stock
 
     async def offers(self, member_id: str | None, n: int, store_id: str | None,
-                     session_id: str | None) -> dict[str, Any]:
+                     session_id: str | None, slate: str = "all") -> dict[str, Any]:
         """The spec's ``/offers`` body: in stock at ``store_id`` (anywhere when none),
-        personal only with the member's ``personalization`` consent."""
+        personal only with the member's ``personalization`` consent. ``slate="discover"``:
+        only products the member never bought (for_you, in_this_live)."""
         started = time.perf_counter()
         rec = self.recommender
         tier, personalized = "member", False
@@ -322,11 +325,16 @@ class OfferService:
         else:
             self._see_revision(await self.catalog.redis.get(REVISION) or b"0")
         user = member_id if personalized else None
-        vec, personal = rec.taste(user, hist, n * OVERFETCH) if user is not None else (None, [])
+        discover = slate == "discover"
+        taste, rank = ((rec.discovery_taste, rec.discover_personal) if discover
+                       else (rec.taste, rec.blend_personal))
+        vec, personal = taste(user, hist, n * OVERFETCH) if user is not None else (None, [])
+        bought = bought_skus(hist) if discover and user is not None else set()
         candidates: list[Candidate] = []
         if session_id:
             live = await self.session_products(session_id)
-            candidates += rec.rank_session(vec, live)[: max(1, n // 3)]
+            in_live = rec.rank_session(vec, live, user, hist if user is not None else None)
+            candidates += only_new(in_live, bought)[: max(1, n // 3)]
         want = n * OVERFETCH
         offers: list[Offer] = []
         considered: set[str] = set()
@@ -334,12 +342,13 @@ class OfferService:
             out_of_stock = {s for s in considered if not checked[s]}
             pool = list(candidates)
             if user is not None:
-                pool += personal if attempt == 0 else rec.blend_personal(
-                    user, hist, vec, want, out_of_stock)
+                pool += personal if attempt == 0 else rank(user, hist, vec, want, out_of_stock)
             short = max(n, want - len(pool))  # trending fills what personal left short
             pool += await rec.trending(short + len(out_of_stock))
             if len(pool) < want + len(out_of_stock):  # a new shop: nothing trends yet
                 pool += await self._catalog_head(want + len(out_of_stock))
+            if discover:
+                pool = only_new(pool, bought)
             fresh = [s for s in dict.fromkeys(c.sku for c in pool)
                      if s not in considered and is_offerable(s)]
             # stock of the best 2n first (usually enough: one trip, or none when the
@@ -398,7 +407,3 @@ class OfferService:
                 out[c.sku] = {"sku": c.sku, "title": products[c.sku].title,
                               "score": round(c.score, 4)}
         return list(out.values())[:n]
-
-
-# routes ---------------------------------------------------------------------------------
-

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from identity.types import ROLES
 from live.commerce import keys
@@ -19,6 +20,9 @@ from live.db.server import EmbeddedValkey
 from live.demo.script import DemoUrls, start_in_thread
 from live.web.compose import load_keyring, open_services
 from live.web.settings import Settings
+
+if TYPE_CHECKING:
+    from live.commerce.catalog import Catalog
 
 log = logging.getLogger("newretail.live")
 
@@ -175,7 +179,8 @@ async def _train(settings: Settings, watch: bool, min_new: int, interval: float)
                 result = await train_from_log(
                     svc.redis, settings.model_dir, params,
                     on_events=lambda k: void(events_bar.update(k)),
-                    on_iteration=lambda _: void(iter_bar.update(1)))
+                    on_iteration=lambda _: void(iter_bar.update(1)),
+                    attributes=lambda skus: product_attributes(svc.catalog, skus))
             print(f"model {result.version}: {result.events:,} events, {result.users:,} users, "
                   f"{result.items:,} items, {result.seconds:.1f} s")
 
@@ -183,6 +188,17 @@ async def _train(settings: Settings, watch: bool, min_new: int, interval: float)
             await watch_and_train(svc.redis, settings.model_dir, min_new, interval, train_once)
         else:
             await train_once()
+
+
+async def product_attributes(catalog: Catalog, skus: list[str]) -> dict[str, tuple[float, str]]:
+    """Price and category of the catalog's products among ``skus``, for the rankers."""
+    out: dict[str, tuple[float, str]] = {}
+    for start in range(0, len(skus), 1000):
+        part = skus[start:start + 1000]
+        for sku, p in zip(part, await catalog.get_many(part), strict=True):
+            if p is not None:
+                out[sku] = (float(p.price), str(p.category))
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -247,13 +263,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from recommender.evaluate import evaluate, parse_time, read_retail
+    from recommender.evaluate import parse_time, read_retail
+    from recommender.evaluate_discovery import evaluate_splits, format_reports
 
     rows = list(read_retail(Path(args.data)))
-    results = evaluate(rows, parse_time(args.split))
-    print(f"{'':28}{'recall@20':>12}{'ndcg@20':>12}{'precision@10':>14}")
-    for name, m in results.items():
-        print(f"{name:28}{m['recall@20']:12.4f}{m['ndcg@20']:12.4f}{m['precision@10']:14.4f}")
+    dates = [d.strip() for d in (args.splits or args.split).split(",") if d.strip()]
+    reports = evaluate_splits(rows, [(d, parse_time(d)) for d in dates], args.horizon_days,
+                              lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_reports(reports))
     return 0
 
 
@@ -305,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="offline quality against the baselines")
     ev.add_argument("--data", default="../shared/data/online_retail_dev.csv.gz")
     ev.add_argument("--split", default="2011-07-01")
+    ev.add_argument("--splits", default=None,
+                    help="several split dates, comma separated (instead of --split)")
+    ev.add_argument("--horizon-days", type=float, default=None,
+                    help="score on purchases this many days after each split (default: all)")
     ev.set_defaults(func=cmd_eval)
     return parser
 
