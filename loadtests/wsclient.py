@@ -68,10 +68,9 @@ def client_frame(payload: bytes, opcode: int = TEXT) -> bytes:
     return head + mask + masked
 
 
-def server_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], int]:
-    """The whole frames at the start of ``buf`` as ``(opcode, payload)``, and how many bytes
-    they took; a frame the service never sends raises ``WsError`` (pure)."""
-    out: list[tuple[int, bytes]] = []
+def walk_frames(buf: bytes, on_frame: Callable[[int, bytes], object]) -> int:
+    """Hand each whole frame at the start of ``buf`` to ``on_frame(opcode, payload)``;
+    returns how many bytes they took. A frame the service never sends raises ``WsError``."""
     pos, size = 0, len(buf)
     while size - pos >= 2:
         head, n = buf[pos], buf[pos + 1]
@@ -90,9 +89,17 @@ def server_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], int]:
             n, start = int.from_bytes(buf[pos + 2:pos + 10], "big"), pos + 10
         if size - start < n:
             break
-        out.append((head & 0x0F, buf[start:start + n]))
+        on_frame(head & 0x0F, buf[start:start + n])
         pos = start + n
-    return out, pos
+    return pos
+
+
+def server_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """The whole frames at the start of ``buf`` as ``(opcode, payload)``, and how many bytes
+    they took; a frame the service never sends raises ``WsError`` (pure)."""
+    out: list[tuple[int, bytes]] = []
+    used = walk_frames(buf, lambda opcode, payload: out.append((opcode, payload)))
+    return out, used
 
 
 def upgrade_request(path: str, subprotocol: str | None, host: str = "127.0.0.1") -> bytes:
@@ -137,6 +144,9 @@ class LightClient(asyncio.Protocol):
         self.lost = False
         self.changed = asyncio.Event()
         self.handshake: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        # The read being handled: its clock reading, and whether it changed anything.
+        self._now = 0.0
+        self._got = False
 
     # asyncio.Protocol ------------------------------------------------------------------
 
@@ -181,45 +191,27 @@ class LightClient(asyncio.Protocol):
         del self.buf[:used]
 
     def _walk(self, buf: bytes) -> int:
-        """Handle every whole frame at the start of ``buf``, as ``server_frames`` reads them
-        but with no list in between (a load generator reads 100,000 frames a second with
-        this); returns how many bytes they took. One clock read per read from the socket:
-        frames that arrived together share it."""
-        now = time.time()
-        got = False
-        pos, size = 0, len(buf)
-        while size - pos >= 2:
-            head, n = buf[pos], buf[pos + 1]
-            if head & 0x70 or not head & 0x80 or n & 0x80:
-                raise WsError(f"unexpected frame from the server: first bytes {head:#04x} "
-                              f"{n:#04x} (extension bits, a fragment or a mask)")
-            n &= 0x7F
-            start = pos + 2
-            if n == 126:
-                if size - pos < 4:
-                    break
-                n, start = int.from_bytes(buf[pos + 2:pos + 4], "big"), pos + 4
-            elif n == 127:
-                if size - pos < 10:
-                    break
-                n, start = int.from_bytes(buf[pos + 2:pos + 10], "big"), pos + 10
-            if size - start < n:
-                break
-            opcode, payload = head & 0x0F, buf[start:start + n]
-            pos = start + n
-            if opcode == PING:
-                self._write(client_frame(payload, PONG))
-            elif opcode == CLOSE:
-                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 \
-                    else 1005
-                self.close_reason = payload[2:].decode(errors="replace")
-                self._write(client_frame(payload[:2], CLOSE))
-                got = True
-            elif opcode != PONG:
-                got = self.on_frame(opcode, payload, now) or got
-        if got:
+        """Handle every whole frame at the start of ``buf`` (no list in between: a load
+        generator reads 100,000 frames a second with this); returns how many bytes they
+        took. One clock read per read from the socket: frames that arrived together share
+        it."""
+        self._now = time.time()
+        self._got = False
+        used = walk_frames(buf, self._one)
+        if self._got:
             self.changed.set()
-        return pos
+        return used
+
+    def _one(self, opcode: int, payload: bytes) -> None:
+        if opcode == PING:
+            self._write(client_frame(payload, PONG))
+        elif opcode == CLOSE:
+            self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            self.close_reason = payload[2:].decode(errors="replace")
+            self._write(client_frame(payload[:2], CLOSE))
+            self._got = True
+        elif opcode != PONG and self.on_frame(opcode, payload, self._now):
+            self._got = True
 
     # What a subclass may change ----------------------------------------------------------
 
