@@ -45,6 +45,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 def configure_logging(level: str) -> None:
     """One handler on the root; each package logs under ``newretail.<package>``."""
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    # httpx logs every request at INFO: the fake payment provider's webhooks, the demo's
+    # scripted clients. Their failures still show.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     for name in ("newretail.live", "newretail.identity", "newretail.recommender"):
         logging.getLogger(name).setLevel(level)
         if not any(isinstance(f, StoreOutageFilter) for f in logging.getLogger(name).filters):

@@ -53,9 +53,8 @@ def run_uvicorn(settings: Settings, host: str, port: int, workers: int) -> None:
     os.environ["NEWRETAIL_VAR_DIR"] = str(settings.var_dir)
     os.environ["NEWRETAIL_MODE"] = settings.mode
     # The service's own address, where the fake payment provider sends its webhooks.
-    if settings.public_url is None:
-        local = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-        os.environ["NEWRETAIL_PUBLIC_URL"] = f"http://{local}:{port}"
+    local = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    os.environ["NEWRETAIL_PUBLIC_URL"] = settings.public_url or f"http://{local}:{port}"
     config = TcpConfig(
         "live.web.app:create_app", factory=True, host=host, port=port, workers=workers,
         # uvicorn's httptools protocol, writing a response's head with its body.
@@ -103,6 +102,8 @@ async def _prepare_demo(settings: Settings) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = dataclasses.replace(Settings.from_env(), mode="demo")
+    if settings.public_url is None:  # where the fake payment provider sends its webhooks
+        settings = dataclasses.replace(settings, public_url=f"http://{args.host}:{args.port}")
     embedded: EmbeddedValkey | None = None
     if settings.redis_url is None:
         embedded = EmbeddedValkey(settings.db_dir, fsync=settings.db_fsync)
