@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aredis
 
 from recommender.keys import ERASED, HISTORY, LOG, TRENDING, USER_INDEX
 from recommender.train import event_weight
-from recommender.types import EVENT_KINDS, Event
+from recommender.types import EVENT_KINDS, Event, History
 
 HISTORY_LEN = 200
 
@@ -149,3 +149,12 @@ class EventLog:
                 await self.redis.ltrim(key, len(ids), -1)
             await self.redis.delete(key)
         return deleted
+
+
+def parse_history(raw: Sequence[bytes | str]) -> History:
+    """A user's recent events as read from their history list, newest first."""
+    out = []
+    for line in raw:
+        sku, kind, ts, qty = (line.decode() if isinstance(line, bytes) else line).split("\t")
+        out.append((sku, kind, float(ts), int(qty)))
+    return out

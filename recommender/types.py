@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
+
+import numpy as np
 
 EventKind = Literal["view", "click", "cart", "purchase", "checkin"]
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
@@ -30,3 +33,9 @@ class RecommenderError(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+
+History = Sequence[tuple[str, str, float, int]]  # newest first; a tuple when kept
+
+
+Vector = np.ndarray[Any, np.dtype[np.float32]]

@@ -22,7 +22,8 @@ from recommender.events import EventLog, erased_tag, index_key
 from recommender.keys import ERASED
 from recommender.model import current_version, read_version
 from recommender.rank import Candidate
-from recommender.service import TASTE_LOOKUPS, Recommender
+from recommender.service import Recommender
+from recommender.serving import TASTE_LOOKUPS
 from recommender.trainer import train_from_log
 from recommender.types import Event
 from tests.rec_support import GROUPS, PARAMS, never_erased, seed, sku

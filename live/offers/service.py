@@ -20,12 +20,12 @@ from live.commerce.keys import REVISION
 from live.db.client import text
 from live.db.tracked import MISSING, Tracked
 from live.errors import LiveError
-from recommender.events import erased_tag
+from recommender.events import erased_tag, parse_history
 from recommender.keys import HISTORY
 from recommender.rank import Candidate, Offer, ProductInfo, compose_offers, is_offerable
-from recommender.service import ERASED, History, Recommender, history_key, parse_history
+from recommender.service import ERASED, Recommender, history_key
 from recommender.slates import bought_skus, only_new
-from recommender.types import Event
+from recommender.types import Event, History
 
 log = logging.getLogger("newretail.live")
 
