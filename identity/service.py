@@ -282,7 +282,7 @@ class IdentityService:
         member = member_from(dict(zip(raw[::2], raw[1::2], strict=True)))
         for hook in self.on_checkin:
             self._spawn(hook(member.id, screen_id, store_id))
-        return {"member_id": member.id, "greeting": f"Welcome, {member.first_name}!",
+        return {"member_id": member.id, "greeting": member.greeting,
                 "tier": member.tier}
 
     def _spawn(self, coro: Any) -> None:

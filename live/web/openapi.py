@@ -164,6 +164,12 @@ def _page(path: str, summary: str) -> Op:
     return Op("GET", path, summary, (), {200: ("text/html", None)}, errors=(404,), tag="pages")
 
 
+def _session_page(path: str, summary: str) -> Op:
+    """A page of one live: an unknown live is the 404 page (HTML, not JSON)."""
+    return Op("GET", path, summary, (), {200: ("text/html", None), 404: ("text/html", None)},
+              tag="pages")
+
+
 SESSION = "/live/sessions/{session_id}"
 ME = "/identity/me"
 OPS: tuple[Op, ...] = (
@@ -335,8 +341,8 @@ OPS: tuple[Op, ...] = (
        errors=(400, 404), tag="payments"),
     # pages
     _page("/", "The home of lives: live now, scheduled, replays"),
-    _page("/live/{session_id}", "The viewer page"),
-    _page("/host/{session_id}", "The presenter console"),
+    _session_page("/live/{session_id}", "The viewer page (an unknown live: the 404 page)"),
+    _session_page("/host/{session_id}", "The presenter console (an unknown live: 404)"),
     _page("/screen/{screen_id}", "The in-store screen"),
     _page("/me", "The member phone page"),
     Op("GET", "/favicon.ico", "The site icon (SVG)", (), {200: ("image/svg+xml", None)},
