@@ -165,18 +165,17 @@ JWT_KEYS_FILE = Path("secrets") / "jwt-keys.json"
 
 def token_settings(settings: Settings, project_var: Path) -> Settings:
     """The settings whose signing keys the running service verifies: NEWRETAIL_JWT_KEYS;
-    else the keys under NEWRETAIL_VAR_DIR; else those of ./var, or of the project's var/
-    when run from elsewhere. Never new keys: a token signed with keys nobody verifies is
-    refused by the service, so this refuses first, and says why."""
+    else NEWRETAIL_VAR_DIR's (made there when new, as the service run with it makes them);
+    else those of ./var, or of the project's var/ when run from elsewhere. Never new keys
+    in a folder no service reads: such a token would be refused, so this refuses first,
+    and says why."""
     if settings.jwt_keys:
         return settings
     if (settings.var_dir / JWT_KEYS_FILE).exists():
         return settings
     if settings.var_dir_set:
-        raise ValueError(
-            f"no signing keys at {settings.var_dir / JWT_KEYS_FILE} (NEWRETAIL_VAR_DIR): "
-            "a token signed with new keys would be refused by the service. Point "
-            "NEWRETAIL_VAR_DIR at the service's var folder, or set NEWRETAIL_JWT_KEYS")
+        # Named on purpose: the service run with the same NEWRETAIL_VAR_DIR reads these.
+        return settings
     if (project_var / JWT_KEYS_FILE).exists():
         print(f"newretail: using the signing keys under {project_var}", file=sys.stderr)
         return dataclasses.replace(settings, var_dir=project_var)
