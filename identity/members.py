@@ -107,6 +107,12 @@ class Member:
     def first_name(self) -> str:
         return self.name.split()[0] if self.name.strip() else "there"
 
+    @property
+    def greeting(self) -> str:
+        """What a store screen says: the first name when there is one, a plain welcome
+        otherwise (never "Welcome, there!")."""
+        return f"Welcome, {self.name.split()[0]}!" if self.name.strip() else "Welcome!"
+
     def public(self) -> dict[str, Any]:
         return {
             "member_id": self.id, "name": self.name, "tier": self.tier,

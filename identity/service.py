@@ -117,6 +117,11 @@ class IdentityService:
     def phone(self, raw: object) -> str:
         return normalize_phone(raw, self.config.region, self.config.fictional_prefixes)
 
+    async def send_text(self, phone: str, text: str) -> None:
+        """A message to a member's phone through the sender of sign-in codes (the dev
+        outbox in dev and demo), e.g. that a live they asked to be reminded of started."""
+        await self.otp.sender.send(phone, text, "")
+
     async def request_code(self, raw_phone: object) -> None:
         """Send a sign-in code; the same answer whether or not the number is a member's."""
         await self.otp.request(self.phone(raw_phone))
@@ -277,7 +282,7 @@ class IdentityService:
         member = member_from(dict(zip(raw[::2], raw[1::2], strict=True)))
         for hook in self.on_checkin:
             self._spawn(hook(member.id, screen_id, store_id))
-        return {"member_id": member.id, "greeting": f"Welcome, {member.first_name}!",
+        return {"member_id": member.id, "greeting": member.greeting,
                 "tier": member.tier}
 
     def _spawn(self, coro: Any) -> None:

@@ -123,8 +123,9 @@ class Site:
 
 
 @contextmanager
-def serve_site(store_url: str, var_dir: Path) -> Iterator[Site]:
-    """Flush the store, seed it, and serve it."""
+def serve_site(store_url: str, var_dir: Path,
+               env: dict[str, str] | None = None) -> Iterator[Site]:
+    """Flush the store, seed it, and serve it (``env`` over the tests' settings)."""
     client = redis_sync.Redis.from_url(store_url)
     try:
         client.flushdb()
@@ -134,7 +135,7 @@ def serve_site(store_url: str, var_dir: Path) -> Iterator[Site]:
     seeder = threading.Thread(target=asyncio.run, args=(_seed(store_url),))
     seeder.start()
     seeder.join(timeout=30)
-    with run_server(store_url, var_dir, env=ENV) as server:
+    with run_server(store_url, var_dir, env={**ENV, **(env or {})}) as server:
         yield Site(server, server.url)
 
 

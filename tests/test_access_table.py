@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,11 @@ HTTP: tuple[Row, ...] = (
     Row("POST", "/live/sessions", STAFF,
         body=lambda c: {"title": f"Drop {c.n}", "products": ["mug"]}),
     Row("GET", "/live/sessions", PUBLIC),
+    Row("POST", "/live/sessions/{session_id}/start", STAFF,
+        path=lambda c: f"/live/sessions/{c.actors.extra['scheduled']}/start"),
+    Row("POST", "/live/sessions/{session_id}/remind", frozenset({"member"}),
+        path=lambda c: f"/live/sessions/{c.actors.extra['to_remind']}/remind",
+        body=lambda c: {"phone": c.actors.extra["phone"]}, own=True),
     Row("GET", "/live/sessions/{session_id}", PUBLIC),
     Row("GET", "/live/sessions/{session_id}/ingest", STAFF),
     Row("GET", "/media/{session_id}/{name}", PUBLIC,
@@ -155,6 +161,7 @@ HTTP: tuple[Row, ...] = (
     Row("GET", "/pay/fake/{payment_id}", PUBLIC, path=lambda c: "/pay/fake/pf_nothing"),
     Row("POST", "/pay/fake/{payment_id}", PUBLIC, path=lambda c: "/pay/fake/pf_nothing",
         body=lambda c: {"decision": "approve"}),
+    Row("GET", "/", PUBLIC),
     Row("GET", "/live/{session_id}", PUBLIC),
     Row("GET", "/host/{session_id}", PUBLIC),
     Row("GET", "/screen/{screen_id}", PUBLIC),
@@ -248,6 +255,11 @@ def test_http_access_table(server: tuple[ServerProcess, Actors]) -> None:
         finally:
             store.close()
         actors.extra["entry"] = entry.decode()
+        for name in ("scheduled", "to_remind"):  # one to start, one to be reminded of
+            r = http.post("/live/sessions", headers=auth(actors.tokens["host"]), json={
+                "title": name, "products": ["mug"], "starts_at": time.time() + 3600})
+            actors.extra[name] = r.json()["session_id"]
+        actors.extra["phone"] = "+447700900101"  # member A's (access_support.make_actors)
         results: list[tuple[str, str, int]] = []
         for row in HTTP:
             if row.method == "GET" and row.route == "/orders/{order_id}":

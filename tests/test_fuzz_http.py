@@ -5,6 +5,7 @@ the store changes."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ class World:
     member_id: str
     member_token: str
     session_id: str
+    scheduled_id: str = ""
 
 
 NOT_BOOL = VALUE.filter(lambda v: not isinstance(v, bool))
@@ -131,8 +133,16 @@ CASES: tuple[Case, ...] = (
                                      st.just(["no-such-sku"]),
                                      st.lists(st.just("mug"), min_size=101, max_size=101)),
                "video_url": st.one_of(NOT_STR.filter(lambda v: v is not None),
-                                      st.just("javascript:alert(1)"), st.just("ftp://x"))},
+                                      st.just("javascript:alert(1)"), st.just("ftp://x")),
+               "starts_at": st.one_of(NOT_INT.filter(lambda v: v is not None),
+                                      st.just(-1), st.just(4e10), HUGE),
+               "teaser": st.one_of(NOT_STR, st.text(min_size=501, max_size=600))},
               ("title",))),
+    ("POST", "/live/sessions/{session_id}/remind",
+     lambda w: f"/live/sessions/{w.scheduled_id}/remind", "member",
+     _one_bad({"phone": "+447700900501"},
+              {"phone": st.one_of(NOT_STR, st.just(""), st.just("+447700900999"), LONG)},
+              ("phone",))),
     ("POST", "/carts/{user_id}/items", lambda w: f"/carts/{w.member_id}/items", "member",
      _one_bad({"sku": "mug", "qty": 1},
               {"sku": BAD_SKU, "qty": BAD_QTY,
@@ -168,10 +178,13 @@ def world(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         member = sign_in(srv.url, "+447700900501", "fuzz-http")
         r = httpx.post(f"{srv.url}/live/sessions", headers=auth(token("host-1", "host")),
                        json={"title": "Fuzz", "products": ["mug", "kite"]}, timeout=10)
+        scheduled = httpx.post(
+            f"{srv.url}/live/sessions", headers=auth(token("host-1", "host")), timeout=10,
+            json={"title": "Later", "products": ["mug"], "starts_at": time.time() + 3600})
         store = redis_sync.Redis.from_url(store_url)
         try:
             yield World(srv, store, member["member_id"], member["token"],
-                        r.json()["session_id"])
+                        r.json()["session_id"], scheduled.json()["session_id"])
         finally:
             store.close()
 

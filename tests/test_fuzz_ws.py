@@ -207,8 +207,8 @@ def fuzzed(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         host = conns[("host", False)]
         host.send(encode_frame({"op": "mute", "member_id": "m_probe", "ref": "setup"}, False))
         _until(host, False, lambda m: m.get("ref") == "setup")
-        # Settle: every process has counted the four viewers and said so.
-        _until(host, False, lambda m: m.get("type") == "viewers" and m.get("count") == 4)
+        # Settle: every process has counted the two viewers (hosts are not viewers).
+        _until(host, False, lambda m: m.get("type") == "viewers" and m.get("count") == 2)
         store = redis_sync.Redis.from_url(store_url)
         try:
             yield Fuzzed(srv, store, sid, member["member_id"], member["token"], conns)

@@ -36,9 +36,11 @@ def seed(client: TestClient) -> None:
 
 def test_pages_are_served_with_their_favicon(client: TestClient) -> None:
     """The four pages come with a strict CSP; the favicon and the scripts are served."""
-    for path in ("/live/s123", "/host/s123", "/screen/screen-1", "/me"):
+    for path in ("/", "/live/s123", "/host/s123", "/screen/screen-1", "/me"):
         r = client.get(path)
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        # an unknown live is the 404 page, with the same headers
+        status = 404 if path.startswith(("/live/", "/host/")) else 200
+        assert r.status_code == status and r.headers["content-type"].startswith("text/html")
         assert "script-src 'self'" in r.headers["content-security-policy"]
         assert 'rel="icon"' in r.text
     icon = client.get("/favicon.ico")

@@ -18,10 +18,12 @@ from live.commerce.carts import Carts, parse_idempotency_key
 from live.commerce.catalog import Catalog
 from live.commerce.flash import FlashSales
 from live.commerce.inventory import CheckoutRequest, Inventory, Reservation
+from live.commerce.keys import figures_orders_key
 from live.commerce.orders import Order, Orders, normalise
 from live.commerce.types import (
     BUYER_ROLES,
     EMPTY_CART,
+    ORDERS_WINDOW,
     Caller,
     Checkout,
     Notifier,
@@ -186,8 +188,21 @@ class Checkouts:
         for failure in await asyncio.gather(*work, return_exceptions=True):
             if isinstance(failure, BaseException):
                 log.error("after a checkout", exc_info=failure)
-        for session_id in {o["session_id"] for _, o in won if o["session_id"]}:
-            self._push_figures(session_id)
+        in_sessions = [o for _, o in won if o["session_id"]]
+        if in_sessions:
+            # When each order came, for the host's orders per minute over a stated window.
+            pipe = self.redis.pipeline(transaction=False)
+            for o in in_sessions:
+                key = figures_orders_key(str(o["session_id"]))
+                pipe.zadd(key, {o["id"]: float(o["created_at"])})
+                pipe.zremrangebyscore(key, "-inf", float(o["created_at"]) - ORDERS_WINDOW * 5)
+                pipe.expire(key, 86400)
+            try:
+                await pipe.execute()
+            except Exception:  # a figure, not the order: the order stands
+                log.exception("recording order times for the host's figures failed")
+        for session_id in {o["session_id"] for o in in_sessions}:
+            self._push_figures(str(session_id))
 
     async def _record_purchases(self, orders: list[Order]) -> None:
         await self.record(purchase_events(orders))

@@ -13,8 +13,9 @@ import redis.asyncio as aredis
 from live.commerce import keys
 from live.commerce.flash import FlashSales
 from live.commerce.inventory import Inventory
-from live.commerce.keys import figures_key
+from live.commerce.keys import figures_key, figures_orders_key
 from live.commerce.types import (
+    ORDERS_WINDOW,
     Notifier,
 )
 from live.db.client import text
@@ -55,14 +56,18 @@ class HostFigures:
 
     async def figures(self, session_id: str) -> dict[str, Any]:
         """Carts, orders, revenue and stock of a session, as shown to its hosts."""
+        now = self.clock()
         pipe = self.redis.pipeline(transaction=False)
         pipe.scard(keys.figure_carts(session_id))
         pipe.hmget(figures_key(session_id), ["orders", "revenue_cents"])
-        carts, (orders, cents) = await pipe.execute()
+        pipe.zcount(figures_orders_key(session_id), now - ORDERS_WINDOW, "+inf")
+        carts, (orders, cents), recent = await pipe.execute()
         return {
             "type": "figures", "carts": int(carts), "orders": int(orders or 0),
             "revenue": round(int(cents or 0) / 100, 2),
             "stock": await self.session_stock(session_id),
+            # orders in the last ``orders_window`` seconds, whoever pushed the figures
+            "orders_recent": int(recent), "orders_window": int(ORDERS_WINDOW),
         }
 
     async def watch_figures(self, session_id: str, host: str) -> None:

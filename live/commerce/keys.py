@@ -36,6 +36,10 @@ def figures_key(session_id: str) -> str:
     return f"nr:figures:{session_id}"
 
 
+def figures_orders_key(session_id: str) -> str:
+    return f"nr:figures:{session_id}:orders_at"  # zset: order id -> created_at
+
+
 def order_key(order_id: str) -> str:
     return f"nr:order:{order_id}"
 

@@ -66,3 +66,7 @@ def cart_message(view: CartView) -> dict[str, Any]:
 
 
 EMPTY_CART: CartView = {"lines": [], "count": 0, "total": 0}
+
+
+# The host's "orders per minute" counts the orders of the last this many seconds.
+ORDERS_WINDOW = 60.0

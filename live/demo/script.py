@@ -49,6 +49,7 @@ class DemoUrls:
     host: str
     screen: str
     me: str
+    admin_token: str = ""
 
 
 class Client:
@@ -75,6 +76,29 @@ async def _join(base_ws: str, session_id: str, token: str) -> Client:
     return Client(ws)
 
 
+async def _schedule_and_replay(http: httpx.AsyncClient, host_token: str,
+                               lineup: list[str]) -> None:
+    """The home page's other rows: a live scheduled for later, and an ended one (a replay)."""
+    auth = {"authorization": f"Bearer {host_token}"}
+    res = await http.post("/live/sessions", headers=auth, json={
+        "title": "Sunday brunch table, live", "products": lineup[:3],
+        "starts_at": time.time() + 2 * 3600,
+        "teaser": "Linen, mugs and a teapot you will want to keep: set the table with us.",
+    })
+    res.raise_for_status()
+    res = await http.post("/live/sessions", headers=auth, json={
+        "title": "Last week: winter warmers", "products": lineup[3:] or lineup})
+    res.raise_for_status()
+    ended = res.json()["session_id"]
+    base_ws = str(http.base_url).rstrip("/").replace("http", "ws", 1)
+    host = await _join(base_ws, ended, host_token)
+    await host.op("end")
+    async for raw in host.ws:  # until the session's end comes back
+        if orjson.loads(raw).get("type") in ("ended", "error"):
+            break
+    await host.ws.close()
+
+
 async def run_script(
     base: str, ring: KeyRing, member_ids: list[str], lineup: list[str],
     ready: threading.Event | None = None, urls: list[DemoUrls] | None = None,
@@ -91,6 +115,7 @@ async def run_script(
         )
         res.raise_for_status()
         session_id = res.json()["session_id"]
+        await _schedule_and_replay(http, host_token, lineup)
     screen_token = ring.issue("screen-soho-1", "screen", ttl=12 * 3600, store="store-soho")
     made = DemoUrls(
         session_id=session_id,
@@ -98,6 +123,7 @@ async def run_script(
         host=f"{base}/host/{session_id}?token={host_token}",
         screen=f"{base}/screen/screen-soho-1?token={screen_token}",
         me=f"{base}/me",
+        admin_token=ring.issue("demo-admin", "admin", ttl=12 * 3600),
     )
     if urls is not None:
         urls.append(made)

@@ -278,7 +278,7 @@ class Hub(Subscriber, Presence):
             **info.public(),
             "pinned": snap.pins,
             "chat": snap.chat,
-            "viewers": self._viewer_totals.get(sid, len(room)),
+            "viewers": self._viewer_totals.get(sid, room.audience()),
         }
         # the parts are independent reads: one wait for all of them
         parts = list(self.snapshot_parts.items())

@@ -4,6 +4,8 @@ session id as its hash tag (``{sid}``), so each of a session's scripts touches o
 from __future__ import annotations
 
 SESSIONS = "nr:live:sessions"  # zset of live session ids by creation time
+SCHEDULED = "nr:live:scheduled"  # zset of scheduled session ids by starts_at
+ENDED = "nr:live:ended"  # zset of ended session ids by ended_at (the replays)
 USER_CHANNEL = "nr:live:to-user"
 SCREEN_CHANNEL = "nr:live:to-screen"
 
@@ -71,3 +73,7 @@ def viewers(sid: str) -> str:
 def present(sid: str) -> str:
     return f"nr:live:present:{{{sid}}}"  # zset: user -> presence deadline (ms)
 
+
+
+def reminders(sid: str) -> str:
+    return f"nr:live:remind:{{{sid}}}"  # hash: member id -> phone, texted when it starts

@@ -118,7 +118,7 @@ class Presence:
         for sid, room in list(self.rooms.items()):
             if not room.ready.is_set():
                 continue
-            counts[sid] = len(room)
+            counts[sid] = room.audience()
             if now - room.presence_at > PRESENCE_REFRESH:
                 room.presence_at, room.arrived = now, room.users()
             arrived, room.arrived = room.arrived, set()
@@ -131,8 +131,8 @@ class Presence:
             if self._viewer_totals.get(sid) != total:
                 self._viewer_totals[sid] = total
                 await self.publish_coalesced(sid, "viewers", "count", total)
-        for sid, count in counts.items():
-            if count == 0:
+        for sid, room in list(self.rooms.items()):
+            if sid in counts and len(room) == 0:
                 await self._drop_room(sid)
 
     async def _drop_room(self, sid: str) -> None:

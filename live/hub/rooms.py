@@ -48,6 +48,9 @@ Refresher = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 # missed are no longer in history.
 CLOSE_RESYNC = 4002
 
+# Who runs a session rather than watches it: not counted among its viewers.
+STAFF_ROLES = frozenset({"host", "admin"})
+
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
     """Cancel ``tasks`` and wait until each has ended, cancelling again every second: on
@@ -198,6 +201,12 @@ class Room:
 
     def __len__(self) -> int:
         return len(self.live) + len(self.joining)
+
+    def audience(self) -> int:
+        """Connections of viewers and members: the viewer count leaves hosts' consoles
+        (and admins) out."""
+        return sum(1 for c in (*self.live.values(), *self.joining.values())
+                   if c.role not in STAFF_ROLES)
 
 
 @dataclass(frozen=True)

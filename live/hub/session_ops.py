@@ -101,6 +101,7 @@ class SessionOps:
         await self.hub.publish(ctx.session_id, {"type": "chat_removed", "id": chat_id})
 
     async def mute_member(self, ctx: OpContext, payload: dict[str, Any]) -> None:
+        await self._live(ctx)
         await self.sessions.mute(ctx.session_id, require_str(payload, "member_id"))
 
     async def erase_users(self, member_id: str, user_ids: list[str]) -> None:

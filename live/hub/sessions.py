@@ -54,9 +54,16 @@ class SessionInfo:
     state: SessionState
     epoch: str
     created_at: float
+    starts_at: float | None = None
+    teaser: str = ""
+    started_at: float | None = None
+    ended_at: float | None = None
 
     def require_live(self) -> SessionInfo:
-        """This session, or ``session_ended`` when it is over."""
+        """This session, or ``session_ended`` when it is over (``session_not_started``
+        while it is only scheduled)."""
+        if self.state is SessionState.SCHEDULED:
+            raise LiveError("session_not_started", "the session has not started yet", 409)
         if self.state is not SessionState.LIVE:
             raise LiveError("session_ended", "the session has ended", 409)
         return self
@@ -65,7 +72,9 @@ class SessionInfo:
         return {
             "session_id": self.id, "title": self.title, "products": self.products,
             "video_url": self.video_url, "host": self.host, "status": self.state.value,
-            "created_at": self.created_at,
+            "created_at": self.created_at, "starts_at": self.starts_at,
+            "teaser": self.teaser, "started_at": self.started_at, "ended_at": self.ended_at,
+            "share_url": f"/live/{self.id}",
         }
 
 
@@ -78,11 +87,20 @@ class Snapshot:
     chat: list[dict[str, Any]]
 
 
+def _when(raw: str | None) -> float | None:
+    return float(raw) if raw else None
+
+
 def _info(sid: str, raw: dict[Any, Any]) -> SessionInfo:
     d = {text(k): text(v) for k, v in raw.items()}
     return SessionInfo(
         sid, d["title"], orjson.loads(d["products"]), d["video_url"] or None, d["host"],
         SessionState(d["state"]), d["epoch"], float(d["created_at"]),
+        _when(d.get("starts_at")), d.get("teaser", ""),
+        # sessions made before scheduling started live when they were made
+        _when(d.get("started_at")) or (float(d["created_at"]) if d["state"] != "scheduled"
+                                       else None),
+        _when(d.get("ended_at")),
     )
 
 
@@ -110,19 +128,28 @@ class Sessions:
         self._unshown = redis.register_script(UNSHOWN)
 
     async def create(
-        self, title: str, products: list[str], video_url: str | None, host: str
+        self, title: str, products: list[str], video_url: str | None, host: str,
+        starts_at: float | None = None, teaser: str = "",
     ) -> SessionInfo:
+        """A session, live at once, or scheduled for ``starts_at`` (its host starts it)."""
         sid = "s" + secrets.token_hex(6)
         now = time.time()
-        info = SessionInfo(sid, title, products, video_url, host, SessionState.LIVE,
-                           secrets.token_hex(6), now)
+        state = SessionState.LIVE if starts_at is None else SessionState.SCHEDULED
+        info = SessionInfo(sid, title, products, video_url, host, state,
+                           secrets.token_hex(6), now, starts_at, teaser,
+                           now if state is SessionState.LIVE else None)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(session_key(sid), mapping={
                 "title": title, "products": orjson.dumps(products), "video_url": video_url or "",
                 "host": host, "state": info.state.value, "epoch": info.epoch,
-                "created_at": repr(now),
+                "created_at": repr(now), "teaser": teaser,
+                "starts_at": repr(starts_at) if starts_at is not None else "",
+                "started_at": repr(now) if state is SessionState.LIVE else "",
             })
-            pipe.zadd(SESSIONS, {sid: now})
+            if starts_at is None:
+                pipe.zadd(SESSIONS, {sid: now})
+            else:
+                pipe.zadd(keys.SCHEDULED, {sid: starts_at})
             await pipe.execute()
         return info
 
@@ -132,21 +159,77 @@ class Sessions:
             raise not_found(f"session {sid}")
         return _info(sid, raw)
 
-    async def live(self, limit: int = 100) -> list[SessionInfo]:
-        ids: Any = await self.redis.zrevrange(SESSIONS, 0, limit - 1)
+    async def _listed(self, ids: Any, state: SessionState) -> list[SessionInfo]:
         found = []
         for sid in ids:
             try:
                 found.append(await self.get(text(sid)))
             except LiveError:
                 continue
-        return [s for s in found if s.state is SessionState.LIVE]
+        return [s for s in found if s.state is state]
+
+    async def live(self, limit: int = 100) -> list[SessionInfo]:
+        """Live sessions, newest first."""
+        ids: Any = await self.redis.zrevrange(SESSIONS, 0, limit - 1)
+        return await self._listed(ids, SessionState.LIVE)
+
+    async def scheduled(self, limit: int = 100) -> list[SessionInfo]:
+        """Scheduled sessions, soonest first."""
+        ids: Any = await self.redis.zrange(keys.SCHEDULED, 0, limit - 1)
+        return await self._listed(ids, SessionState.SCHEDULED)
+
+    async def replays(self, limit: int = 100) -> list[SessionInfo]:
+        """Ended sessions (their recording is the replay), the latest ended first."""
+        ids: Any = await self.redis.zrevrange(keys.ENDED, 0, limit - 1)
+        return await self._listed(ids, SessionState.ENDED)
+
+    async def start(self, sid: str) -> SessionInfo:
+        """A scheduled session goes live now."""
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(session_key(sid), mapping={"state": SessionState.LIVE.value,
+                                                 "started_at": repr(now)})
+            pipe.zrem(keys.SCHEDULED, sid)
+            pipe.zadd(SESSIONS, {sid: now})
+            await pipe.execute()
+        return await self.get(sid)
 
     async def end(self, sid: str) -> None:
+        now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(session_key(sid), "state", SessionState.ENDED.value)
+            pipe.hset(session_key(sid), mapping={"state": SessionState.ENDED.value,
+                                                 "ended_at": repr(now)})
             pipe.zrem(SESSIONS, sid)
+            pipe.zrem(keys.SCHEDULED, sid)
+            pipe.zadd(keys.ENDED, {sid: now})
             await pipe.execute()
+
+    async def remind(self, sid: str, member_id: str, phone: str) -> None:
+        """Text ``phone`` (the member's) when this session starts."""
+        await self.redis.hset(keys.reminders(sid), member_id, phone)
+
+    async def take_reminders(self, sid: str) -> dict[str, str]:
+        """The reminders of a session (member id -> phone), taken once."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(keys.reminders(sid))
+            pipe.delete(keys.reminders(sid))
+            raw, _ = await pipe.execute()
+        return {text(k): text(v) for k, v in raw.items()}
+
+    async def reminded(self, sid: str, member_id: str) -> bool:
+        found: Any = await self.redis.hexists(keys.reminders(sid), member_id)
+        return bool(found)
+
+    async def viewer_total(self, sid: str) -> int:
+        """Viewers of a session now, over the processes that reported lately."""
+        raw: Any = await self.redis.hgetall(keys.viewers(sid))
+        now_ms = int(time.time() * 1000)
+        total = 0
+        for value in raw.values():
+            n, _, exp = text(value).partition(":")
+            if int(exp) > now_ms:
+                total += int(n)
+        return total
 
     async def sharded(self) -> bool:
         """Whether session channels use sharded pub/sub; asked of the server once."""
@@ -314,6 +397,8 @@ class Sessions:
             await self.redis.srem(key, *users)
         async for key in self.redis.scan_iter(match=keys.present("*"), count=500):
             await self.redis.zrem(key, *users)
+        async for key in self.redis.scan_iter(match=keys.reminders("*"), count=500):
+            await self.redis.hdel(key, *users)
         for user in users:
             async for key in self.redis.scan_iter(match=keys.chat_rate_of(user), count=500):
                 await self.redis.delete(key)

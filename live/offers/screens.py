@@ -64,12 +64,18 @@ class ScreenGreeter:
     async def on_checkin(self, member_id: str, screen_id: str, store_id: str | None) -> None:
         """The ``on_checkin`` hook: show the member's offers, clear them later."""
         member = await self.members.get(member_id)
-        body = await self.offers.offers(member_id, SCREEN_OFFERS, store_id, None)
+        # Offers are offers: products the member did not just buy (the discovery slate),
+        # in stock in this store, at the member's price; the full slate only when the
+        # member bought everything there is here.
+        body = await self.offers.offers(member_id, SCREEN_OFFERS, store_id, None,
+                                        slate="discover")
+        if not body["offers"]:
+            body = await self.offers.offers(member_id, SCREEN_OFFERS, store_id, None)
         mark = secrets.token_hex(8)
         await self.redis.set(showing_key(screen_id), mark,
                              px=int((self.clear_after + 60) * 1000))
         await self.sender.send_to_screen(screen_id, {
-            "type": "member_offers", "greeting": f"Welcome, {member.first_name}!",
+            "type": "member_offers", "greeting": member.greeting,
             "tier": member.tier, "offers": body["offers"],
         })
         # A timer rather than a sleeping task: one pending at shutdown is simply dropped.

@@ -12,20 +12,31 @@ from live.protocol.messages import Since
 
 
 class SessionState(enum.Enum):
-    """A live session: it starts live and can only end once."""
+    """A live session: scheduled (a time and a teaser), then live, then ended; a session
+    opened without a time starts live; each moves forward only."""
 
+    SCHEDULED = "scheduled"
     LIVE = "live"
     ENDED = "ended"
 
 
-_SESSION_NEXT = {SessionState.LIVE: frozenset({SessionState.ENDED})}
+_SESSION_NEXT = {
+    SessionState.SCHEDULED: frozenset({SessionState.LIVE, SessionState.ENDED}),
+    SessionState.LIVE: frozenset({SessionState.ENDED}),
+}
 
 
 def session_transition(current: SessionState, target: SessionState) -> SessionState:
-    if target not in _SESSION_NEXT.get(current, frozenset()):
+    """``target`` when the table allows moving there from ``current``; otherwise an error
+    naming both (``session_ended`` once a session is over)."""
+    allowed = _SESSION_NEXT.get(current, frozenset())
+    if target not in allowed:
+        expected = " or ".join(sorted(s.value for s in _SESSION_NEXT if target in
+                                      _SESSION_NEXT[s])) or "nothing"
         raise LiveError(
             "session_ended" if current is SessionState.ENDED else "bad_state",
-            f"the session is {current.value}; expected live to move to {target.value}",
+            f"the session is {current.value}; expected {expected} to move to "
+            f"{target.value}",
             409,
         )
     return target

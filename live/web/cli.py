@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from live.commerce import keys
 from live.db.server import EmbeddedValkey
 from live.demo.script import DemoUrls, start_in_thread
 from live.web.compose import load_keyring, open_services
-from live.web.settings import Settings
+from live.web.settings import Settings, project_var_dir
 
 if TYPE_CHECKING:
     from live.commerce.catalog import Catalog
@@ -150,14 +151,43 @@ def _print_urls(urls: DemoUrls) -> None:
     print(f"  viewer        {urls.viewer}")
     print(f"  presenter     {urls.host}")
     print(f"  store screen  {urls.screen}")
+    print(f"  home          {base}/   (lives now, scheduled lives and replays)")
     print(f"  member phone  {urls.me}   (demo phones +447700900000 to +447700900999;")
-    print(f"                codes appear in the log and at {base}/identity/dev/outbox)")
+    print("                codes appear in the log and in the dev outbox below)")
+    print(f"  dev outbox    {base}/identity/dev/outbox   (admin only: send")
+    print(f"                Authorization: Bearer {urls.admin_token})")
     print(f"  health        {base}/healthz   metrics {base}/metrics")
-    print(f"  host token    {urls.host.split('token=')[1]}\n", flush=True)
+    print(f"  host token    {urls.host.split('token=')[1]}")
+    print(f"  admin token   {urls.admin_token}\n", flush=True)
+
+
+JWT_KEYS_FILE = Path("secrets") / "jwt-keys.json"
+
+
+def token_settings(settings: Settings, project_var: Path) -> Settings:
+    """The settings whose signing keys the running service verifies: NEWRETAIL_JWT_KEYS;
+    else NEWRETAIL_VAR_DIR's (made there when new, as the service run with it makes them);
+    else those of ./var, or of the project's var/ when run from elsewhere. Never new keys
+    in a folder no service reads: such a token would be refused, so this refuses first,
+    and says why."""
+    if settings.jwt_keys:
+        return settings
+    if (settings.var_dir / JWT_KEYS_FILE).exists():
+        return settings
+    if settings.var_dir_set:
+        # Named on purpose: the service run with the same NEWRETAIL_VAR_DIR reads these.
+        return settings
+    if (project_var / JWT_KEYS_FILE).exists():
+        print(f"newretail: using the signing keys under {project_var}", file=sys.stderr)
+        return dataclasses.replace(settings, var_dir=project_var)
+    raise ValueError(
+        f"no signing keys under ./{settings.var_dir} nor {project_var}: start the service "
+        "once (make demo, or newretail serve) so it makes them, run this in its folder, "
+        "or set NEWRETAIL_VAR_DIR or NEWRETAIL_JWT_KEYS as the service has them")
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    ring = load_keyring(Settings.from_env())
+    ring = load_keyring(token_settings(Settings.from_env(), project_var_dir()))
     print(ring.issue(args.sub, args.role, ttl=args.ttl, store=args.store))
     return 0
 

@@ -79,7 +79,9 @@ SCHEMAS: dict[str, Schema] = {
     "Session": obj(["session_id", "title", "products", "video_url", "host", "status",
                     "created_at"], session_id=STR, title=STR, products=arr(STR),
                    video_url=nullable(STR), host=nullable(STR),
-                   status={"enum": ["live", "ended"]}, created_at=NUM),
+                   status={"enum": ["scheduled", "live", "ended"]}, created_at=NUM,
+                   starts_at=nullable(NUM), teaser=STR, started_at=nullable(NUM),
+                   ended_at=nullable(NUM), share_url=STR, viewers=INT),
     # Video (live/media): where hosts stream to, where players read, the stream's state.
     "Ingest": obj(["url", "key"], url=STR, key=STR),
     "Playback": obj(["hls"], hls=STR),
@@ -102,7 +104,8 @@ SCHEMAS: dict[str, Schema] = {
                         url=STR, status={"enum": ["requires_action", "processing", "succeeded",
                                                   "failed", "canceled", "refunded"]}),
     "Figures": obj(["carts", "orders", "revenue", "stock"], carts=INT, orders=INT,
-                   revenue=NUM, stock={"type": "object"}),
+                   revenue=NUM, stock={"type": "object"}, orders_recent=INT,
+                   orders_window=INT),
 }
 
 # Request bodies ---------------------------------------------------------------------------
@@ -121,7 +124,9 @@ BODIES: dict[str, Schema] = {
     "events": arr(obj(["sku", "kind"], member_id=STR, anon_id=STR, sku=STR,
                       kind={"enum": ["view", "click", "cart", "purchase"]}, ts=NUM,
                       session_id=STR, store_id=STR), minItems=1, maxItems=1000),
-    "session": obj(["title"], title=STR, products=arr(STR), video_url=STR),
+    "session": obj(["title"], title=STR, products=arr(STR), video_url=STR,
+                   starts_at=NUM, teaser=STR),
+    "remind": obj(["phone"], phone=STR),
     "cart_add": obj(["sku"], sku=STR, qty={"type": "integer", "minimum": 1},
                     session_id=STR),
     "checkout": obj(["idempotency_key"], idempotency_key=STR, session_id=STR),
@@ -157,6 +162,12 @@ class Op:
 
 def _page(path: str, summary: str) -> Op:
     return Op("GET", path, summary, (), {200: ("text/html", None)}, errors=(404,), tag="pages")
+
+
+def _session_page(path: str, summary: str) -> Op:
+    """A page of one live: an unknown live is the 404 page (HTML, not JSON)."""
+    return Op("GET", path, summary, (), {200: ("text/html", None), 404: ("text/html", None)},
+              tag="pages")
 
 
 SESSION = "/live/sessions/{session_id}"
@@ -261,12 +272,23 @@ OPS: tuple[Op, ...] = (
            obj(["sku", "title", "score"], sku=STR, title=STR, score=NUM))))},
        errors=(400, 404), query={"n": {"type": "integer", "minimum": 1, "maximum": 50}}),
     # live sessions
-    Op("POST", "/live/sessions", "Open a live session", STAFF,
+    Op("POST", "/live/sessions", "Open a live session, or schedule one (starts_at, teaser)",
+       STAFF,
        {201: (JSON, {"allOf": [ref("Session"), obj(
            ["ingest", "playback"], ingest=ref("Ingest"), playback=ref("Playback"))]})},
        body="session", errors=(400,)),
-    Op("GET", "/live/sessions", "The live sessions", (),
-       {200: (JSON, obj(["sessions"], sessions=arr(ref("Session"))))}),
+    Op("GET", "/live/sessions",
+       "The live sessions (with viewers), the scheduled ones and the replays", (),
+       {200: (JSON, obj(["sessions", "scheduled", "replays"], sessions=arr(ref("Session")),
+                        scheduled=arr(ref("Session")), replays=arr(ref("Session"))))}),
+    Op("POST", SESSION + "/start",
+       "Start a scheduled session (its own host, or an admin); reminded members get a text",
+       STAFF, {200: (JSON, ref("Session"))}, errors=(404, 409)),
+    Op("POST", SESSION + "/remind",
+       "Text me when this scheduled session starts (a member, on their own phone)",
+       ("member",), {201: (JSON, obj(["session_id", "reminded"], session_id=STR,
+                                    reminded=BOOL))},
+       body="remind", errors=(400, 404, 409)),
     Op("GET", SESSION, "A session with its last seq", (),
        {200: (JSON, {"allOf": [ref("Session"), obj(
            ["seq", "playback", "stream"], seq=INT, playback=ref("Playback"),
@@ -318,8 +340,9 @@ OPS: tuple[Op, ...] = (
        {200: (JSON, obj(["payment"], payment=ref("PaymentState")))}, body="pay_decision",
        errors=(400, 404), tag="payments"),
     # pages
-    _page("/live/{session_id}", "The viewer page"),
-    _page("/host/{session_id}", "The presenter console"),
+    _page("/", "The home of lives: live now, scheduled, replays"),
+    _session_page("/live/{session_id}", "The viewer page (an unknown live: the 404 page)"),
+    _session_page("/host/{session_id}", "The presenter console (an unknown live: 404)"),
     _page("/screen/{screen_id}", "The in-store screen"),
     _page("/me", "The member phone page"),
     Op("GET", "/favicon.ico", "The site icon (SVG)", (), {200: ("image/svg+xml", None)},

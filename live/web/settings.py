@@ -115,6 +115,11 @@ def _choice(env: Mapping[str, str], name: str, options: tuple[str, ...]) -> str:
     return raw
 
 
+def project_var_dir() -> Path:
+    """The ``var/`` of the project this package runs from (a source checkout)."""
+    return _ROOT / "var"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service reads from its environment.
@@ -181,6 +186,8 @@ class Settings:
     stripe_secret_key: str = ""
     stripe_webhook_secret: str = ""
     stripe_api_base: str = "https://api.stripe.com"
+    # Whether NEWRETAIL_VAR_DIR was set (rather than ./var by default).
+    var_dir_set: bool = False
 
     @property
     def model_dir(self) -> Path:
@@ -207,6 +214,7 @@ class Settings:
         return cls(
             redis_url=env.get("NEWRETAIL_REDIS_URL") or env.get("REDIS_URL") or None,
             var_dir=Path(env.get("NEWRETAIL_VAR_DIR", "var")),
+            var_dir_set=bool(env.get("NEWRETAIL_VAR_DIR")),
             mode=mode,  # type: ignore[arg-type]
             jwt_keys=env.get("NEWRETAIL_JWT_KEYS", ""),
             log_level=env.get("NEWRETAIL_LOG_LEVEL", "INFO").upper(),

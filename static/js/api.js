@@ -112,7 +112,8 @@ export async function verifyCode(phone, code) {
   const body = { phone, code, device_id: deviceId() };
   if (anon && anon.anon_id) body.anon_id = anon.anon_id;
   const res = await api("/identity/otp/verify", { method: "POST", body });
-  save("member", { member_id: res.member_id, token: res.token, refresh_token: res.refresh_token });
+  // The phone is kept on this device only, for "remind me" texts the member asks for.
+  save("member", { member_id: res.member_id, token: res.token, refresh_token: res.refresh_token, phone });
   return res;
 }
 
@@ -122,12 +123,12 @@ export function signOut() { save("member", null); }
 // ``onSignedIn`` runs once the code was accepted.
 export function bindSignin(onSignedIn) {
   const $ = (id) => document.getElementById(id);
-  const say = (text) => { $("signin-error").textContent = text; };
+  const say = (text, tone = "error") => { tell($("signin-error"), text, tone); };
   $("send-code").onclick = async () => {
     say("");
     try {
       await requestCode($("phone").value);
-      say("Code sent. It is valid for 5 minutes.");
+      say("Code sent. It is valid for 5 minutes.", "ok");
       $("otp").focus();
     } catch (err) { say(err.message); }
   };
@@ -139,6 +140,24 @@ export function bindSignin(onSignedIn) {
       await onSignedIn();
     } catch (err) { say(err.message); }
   };
+}
+
+// A message in a status line: success ("ok") and errors look different (colour and mark),
+// and screen readers hear it politely.
+export function tell(node, text, tone = "error") {
+  node.textContent = text;
+  node.dataset.tone = text ? tone : "";
+  if (!node.hasAttribute("role")) node.setAttribute("aria-live", "polite");
+}
+
+// The share link of a live: the system share sheet on a phone, else the clipboard.
+export async function shareLive(sessionId, title) {
+  const url = new URL(`/live/${encodeURIComponent(sessionId)}`, location.origin).href;
+  try {
+    if (navigator.share) { await navigator.share({ title, url }); return "Shared"; }
+    await navigator.clipboard.writeText(url);
+    return "Link copied";
+  } catch { return url; }
 }
 
 const GBP = new Intl.NumberFormat("en-GB", { style: "currency", currency: "GBP" });

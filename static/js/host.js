@@ -1,5 +1,5 @@
 // Presenter console: pin, flash sales, live figures, chat moderation, audience suggestions.
-import { api, el, money, productImage, tokenFromUrl } from "./api.js";
+import { api, el, money, productImage, shareLive, tell, tokenFromUrl } from "./api.js";
 import { streamPanel } from "./stream_panel.js";
 import { LiveSocket } from "./ws.js";
 
@@ -16,6 +16,8 @@ let ended = false;
 let reactionTimes = [];      // [ms, count]
 let orderTimes = [];         // [ms, count]
 let lastOrders = null;
+let serverOrdersRecent = null;
+let serverOrdersAt = 0;
 const series = [];
 
 async function product(sku) {
@@ -56,6 +58,12 @@ socket.addEventListener("welcome", async (e) => {
   if (s.figures) figures(s.figures);
   flash = s.flash_sale || null;
   if (s.status === "ended") endSession();
+  else if (s.status === "scheduled") {
+    $("start").hidden = false;
+    $("live-badge").textContent = "SCHEDULED";
+    $("live-badge").classList.remove("live");
+    $("state-note").textContent = s.starts_at ? `Scheduled for ${new Date(s.starts_at * 1000).toLocaleString()}` : "Scheduled";
+  }
   await Promise.all(lineup.map(product));
   renderLineup(); renderStock(); fillFlashSelect(); showFlash(); loadSuggestions();
 });
@@ -91,6 +99,12 @@ socket.addEventListener("flash_sale", (e) => { flash = e.detail; setStock(flash.
 socket.addEventListener("flash_sale_ended", () => { flash = null; showFlash(); });
 socket.addEventListener("figures", (e) => figures(e.detail));
 socket.addEventListener("ended", endSession);
+socket.addEventListener("started", () => {
+  $("start").hidden = true;
+  $("live-badge").textContent = "LIVE";
+  $("live-badge").classList.add("live");
+  $("state-note").textContent = "";
+});
 
 function setStock(sku, left) {
   stock.set(sku, left);
@@ -105,6 +119,8 @@ function figures(f) {
     lastOrders = f.orders;
   }
   if (typeof f.revenue === "number") $("f-revenue").textContent = money(f.revenue);
+  // The server counts the orders of its stated window (orders_window seconds).
+  if (typeof f.orders_recent === "number") { serverOrdersRecent = f.orders_recent; serverOrdersAt = Date.now(); }
   if (f.stock) { for (const [sku, left] of Object.entries(f.stock)) setStock(sku, left); renderStock(); }
   updateRates();
 }
@@ -118,6 +134,8 @@ function updateRates() {
   let rpm, opm;
   [reactionTimes, rpm] = perMinute(reactionTimes);
   [orderTimes, opm] = perMinute(orderTimes);
+  // the server's count when it is fresh (orders come through it), else this page's own
+  if (serverOrdersRecent !== null && Date.now() - serverOrdersAt < 15000) opm = Math.max(opm, serverOrdersRecent);
   $("f-rpm").textContent = rpm;
   $("f-opm").textContent = opm;
   return { rpm, opm };
@@ -125,7 +143,7 @@ function updateRates() {
 
 function pinButton(sku) {
   return pinned.includes(sku)
-    ? el("button", { class: "secondary", onclick: () => op("unpin", { sku }) }, "Unpin")
+    ? el("button", { class: "secondary", onclick: () => op("unpin", { sku }), disabled: ended }, "Unpin")
     : el("button", { onclick: () => op("pin", { sku }), disabled: ended }, "Pin");
 }
 
@@ -199,8 +217,8 @@ function addChat(m) {
   const li = el("li", { "data-chat-id": m.id, class: host ? "from-host" : "" },
     el("b", { text: from.name || "Viewer" }),
     document.createTextNode(m.text),
-    el("button", { class: "secondary", title: "Remove this message", onclick: () => op("chat.remove", { id: m.id }, "chat-error") }, "Remove"),
-    !host && from.id ? el("button", { class: "secondary", title: "Mute this viewer in this session", onclick: async (ev) => {
+    el("button", { class: "secondary", title: "Remove this message", disabled: ended, onclick: () => op("chat.remove", { id: m.id }, "chat-error") }, "Remove"),
+    !host && from.id ? el("button", { class: "secondary", title: "Mute this viewer in this session", disabled: ended, onclick: async (ev) => {
       const button = ev.currentTarget;
       if (await op("mute", { member_id: from.id }, "chat-error")) { button.textContent = "Muted"; button.disabled = true; }
     } }, "Mute") : null);
@@ -248,15 +266,44 @@ async function loadSuggestions() {
 }
 setInterval(loadSuggestions, 15000);
 
+// An ended live is read-only: nothing to pin, sell, moderate or say any more.
 function endSession() {
   ended = true;
   $("live-badge").textContent = "ENDED";
   $("live-badge").classList.remove("live");
+  $("state-note").textContent = "This live has ended: the console is read-only.";
   $("end").disabled = true;
-  $("flash-start").disabled = true;
+  $("start").hidden = true;
   document.body.dataset.ended = "1";
-  renderLineup();
+  document.body.dataset.state = "ended";
+  for (const node of document.querySelectorAll("#flash-form input, #flash-form select, #flash-form button, #chat-form input, #chat-form button, #chat button, #suggestions button"))
+    node.disabled = true;
+  renderLineup(); renderResults(); loadSuggestions();
 }
+
+$("share").onclick = async () => tell($("state-note"), await shareLive(sessionId, $("title").textContent), "ok");
+$("start").onclick = async () => {
+  try {
+    await api(`/live/sessions/${encodeURIComponent(sessionId)}/start`, { method: "POST", token });
+    $("start").hidden = true;
+  } catch (err) { tell($("state-note"), err.message); }
+};
+
+// Create a live: now, or scheduled with a time and a teaser; its console opens next.
+$("new-live").onsubmit = async (e) => {
+  e.preventDefault();
+  const skus = $("new-products").value.split(",").map((x) => x.trim()).filter(Boolean);
+  const body = { title: $("new-title").value.trim(), products: skus.length ? skus : lineup };
+  if ($("new-starts").value) body.starts_at = new Date($("new-starts").value).getTime() / 1000;
+  if ($("new-teaser").value.trim()) body.teaser = $("new-teaser").value.trim();
+  try {
+    const res = await api("/live/sessions", { method: "POST", token, body });
+    const link = el("a", { href: `/host/${encodeURIComponent(res.session_id)}`, text: "open its console" });
+    tell($("new-status"), `${body.starts_at ? "Scheduled" : "Live"}: “${res.title}”, `, "ok");
+    $("new-status").append(link);
+    $("new-live").reset();
+  } catch (err) { tell($("new-status"), err.message); }
+};
 
 // Viewers, reactions per minute and orders over the last five minutes, every two seconds.
 function drawChart() {
@@ -284,6 +331,10 @@ function drawChart() {
   }
 }
 setInterval(drawChart, 2000);
+setInterval(async () => {
+  if (!token || ended) return;
+  try { figures(await api(`/live/sessions/${encodeURIComponent(sessionId)}/figures`, { token })); } catch { /* pushed figures still come */ }
+}, 10000);
 drawChart();
 
 streamPanel(sessionId, token);

@@ -1,5 +1,5 @@
 // Member phone page: sign in, the rotating member code, name, consent, orders, erasure.
-import { api, ApiError, bindSignin, el, load, memberToken, money, save, signOut } from "./api.js";
+import { api, ApiError, bindSignin, el, load, memberToken, money, save, signOut, tell } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const titles = new Map();
@@ -93,7 +93,7 @@ async function loadOrders() {
       const names = await Promise.all(o.lines.map(async (l) => `${l.qty} × ${await title(l.sku)}`));
       items.push(el("li", { "data-order-id": o.id },
         el("span", { class: "grow" },
-          el("div", { text: names.join(", ") }),
+          el("div", { class: "clip", text: names.join(", "), title: names.join(", ") }),
           el("div", { class: "muted small", text: `${new Date(o.created_at * 1000).toLocaleString()} · ${o.status}` })),
         el("b", { text: money(o.total) })));
     }
@@ -127,7 +127,7 @@ $("erase").onclick = async () => {
     save("member", null);
     save("viewer", null);
     await show();
-    $("signin-error").textContent = "Your data was erased.";
+    tell($("signin-error"), "Your data was erased.", "ok");
   } catch (err) { $("erase-error").textContent = err.message; }
 };
 

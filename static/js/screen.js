@@ -57,10 +57,13 @@ function greet(greeting, tier) {
   $("headline").textContent = greeting;
   $("tier").hidden = !tier || tier === "member";
   $("tier").textContent = tier ? `${tier[0].toUpperCase()}${tier.slice(1)} member` : "";
-  $("checkin").hidden = true;
+  // The screen serves a queue: the scanner stays ready, and the next member's scan
+  // greets them at once, whatever is on screen.
+  $("checkin").hidden = false;
   $("checkin-error").textContent = "";
   clearTimeout(clearTimer);
   clearTimer = setTimeout(idle, FALLBACK_CLEAR_MS);
+  focusCode();
 }
 
 let memberOffersSeen = 0;   // member_offers may arrive before the check-in's own answer

@@ -1,5 +1,5 @@
 // Viewer page: watch, chat, react, cart and checkout inside the stream.
-import { api, bindSignin, el, memberToken, money, offerCard, productImage, save, viewerIdentity } from "./api.js";
+import { api, bindSignin, el, memberToken, money, offerCard, productImage, save, shareLive, tell, viewerIdentity } from "./api.js";
 import { LiveSocket } from "./ws.js";
 import { EventHold, StagePlayer, attachSessionVideo, showLatency } from "./video.js";
 
@@ -58,7 +58,7 @@ socket.addEventListener("welcome", async (e) => {
   const s = msg.state || {};
   document.body.dataset.recovered = String(Boolean(msg.recovered));
   $("title").textContent = s.title || "";
-  $("poster-title").textContent = s.title || "";
+  setText("poster-title", s.title || "");
   document.title = `${s.title || "Live"} · newretail`;
   attachSessionVideo(player, sessionId, s.video_url);
   setViewers(s.viewers ?? 0);
@@ -76,6 +76,8 @@ socket.addEventListener("welcome", async (e) => {
   flash = s.flash_sale || null;
   if (s.cart) setCart(s.cart);
   if (s.status === "ended") endSession();
+  else if (s.status === "scheduled") scheduledSession(s);
+  else showLive();
   renderPinned(); renderFlash();
   refreshOffers();
   if (pendingCheckout && signedIn()) { pendingCheckout = false; openCart(); checkout(); }
@@ -118,6 +120,7 @@ socket.addEventListener("cart", (e) => setCart(e.detail.cart));
 socket.addEventListener("order", (e) => showOrder(e.detail.order));
 socket.addEventListener("offers", (e) => renderOffers(e.detail.offers || [], e.detail.personalized));
 socket.addEventListener("ended", endSession);
+socket.addEventListener("started", showLive);
 
 function rememberProduct(p) {
   if (p && p.sku && p.title) products.set(p.sku, { ...(products.get(p.sku) || {}), ...p });
@@ -287,14 +290,55 @@ function showOrder(order) {
   refreshOffers();
 }
 
+// The poster goes once the video plays: its parts may be gone.
+function setText(id, text) { const node = $(id); if (node) node.textContent = text; }
+
+// The session's state says itself everywhere: the badge, the poster, a banner.
 function endSession() {
   ended = true;
+  document.body.dataset.state = "ended";
   $("live-badge").textContent = "ENDED";
   $("live-badge").classList.remove("live");
+  setText("poster-live", "ENDED");
+  $("ended-banner").hidden = false;
+  $("scheduled-banner").hidden = true;
   document.body.dataset.ended = "1";
   $("chat-input").disabled = true;
+  $("chat-input").placeholder = "Chat is closed: this live has ended";
+  for (const b of document.querySelectorAll("#react-buttons button")) b.disabled = true;
   renderPinned(); renderFlash();
 }
+
+function scheduledSession(s) {
+  document.body.dataset.state = "scheduled";
+  $("live-badge").textContent = "SCHEDULED";
+  $("live-badge").classList.remove("live");
+  setText("poster-live", s.starts_at ? `STARTS ${new Date(s.starts_at * 1000).toLocaleString()}` : "COMING UP");
+  setText("poster-teaser", s.teaser || "");
+  if ($("poster-teaser")) $("poster-teaser").hidden = !s.teaser;
+  $("scheduled-when").textContent = s.starts_at ? `This live starts ${new Date(s.starts_at * 1000).toLocaleString()}.` : "This live has not started yet.";
+  $("scheduled-banner").hidden = false;
+}
+
+function showLive() {
+  if (ended) return;
+  document.body.dataset.state = "live";
+  $("live-badge").textContent = "LIVE";
+  $("live-badge").classList.add("live");
+  setText("poster-live", "● LIVE NOW");
+  if ($("poster-teaser")) $("poster-teaser").hidden = true;
+  $("scheduled-banner").hidden = true;
+}
+
+$("replay-link").onclick = (e) => {
+  e.preventDefault();
+  $("stage").scrollIntoView({ behavior: "smooth" });
+  const video = $("stage").querySelector("video");
+  if (video) { video.currentTime = 0; video.play().catch(() => {}); }
+};
+$("share").onclick = async () => {
+  $("share").textContent = await shareLive(sessionId, document.title) === "Link copied" ? "Link copied" : "Share";
+};
 
 function openCart() { $("cart").classList.add("open"); }
 $("cart-open").onclick = () => $("cart").classList.toggle("open");
@@ -305,7 +349,7 @@ let pendingChat = "";
 async function sendChat(text) {
   $("chat-error").textContent = "";
   try { await socket.send("chat", { text }); $("chat-input").value = ""; }
-  catch (err) { $("chat-error").textContent = friendly(err); }
+  catch (err) { tell($("chat-error"), friendly(err)); }
 }
 $("chat-form").onsubmit = async (e) => {
   e.preventDefault();
