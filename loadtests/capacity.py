@@ -12,7 +12,12 @@ the first; the knee is the step after it. Table, JSON and plot in
 ``loadtests/results/capacity.{md,json,png}``; each step's Locust CSV beside them.
 
     python -m loadtests.capacity [--steps FILE] [--budget FILE] [--processes 2]
-        [--nice N] [--fanout-nice 10] [--title TEXT] [-- LOCUST ARGS...]
+        [--nice N] [--fanout-nice 10] [--title TEXT] [--profile-steps 5,6]
+        [-- LOCUST ARGS...]
+
+``--profile-steps`` records the web processes with py-spy (``pip install py-spy`` in the
+venv; not a dependency of the project) during those steps' measured part, and prints
+where their samples were: ``capacity_stepNN_{web,ws}.txt`` (collapsed stacks).
 
 Exit 0 when the run produced its figures (whatever the capacity), 2 when it failed.
 """
@@ -22,13 +27,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from loadtests import run as lt
-from loadtests.capacity_report import StepResult, judge, knee, plot, render_markdown, to_json
+from loadtests.capacity_report import (
+    StepResult,
+    judge,
+    knee,
+    plot,
+    render_markdown,
+    summarize_collapsed,
+    to_json,
+)
 from loadtests.check_budget import load_budget, read_stats
 from loadtests.steps import load_steps
 
@@ -37,11 +52,16 @@ CAPACITY_LOCUSTFILE = lt.ROOT / "loadtests" / "locust_capacity.py"
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     raw = list(sys.argv[1:] if argv is None else argv)
-    title = ""
-    if "--title" in raw:
-        i = raw.index("--title")
-        title = raw[i + 1]
+    def own(flag: str) -> str:
+        if flag not in raw:
+            return ""
+        i = raw.index(flag)
+        value = raw[i + 1]
         del raw[i:i + 2]
+        return value
+
+    title = own("--title")
+    profile = {int(n) for n in own("--profile-steps").split(",") if n.strip()}
     args, extra = lt.parse_args(raw)
     steps = load_steps(args.steps)
     if not steps.steps:
@@ -53,6 +73,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     args.capacity_steps = args.steps
     args.locustfile = CAPACITY_LOCUSTFILE
     args.title = title
+    args.profile_steps = profile
     args.steps_data = steps
     return args, extra
 
@@ -67,12 +88,49 @@ def worker_roles(claims: Path, workers: list[int]) -> dict[str, str]:
     return names
 
 
+def python_of(pid: int) -> int | None:
+    """The topmost Python process at or under ``pid`` (the runner starts each under
+    ``timeout``)."""
+    import psutil
+
+    try:
+        top = psutil.Process(pid)
+        for proc in [top, *top.children(recursive=True)]:
+            if "python" in proc.name().lower():
+                return int(proc.pid)
+    except psutil.Error:
+        return None
+    return None
+
+
+def start_profiles(service: lt.Service, n: int, seconds: float,
+                   results: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy on each web process for ``seconds`` (raw collapsed stacks), if installed."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("py-spy is not installed: no profile (pip install py-spy)", file=sys.stderr)
+        return []
+    started = []
+    for _, proc, log in service.servers:
+        pid = python_of(proc.pid)
+        if pid is None:
+            continue
+        role = log.stem.split("-")[1]
+        out = results / f"capacity_step{n:02d}_{role}.txt"
+        started.append(subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
+             "--duration", str(int(seconds)), "--rate", "100", "--format", "raw",
+             "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return started
+
+
 def run(a: argparse.Namespace, extra: list[str]) -> int:
     steps = a.steps_data
     limits = load_budget(a.budget, a.tighten)
     results_dir: Path = a.results
     results_dir.mkdir(parents=True, exist_ok=True)
-    for old in results_dir.glob("capacity_*.csv"):
+    for old in [*results_dir.glob("capacity_*.csv"), *results_dir.glob("capacity_step*.txt")]:
         old.unlink()
     prefix = results_dir / "capacity"
     planned = steps.seconds() + steps.schedule.join_wait_seconds * len(steps.steps)
@@ -89,6 +147,7 @@ def run(a: argparse.Namespace, extra: list[str]) -> int:
             folder = claims / "steps"
             marks: dict[int, dict[str, tuple[dict[str, float], float, float]]] = {}
             records: dict[int, dict[str, object]] = {}
+            spies: list[subprocess.Popen[bytes]] = []
             deadline = time.monotonic() + planned + 150
             while locust.poll() is None and time.monotonic() < deadline:
                 meter.sample()
@@ -100,11 +159,18 @@ def run(a: argparse.Namespace, extra: list[str]) -> int:
                         for edge in ("start", "end"):
                             if edge in rec and edge not in seen:
                                 seen[edge] = meter.totals()
+                                if edge == "start" and n in a.profile_steps:
+                                    spies += start_profiles(
+                                        service, n, steps.schedule.measure_seconds,
+                                        results_dir)
                                 if edge == "end":
                                     print(f"step {n} measured", flush=True)
                         records[n] = rec
                 time.sleep(0.5)
             code = locust.poll()
+            for spy in spies:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    spy.wait(timeout=30)
             lt.keep_logs(tmp, service, results_dir, "capacity")
             roles = worker_roles(claims, [w.pid for w in workers])
             results: list[StepResult] = []
@@ -133,6 +199,9 @@ def run(a: argparse.Namespace, extra: list[str]) -> int:
             plot(results, limits, results_dir / "capacity.png")
             print(md)
             capacity, broke = knee(results)
+            for path in sorted(results_dir.glob("capacity_step*_*.txt")):
+                print(f"\nprofile {path.name} (share of samples, self / with callees):")
+                print(summarize_collapsed(path.read_text()))
             print(f"table, JSON and plot: {results_dir}/capacity.{{md,json,png}}")
             return 0 if capacity is not None or broke is not None else 2
         finally:

@@ -173,3 +173,31 @@ def plot(results: list[StepResult], limits: list[Limit], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def summarize_collapsed(text: str, top: int = 15) -> str:
+    """The functions most samples were in, from py-spy's raw output (collapsed stacks:
+    ``frame;frame;...;leaf count`` a line): share of samples with the function as the leaf
+    (self) and anywhere on the stack (with callees)."""
+    total = 0
+    leaf: dict[str, int] = {}
+    anywhere: dict[str, int] = {}
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f for f in stack.split(";") if f]
+        if not frames:
+            continue
+        leaf[frames[-1]] = leaf.get(frames[-1], 0) + n
+        for frame in set(frames):
+            anywhere[frame] = anywhere.get(frame, 0) + n
+    if not total:
+        return "(no samples)"
+    lines = [f"{total:,} samples"]
+    for frame, n in sorted(leaf.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / total:5.1f} % self  {100 * anywhere[frame] / total:5.1f} % "
+                     f"with callees  {frame}")
+    return "\n".join(lines)

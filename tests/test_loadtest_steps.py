@@ -115,3 +115,16 @@ def test_synthetic_stream_writes_a_live_playlist(tmp_path: Path) -> None:
     assert "#EXT-X-ENDLIST" not in text and "#EXT-X-MEDIA-SEQUENCE:6" in text
     on_disk = sorted(p.name for p in (tmp_path / "sid").glob("*.ts"))
     assert on_disk == [segment_name(n) for n in range(4, 10)]
+
+
+def test_profile_summary_names_the_hot_leaf() -> None:
+    """py-spy's collapsed stacks are summed per leaf function, the busiest first."""
+    from loadtests.capacity_report import summarize_collapsed
+
+    text = ("main (app.py:1);serve (app.py:9);encode (json.py:3) 60\n"
+            "main (app.py:1);serve (app.py:9);epoll (sel.py:2) 30\n"
+            "main (app.py:1);write (net.py:5) 10\n")
+    out = summarize_collapsed(text).splitlines()
+    assert out[0] == "100 samples"
+    assert "60.0 % self" in out[1] and "encode" in out[1]
+    assert "main (app.py:1)" not in "".join(out)  # never a leaf here

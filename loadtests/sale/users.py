@@ -176,7 +176,8 @@ def _groups(opts: Any) -> int:
 
 def options_load(opts: Any) -> Load:
     """The load the options say (``make loadtest``), or the first step's (``--steps``)."""
-    if getattr(opts, "steps", ""):
+    if getattr(opts, "steps", "") and Path(opts.steps).is_file():
+        # (a worker without the file gets the first step from the master at the start)
         steps = load_steps(Path(opts.steps)).steps
         if steps:
             return steps[0]
@@ -208,6 +209,7 @@ def _init(environment: Environment, **_: Any) -> None:
     if runner is not None:
         install_pools(environment)
     if isinstance(runner, WorkerRunner):
+        _LOCAL_PLAN[:] = [str(opts.plan or "")]
         runner.register_message(
             "load", lambda environment, msg, **_: set_load(Load.from_dict(msg.data)))
     if runner is not None and not isinstance(runner, WorkerRunner):
@@ -292,8 +294,7 @@ READ = {"frames": 0, "bytes": 0}
 
 
 def _write_reads(environment: Environment) -> None:
-    opts = environment.parsed_options
-    plan = str(getattr(opts, "plan", "") or "")
+    plan = plan_path(environment)
     if isinstance(environment.runner, MasterRunner) or not plan:
         return
     path = Path(plan)
@@ -322,12 +323,20 @@ def _last_reads(environment: Environment, **_: Any) -> None:
     _write_reads(environment)
 
 _PLANS: dict[str, Plan] = {}
+_LOCAL_PLAN: list[str] = []
 _BOARDS: dict[int, PinBoard] = {}
 
 
+def plan_path(environment: Environment) -> str:
+    """This process's plan file: a worker's own ``--plan`` (the master sends its options
+    to the workers, its plan path among them; on another machine the copy is elsewhere)."""
+    if _LOCAL_PLAN and _LOCAL_PLAN[0]:
+        return _LOCAL_PLAN[0]
+    return str(getattr(environment.parsed_options, "plan", "") or "")
+
+
 def plan_of(environment: Environment) -> tuple[Plan, Path]:
-    opts = environment.parsed_options
-    path = str(getattr(opts, "plan", "") or "")
+    path = plan_path(environment)
     if not path:
         raise StopUser("no plan: pass --plan or set NEWRETAIL_LOADTEST_PLAN")
     if path not in _PLANS:
