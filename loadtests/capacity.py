@@ -71,6 +71,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         setattr(args, name, getattr(peak, name))
     args.shoppers = max(1, -(-int(peak.offers_rate) // 10))
     args.capacity_steps = args.steps
+    args.warmup = args.run_time = 0  # the steps say when to measure, not Measure
     args.locustfile = CAPACITY_LOCUSTFILE
     args.title = title
     args.profile_steps = profile
