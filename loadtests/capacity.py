@@ -79,12 +79,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     return args, extra
 
 
-def worker_roles(claims: Path, workers: list[int]) -> dict[str, str]:
-    """``locust worker N`` -> ``locust ws`` / ``locust http`` by what each read."""
+def worker_roles(claims: Path, workers: list[int | None]) -> dict[str, str]:
+    """``locust worker N`` -> ``locust ws`` / ``locust http`` by what each read
+    (``workers``: each worker's Locust process id, see ``python_of``)."""
     names: dict[str, str] = {}
-    for n, pid in enumerate(workers):
+    for n, python in enumerate(workers):
         with contextlib.suppress(OSError, ValueError):
-            frames = int(json.loads((claims / f"read-{pid}.json").read_text())["frames"])
+            frames = int(json.loads((claims / f"read-{python}.json").read_text())["frames"])
             names[f"locust worker {n}"] = "locust ws" if frames > 0 else "locust http"
     return names
 
@@ -149,9 +150,13 @@ def run(a: argparse.Namespace, extra: list[str]) -> int:
             marks: dict[int, dict[str, tuple[dict[str, float], float, float]]] = {}
             records: dict[int, dict[str, object]] = {}
             spies: list[subprocess.Popen[bytes]] = []
+            pythons: list[int | None] = []
             deadline = time.monotonic() + planned + 150
             while locust.poll() is None and time.monotonic() < deadline:
                 meter.sample()
+                if not pythons and folder.exists():
+                    # each runs under `timeout`; the read files have Locust's own pid
+                    pythons = [python_of(w.pid) for w in workers]
                 for path in sorted(folder.glob("step-*.json")) if folder.exists() else []:
                     with contextlib.suppress(OSError, ValueError):
                         rec = json.loads(path.read_text())
@@ -173,7 +178,7 @@ def run(a: argparse.Namespace, extra: list[str]) -> int:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     spy.wait(timeout=30)
             lt.keep_logs(tmp, service, results_dir, "capacity")
-            roles = worker_roles(claims, [w.pid for w in workers])
+            roles = worker_roles(claims, pythons)
             results: list[StepResult] = []
             for n, load in enumerate(steps.steps, 1):
                 csv_path = Path(f"{prefix}_step{n:02d}_stats.csv")

@@ -55,6 +55,21 @@ def knee(results: list[StepResult]) -> tuple[StepResult | None, StepResult | Non
     return capacity, None
 
 
+def held_by_type(results: list[StepResult], limits: list[Limit]) -> list[tuple[Limit, int]]:
+    """For each budgeted type, the last step of the unbroken run from step 1 where it
+    held (0: it missed at the first step)."""
+    out = []
+    for lim in limits:
+        last = 0
+        for r in results:
+            verdict = next((v for v in r.verdicts if v.limit.key == lim.key), None)
+            if verdict is None or not verdict.passed:
+                break
+            last = r.number
+        out.append((lim, last))
+    return out
+
+
 def first_breaks(result: StepResult) -> list[str]:
     """The request types that missed at a step, the furthest over its ceiling first."""
     over = []
@@ -106,6 +121,12 @@ def render_markdown(results: list[StepResult], limits: list[Limit], title: str =
             out.append(f"| {r.number} | " + " | ".join(
                 f"{100 * r.cpu[p]:.0f} %" if p in r.cpu else "-" for p in parts) + " |")
         out.append("")
+    out.append("Last step each request type held its ceiling (of an unbroken run from "
+               "step 1; 0: not even the first):")
+    out.append("")
+    for lim, held in held_by_type(results, limits):
+        out.append(f"- {lim.type} {lim.name} (≤ {lim.p99_ms:g} ms): {held}")
+    out.append("")
     if capacity is None:
         out.append("Capacity: none of the steps held (the first step is over budget).")
     else:

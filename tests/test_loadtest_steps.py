@@ -128,3 +128,13 @@ def test_profile_summary_names_the_hot_leaf() -> None:
     assert out[0] == "100 samples"
     assert "60.0 % self" in out[1] and "encode" in out[1]
     assert "main (app.py:1)" not in "".join(out)  # never a leaf here
+
+
+def test_each_type_has_its_own_last_held_step() -> None:
+    """The report names, per type, the last step it held: offers to step 2, pins to 3."""
+    from loadtests.capacity_report import held_by_type
+
+    results = [step(1, 2, 40), step(2, 4, 60), step(3, 9, 80), step(4, 3, 300)]
+    assert [(lim.name, n) for lim, n in held_by_type(results, LIMITS)] == [
+        ("/offers", 2), ("pin to viewer", 3)]
+    assert "- WS pin to viewer (≤ 100 ms): 3" in render_markdown(results, LIMITS)
