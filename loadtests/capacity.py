@@ -46,6 +46,7 @@ from loadtests.capacity_report import (
 )
 from loadtests.check_budget import load_budget, read_stats
 from loadtests.steps import load_steps
+from loadtests.store_stalls import StoreStalls, store_url
 
 CAPACITY_LOCUSTFILE = lt.ROOT / "loadtests" / "locust_capacity.py"
 
@@ -147,6 +148,9 @@ def run(a: argparse.Namespace, extra: list[str]) -> int:
                 a, service, procs, tmp, prefix, extra, limit=planned + 120)
             claims = service.plan.parent / f"{service.plan.stem}.claims"
             folder = claims / "steps"
+            url = store_url(tmp / "var")
+            store = StoreStalls(url) if url else None
+            stalls: dict[int, dict[str, dict[str, float]]] = {}
             marks: dict[int, dict[str, tuple[dict[str, float], float, float]]] = {}
             records: dict[int, dict[str, object]] = {}
             spies: list[subprocess.Popen[bytes]] = []
@@ -165,6 +169,10 @@ def run(a: argparse.Namespace, extra: list[str]) -> int:
                         for edge in ("start", "end"):
                             if edge in rec and edge not in seen:
                                 seen[edge] = meter.totals()
+                                if store is not None and edge == "start":
+                                    store.reset()
+                                if store is not None and edge == "end":
+                                    stalls[n] = store.read()
                                 if edge == "start" and n in a.profile_steps:
                                     spies += start_profiles(
                                         service, n, steps.schedule.measure_seconds,
@@ -192,6 +200,7 @@ def run(a: argparse.Namespace, extra: list[str]) -> int:
                 result = judge(n, load, read_stats(csv_path), limits, cpu)
                 rec = records.get(n, {})
                 result.joined = f"{rec.get('groups_in', '?')}/{rec.get('groups_needed', '?')}"
+                result.store = stalls.get(n, {})
                 results.append(result)
             if not results:
                 print("capacity: Locust wrote no step; its log:\n"

@@ -28,6 +28,7 @@ class StepResult:
     verdicts: list[Verdict]
     cpu: dict[str, float] = field(default_factory=dict)
     joined: str = ""
+    store: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def held(self) -> bool:
@@ -121,6 +122,15 @@ def render_markdown(results: list[StepResult], limits: list[Limit], title: str =
             out.append(f"| {r.number} | " + " | ".join(
                 f"{100 * r.cpu[p]:.0f} %" if p in r.cpu else "-" for p in parts) + " |")
         out.append("")
+    if any(r.store for r in results):
+        from loadtests.store_stalls import render as render_stalls
+
+        out.append("The store standing still (Valkey's latency monitor, events of 1 ms or "
+                   "more: in how many of the step's seconds, the worst):")
+        out.append("")
+        for r in results:
+            out.append(f"- step {r.number}: {render_stalls(r.store)}")
+        out.append("")
     out.append("Last step each request type held its ceiling (of an unbroken run from "
                "step 1; 0: not even the first):")
     out.append("")
@@ -149,7 +159,7 @@ def to_json(results: list[StepResult]) -> str:
         "knee_step": broke.number if broke else None,
         "steps": [{
             "step": r.number, "load": r.load.as_dict(), "held": r.held,
-            "misses": r.misses(), "cpu": r.cpu, "joined": r.joined,
+            "misses": r.misses(), "cpu": r.cpu, "joined": r.joined, "store": r.store,
             "rows": {f"{k[0]} {k[1]}": {"count": v.count, "failures": v.failures,
                                          "p50_ms": v.p50_ms, "p99_ms": v.p99_ms,
                                          "rate": v.rate}
