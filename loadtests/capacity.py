@@ -196,7 +196,11 @@ def run(a: argparse.Namespace, extra: list[str]) -> int:
                 edges = marks.get(n, {})
                 cpu = (lt.cpu_between(edges["start"], edges["end"])
                        if "start" in edges and "end" in edges else {})
-                cpu = {roles.get(k, k): v for k, v in cpu.items()}
+                named: dict[str, float] = {}
+                for k, v in cpu.items():
+                    name = roles.get(k, k)
+                    named[name if name not in named else f"{name} ({k})"] = v
+                cpu = named
                 result = judge(n, load, read_stats(csv_path), limits, cpu)
                 rec = records.get(n, {})
                 result.joined = f"{rec.get('groups_in', '?')}/{rec.get('groups_needed', '?')}"
