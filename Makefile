@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo serve test lint imports typecheck pytest bench loadtest browser lock clean
+.PHONY: demo serve test lint imports typecheck pytest bench loadtest capacity browser lock clean
 
 # Everything is installed from the lock file (exact versions, with hashes); the project
 # itself on top, without resolving anything again. `make lock` writes the lock anew from
@@ -52,6 +52,11 @@ bench: $(STAMP)
 
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtests.run $(LOADTEST_ARGS)
+
+# How much of a live sale the service holds within its budget: the steps of
+# loadtests/steps.toml, a table and plot in loadtests/results/capacity.{md,png}.
+capacity: $(STAMP)
+	$(BIN)/python -m loadtests.capacity $(CAPACITY_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -18,7 +18,8 @@ import csv
 import math
 import sys
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 BUDGET = Path(__file__).resolve().parent / "budget.toml"
@@ -34,10 +35,30 @@ class Limit:
     p99_ms: float
     min_rate: float
     max_fail_pct: float = DEFAULT_MAX_FAIL_PCT
+    rate_of: str = ""
+    rate_share: float = 0.0
+    required: bool = True
 
     @property
     def key(self) -> tuple[str, str]:
         return self.type, self.name
+
+
+def for_load(limits: list[Limit], load: Mapping[str, float]) -> list[Limit]:
+    """The budget at one level of load: an entry with ``rate_of`` gets the floor
+    ``rate_share`` x that field of the load (a type whose field is 0 at this load may be
+    absent); the others keep their ``min_rate``."""
+    out = []
+    for lim in limits:
+        if not lim.rate_of:
+            out.append(lim)
+            continue
+        if lim.rate_of not in load:
+            raise ValueError(f"{lim.type} {lim.name}: rate_of {lim.rate_of!r} is not a "
+                             f"field of the load ({', '.join(sorted(load))})")
+        offered = float(load[lim.rate_of])
+        out.append(replace(lim, min_rate=lim.rate_share * offered, required=offered > 0))
+    return out
 
 
 @dataclass(frozen=True)
@@ -79,15 +100,18 @@ def load_budget(path: Path = BUDGET, tighten: float = 1.0) -> list[Limit]:
     limits = []
     for n, entry in enumerate(entries, 1):
         try:
+            rate_of = str(entry.get("rate_of", ""))
             limits.append(Limit(
                 type=str(entry["type"]), name=str(entry["name"]),
                 p99_ms=float(entry["p99_ms"]) * tighten,
-                min_rate=float(entry["min_rate"]) / tighten,
+                min_rate=(0.0 if rate_of else float(entry["min_rate"])) / tighten,
                 max_fail_pct=float(entry.get("max_fail_pct", DEFAULT_MAX_FAIL_PCT)),
+                rate_of=rate_of,
+                rate_share=float(entry["rate_share"]) / tighten if rate_of else 0.0,
             ))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: budget entry {n} needs type, name, p99_ms and "
-                             f"min_rate ({exc})") from None
+                             f"min_rate, or rate_of and rate_share ({exc})") from None
     keys = [lim.key for lim in limits]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{path}: a request type is budgeted twice")
@@ -123,7 +147,8 @@ def check(limits: list[Limit], rows: dict[tuple[str, str], Row]) -> list[Verdict
         row = rows.get(lim.key)
         misses: list[str] = []
         if row is None or row.count == 0:
-            misses.append("absent")
+            if lim.required:
+                misses.append("absent")
         else:
             if not row.p99_ms <= lim.p99_ms:
                 misses.append("p99")
@@ -149,9 +174,10 @@ def render(verdicts: list[Verdict], rows: dict[tuple[str, str], Row]) -> str:
         lines.append((
             f"{lim.type} {lim.name}", str(r.count) if r else "0",
             _fmt(r.p50_ms) if r else "-", _fmt(r.p99_ms) if r else "-",
-            f"<= {lim.p99_ms:g}", _fmt(r.rate, 1) if r else "-", f">= {lim.min_rate:g}",
+            f"<= {lim.p99_ms:g}", _fmt(r.rate, 1) if r else "-", f">= {lim.min_rate:.4g}",
             f"{r.fail_pct:.1f}%" if r else "-",
-            "pass" if v.passed else "MISS " + ",".join(v.misses),
+            ("pass" if r else "pass (idle)") if v.passed
+            else "MISS " + ",".join(v.misses),
         ))
     budgeted = {v.limit.key for v in verdicts}
     for key, r in sorted(rows.items()):
@@ -174,9 +200,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=Path, default=BUDGET, help="the budget file")
     parser.add_argument("--tighten", type=float, default=1.0,
                         help="scale ceilings by F and rate floors by 1/F (F < 1: stricter)")
+    parser.add_argument("--steps", type=Path, default=None,
+                        help="the load file whose rates the floors follow "
+                             "(default loadtests/steps.toml)")
+    parser.add_argument("--step", type=int, default=0,
+                        help="judge against capacity step N (1-based) of that file; "
+                             "0: its [default] load")
     args = parser.parse_args(argv)
     try:
-        limits = load_budget(args.budget, args.tighten)
+        from loadtests.steps import STEPS, load_steps
+
+        steps = load_steps(args.steps or STEPS)
+        if not 0 <= args.step <= len(steps.steps):
+            raise ValueError(f"--step {args.step}: the file has {len(steps.steps)} steps")
+        load = steps.steps[args.step - 1] if args.step else steps.default
+        limits = for_load(load_budget(args.budget, args.tighten), load.as_dict())
         rows = read_stats(args.stats)
     except (OSError, ValueError) as exc:
         print(f"check_budget: {exc}", file=sys.stderr)

@@ -16,8 +16,12 @@ Every process started here is stopped on the way out, whatever happened; each al
 hard time limit and dies with this process.
 
     python -m loadtests.run [--run-time 60] [--processes 2] [--tighten F] [--budget FILE]
-        [--viewers 2000] [--offers-rate 520] [--checkin-rate 50] [--fanout-nice 10]
-        [--fanout-chunk 128] [-- LOCUST ARGS...]
+        [--steps FILE] [--viewers N] [--offers-rate R] [--checkin-rate R] [--hls-viewers N]
+        [--fanout-nice 10] [--fanout-chunk 128] [-- LOCUST ARGS...]
+
+The load's defaults are the ``[default]`` of ``loadtests/steps.toml`` (what this kind of
+machine holds within budget); the options override them. The budget's rate floors follow
+the load run (``rate_of`` in ``loadtests/budget.toml``).
 """
 
 from __future__ import annotations
@@ -35,11 +39,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from loadtests.check_budget import BUDGET, check, load_budget, read_stats, render
+from loadtests.check_budget import BUDGET, check, for_load, load_budget, read_stats, render
+from loadtests.sale.video import SyntheticStream
+from loadtests.steps import STEPS, Load, load_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtests" / "results"
@@ -116,11 +123,13 @@ class CpuMeter:
     """CPU seconds used by the service, its store, Locust and everything else on the machine
     while the load runs: the figure that says whether the load generator fits."""
 
-    def __init__(self, servers: list[tuple[str, int]], locust: list[int]) -> None:
+    def __init__(self, servers: list[tuple[str, int]], locust: list[int],
+                 locust_names: list[str] | None = None) -> None:
         import psutil
 
         self.psutil = psutil
-        self.roots = [*servers, *(("locust", pid) for pid in locust)]
+        names = locust_names or ["locust"] * len(locust)
+        self.roots = [*servers, *zip(names, locust, strict=True)]
         self.seen: dict[int, tuple[str, float]] = {}
         self.base: dict[int, float] = {}
         self.started = time.monotonic()
@@ -153,6 +162,18 @@ class CpuMeter:
                 except psutil.Error:
                     continue
 
+    def totals(self) -> tuple[dict[str, float], float, float]:
+        """CPU seconds so far of each part, of the whole machine (busy), and the time: two
+        of these a step apart give the step's CPU figures (``cpu_between``)."""
+        self.sample()
+        parts: dict[str, float] = {}
+        for _, (part, seconds) in self.seen.items():
+            parts[part] = parts.get(part, 0.0) + seconds
+        end = self.psutil.cpu_times()
+        busy = sum(getattr(end, f) for f in ("user", "system", "nice", "irq", "softirq", "steal")
+                   if hasattr(end, f))
+        return parts, busy, time.monotonic()
+
     def measured(self, pid: int) -> float:
         """CPU seconds of process ``pid`` since ``mark``."""
         return self.seen.get(pid, ("", 0.0))[1] - self.base.get(pid, 0.0)
@@ -173,6 +194,18 @@ class CpuMeter:
         cells.append(f"idle {max(0.0, cores - busy / wall):.0%}")
         return (f"CPU over {wall:.0f} s of load (100% = one core, {cores} cores): "
                 + ", ".join(cells))
+
+
+def cpu_between(before: tuple[dict[str, float], float, float],
+                after: tuple[dict[str, float], float, float]) -> dict[str, float]:
+    """Each part's CPU between two ``CpuMeter.totals`` as a share of one core (1.0 = a
+    core), with ``other`` (the machine's busy time not ours) and ``wall`` seconds."""
+    (p0, busy0, t0), (p1, busy1, t1) = before, after
+    wall = max(1e-9, t1 - t0)
+    out = {part: (p1[part] - p0.get(part, 0.0)) / wall for part in p1}
+    out["other"] = max(0.0, (busy1 - busy0) / wall - sum(out.values()))
+    out["wall"] = wall
+    return out
 
 
 def read_counts(folder: Path) -> dict[int, int]:
@@ -248,11 +281,26 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
                              "as soon as every viewer has joined)")
     parser.add_argument("--processes", type=int, default=2,
                         help="Locust workers (with a master) when > 1; 1: one Locust process")
-    parser.add_argument("--viewers", type=int, default=2000)
+    parser.add_argument("--steps", type=Path, default=STEPS,
+                        help="the load file: its [default] is the load run here")
+    parser.add_argument("--viewers", type=int, default=None,
+                        help="viewer connections (default: the steps file's)")
     parser.add_argument("--viewer-group", type=int, default=50)
-    parser.add_argument("--offers-rate", type=float, default=520.0)
-    parser.add_argument("--shoppers", type=int, default=52)
-    parser.add_argument("--checkin-rate", type=float, default=50.0)
+    parser.add_argument("--offers-rate", type=float, default=None,
+                        help="offers a second (default: the steps file's)")
+    parser.add_argument("--shoppers", type=int, default=None,
+                        help="offers users (default: one per 10 offers a second)")
+    parser.add_argument("--checkin-rate", type=float, default=None,
+                        help="check-ins a second (default: the steps file's)")
+    parser.add_argument("--buy-chance", type=float, default=None,
+                        help="share of member viewers buying in a flash sale")
+    parser.add_argument("--hls-viewers", type=int, default=None,
+                        help="HLS video players (default: the steps file's)")
+    parser.add_argument("--hls-kbit", type=int, default=500,
+                        help="bitrate of the synthetic live stream the players fetch")
+    parser.add_argument("--probe-rate", type=float, default=10.0,
+                        help="floor probes a second (GET /healthz, a WebSocket op answered "
+                             "without the store); 0: none")
     parser.add_argument("--screens", type=int, default=10)
     parser.add_argument("--members", type=int, default=3000, help="demo members to seed")
     parser.add_argument("--workers", type=int, default=1,
@@ -282,7 +330,25 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     if "--" in raw:
         cut = raw.index("--")
         raw, extra = raw[:cut], raw[cut + 1:]
-    return parser.parse_args(raw), extra
+    args = parser.parse_args(raw)
+    fill_load(args, load_steps(args.steps).default)
+    return args, extra
+
+
+def fill_load(args: argparse.Namespace, default: Load) -> Load:
+    """The load options left out take the steps file's default; returns the load run."""
+    for name in ("viewers", "offers_rate", "checkin_rate", "buy_chance", "hls_viewers"):
+        if getattr(args, name, None) is None:
+            setattr(args, name, getattr(default, name))
+    if getattr(args, "shoppers", None) is None:
+        args.shoppers = max(1, math.ceil(args.offers_rate / 10))
+    return args_load(args)
+
+
+def args_load(args: argparse.Namespace) -> Load:
+    return Load(viewers=int(args.viewers), offers_rate=float(args.offers_rate),
+                checkin_rate=float(args.checkin_rate), buy_chance=float(args.buy_chance),
+                hls_viewers=int(args.hls_viewers))
 
 
 def locust_commands(args: argparse.Namespace, plan: Path, csv_prefix: Path,
@@ -291,20 +357,29 @@ def locust_commands(args: argparse.Namespace, plan: Path, csv_prefix: Path,
     on its own (not with Locust's ``--processes``, which forks them in one session), so on
     a shared Linux machine each gets its own share of the CPU like the service's processes."""
     groups = -(-args.viewers // args.viewer_group) if args.viewers > 0 else 0
-    users = groups + 1 + args.shoppers + args.screens
-    locust = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING"]
+    probes = 2 if args.probe_rate > 0 else 0
+    users = groups + 1 + args.shoppers + args.screens + args.hls_viewers + probes
+    locustfile = getattr(args, "locustfile", LOCUSTFILE)
+    locust = [sys.executable, "-m", "locust", "-f", str(locustfile), "--loglevel", "WARNING"]
     ours = [
         "--plan", str(plan), "--warmup", str(args.warmup), "--measure", str(args.run_time),
         "--viewers", str(args.viewers), "--viewer-group", str(args.viewer_group),
         "--offers-rate", str(args.offers_rate), "--shoppers", str(args.shoppers),
         "--checkin-rate", str(args.checkin_rate), "--screens", str(args.screens),
         "--fanout-nice", str(args.fanout_nice if args.split else 0),
+        "--buy-chance", str(args.buy_chance), "--hls-viewers", str(args.hls_viewers),
+        "--probe-rate", str(args.probe_rate),
     ]
-    run = [
-        "--headless", "-u", str(users), "-r", str(max(users, 1)),
-        "-t", f"{args.warmup + args.run_time}s", "--stop-timeout", "5",
-        "--csv", str(csv_prefix), "--only-summary",
-    ]
+    if getattr(args, "capacity_steps", None):
+        ours += ["--steps", str(args.capacity_steps)]
+        run = ["--headless", "--stop-timeout", "5", "--csv", str(csv_prefix),
+               "--only-summary"]
+    else:
+        run = [
+            "--headless", "-u", str(users), "-r", str(max(users, 1)),
+            "-t", f"{args.warmup + args.run_time}s", "--stop-timeout", "5",
+            "--csv", str(csv_prefix), "--only-summary",
+        ]
     if args.processes <= 1:
         return [locust + run + ours + extra]
     port = free_port()
@@ -328,60 +403,104 @@ def scratch(keep: bool) -> Iterator[Path]:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, extra: list[str]) -> int:
+@dataclass
+class Service:
+    """The prepared service: its web processes (url, process, log), the plan file, and
+    the synthetic live stream the players fetch (None without players)."""
+
+    servers: list[tuple[str, subprocess.Popen[bytes], Path]]
+    plan: Path
+    stream: SyntheticStream | None
+
+
+def prepare(args: argparse.Namespace, tmp: Path, procs: Processes, limit: float) -> Service:
+    """Data, the service (under ``limit`` seconds), the session and its plan, the stream."""
     from live.web.settings import Settings
     from loadtests.sale.seed import make_plan, seed, write_plan
 
-    limits = load_budget(args.budget, args.tighten)  # a bad budget fails before any work
+    var = tmp / "var"
+    started = time.perf_counter()
+    # Seeding writes a lot: the store syncs once a second meanwhile; the service
+    # below runs with the default (every acknowledged write on disk).
+    devices = math.ceil(args.checkin_rate * 30 * 1.5) + 10 * args.screens
+    seeded = asyncio.run(seed(
+        Settings(var_dir=var, db_fsync="everysec", log_level="WARNING"),
+        members=args.members, devices=devices))
+    print(f"prepared in {time.perf_counter() - started:.1f} s: {args.members:,} "
+          f"members, {devices:,} devices, model {seeded.model_version}", flush=True)
+    # The first process starts the embedded store under var/, the second joins it.
+    servers: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+    for role in ("web", "ws") if args.split else ("web",):
+        port = free_port()
+        log = tmp / f"server-{role}.log"
+        workers = args.workers if role == "web" else 1
+        env = service_env(var)
+        if role == "ws":
+            env["NEWRETAIL_LIVE_FANOUT_CHUNK"] = str(args.fanout_chunk)
+        proc = procs.start(
+            [sys.executable, "-m", "live.web.cli", "serve", "--port", str(port),
+             "--workers", str(workers)],
+            env, log, limit=limit, nice=args.fanout_nice if role == "ws" else 0)
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc, log, timeout=60)
+        servers.append((url, proc, log))
+    plan = write_plan(tmp / "plan.json", make_plan(
+        servers[0][0], seeded, screens=args.screens, anonymous_viewers=max(args.viewers, 1),
+        ws_base=servers[-1][0]))
+    stream = None
+    if args.hls_viewers > 0:
+        # Served by the HTTP web process from var/media/{session_id}/ (loadtests/sale/video.py).
+        from loadtests.sale.plan import Plan
+
+        stream = SyntheticStream(var / "media" / Plan.load(plan).session_id,
+                                 kbit_per_s=args.hls_kbit)
+        stream.start()
+    return Service(servers, plan, stream)
+
+
+def start_locust(args: argparse.Namespace, service: Service, procs: Processes, tmp: Path,
+                 csv_prefix: Path, extra: list[str],
+                 limit: float) -> tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]],
+                                        CpuMeter]:
+    """Locust's master (or only process) and workers, and a CPU meter over everything."""
+    cmds = locust_commands(args, service.plan, csv_prefix, extra)
+    print("locust:", " ".join(cmds[0][2:]), flush=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    locust = procs.start(cmds[0], env, tmp / "locust.log", limit=limit)
+    workers = [procs.start(cmd, env, tmp / f"locust-worker-{n}.log", limit=limit)
+               for n, cmd in enumerate(cmds[1:])]
+    names = ["locust" if not workers else "locust master"]
+    names += [f"locust worker {n}" for n in range(len(workers))]
+    meter = CpuMeter([(f"service {log.stem.split('-')[1]}", p.pid)
+                      for _, p, log in service.servers],
+                     [locust.pid] + [w.pid for w in workers], names)
+    return locust, workers, meter
+
+
+def keep_logs(tmp: Path, service: Service, results: Path, stem: str) -> None:
+    for log in [tmp / "locust.log", *sorted(tmp.glob("locust-worker-*.log")),
+                *(log for _, _, log in service.servers)]:
+        if log.exists():
+            shutil.copy(log, results / f"{stem}_{log.name}")
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    load = args_load(args)
+    # a bad budget fails before any work
+    limits = for_load(load_budget(args.budget, args.tighten), load.as_dict())
     args.results.mkdir(parents=True, exist_ok=True)
     csv_prefix = args.results / "loadtest"
     for old in args.results.glob("loadtest_*.csv"):
         old.unlink()
     procs = Processes(args.nice)
+    service: Service | None = None
     with scratch(args.keep) as tmp:
         try:
-            var = tmp / "var"
-            started = time.perf_counter()
-            # Seeding writes a lot: the store syncs once a second meanwhile; the service
-            # below runs with the default (every acknowledged write on disk).
-            devices = math.ceil(args.checkin_rate * 30 * 1.5) + 10 * args.screens
-            seeded = asyncio.run(seed(
-                Settings(var_dir=var, db_fsync="everysec", log_level="WARNING"),
-                members=args.members, devices=devices))
-            print(f"prepared in {time.perf_counter() - started:.1f} s: {args.members:,} "
-                  f"members, {devices:,} devices, model {seeded.model_version}", flush=True)
-            # The first process starts the embedded store under var/, the second joins it.
-            servers: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-            for role in ("web", "ws") if args.split else ("web",):
-                port = free_port()
-                log = tmp / f"server-{role}.log"
-                workers = args.workers if role == "web" else 1
-                env = service_env(var)
-                if role == "ws":
-                    env["NEWRETAIL_LIVE_FANOUT_CHUNK"] = str(args.fanout_chunk)
-                proc = procs.start(
-                    [sys.executable, "-m", "live.web.cli", "serve", "--port", str(port),
-                     "--workers", str(workers)],
-                    env, log, limit=args.warmup + args.run_time + 240,
-                    nice=args.fanout_nice if role == "ws" else 0)
-                url = f"http://127.0.0.1:{port}"
-                wait_healthy(url, proc, log, timeout=60)
-                servers.append((url, proc, log))
-            plan = write_plan(tmp / "plan.json", make_plan(
-                servers[0][0], seeded, screens=args.screens, anonymous_viewers=args.viewers,
-                ws_base=servers[-1][0]))
-            cmds = locust_commands(args, plan, csv_prefix, extra)
-            print("locust:", " ".join(cmds[0][2:]), flush=True)
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            service = prepare(args, tmp, procs, limit=args.warmup + args.run_time + 240)
             limit = args.warmup + args.run_time + 90
-            locust_log = tmp / "locust.log"
-            locust = procs.start(cmds[0], env, locust_log, limit=limit)
-            workers = [procs.start(cmd, env, tmp / f"locust-worker-{n}.log", limit=limit)
-                       for n, cmd in enumerate(cmds[1:])]
-            meter = CpuMeter([(f"service {log.stem.split('-')[1]}", p.pid)
-                              for _, p, log in servers],
-                             [locust.pid] + [w.pid for w in workers])
-            claims = plan.parent / f"{plan.stem}.claims"
+            locust, workers, meter = start_locust(args, service, procs, tmp, csv_prefix,
+                                                  extra, limit)
+            claims = service.plan.parent / f"{service.plan.stem}.claims"
             reads_base: dict[int, int] = {}
             deadline = time.monotonic() + args.warmup + args.run_time + 120
             measuring = False
@@ -397,14 +516,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             code = -1 if code is None else code
             cpu = meter.report()
             reads = read_cost(reads_base, read_counts(claims), meter)
-            for log in [locust_log, *sorted(tmp.glob("locust-worker-*.log"))]:
-                shutil.copy(log, args.results / f"loadtest_{log.name}")
-            for _, _, log in servers:
-                shutil.copy(log, args.results / f"loadtest_{log.name}")
+            keep_logs(tmp, service, args.results, "loadtest")
             stats = Path(f"{csv_prefix}_stats.csv")
             if not stats.exists():
                 print(f"locust wrote no statistics (exit {code}); its log:\n"
-                      + locust_log.read_text(errors="replace")[-4000:], file=sys.stderr)
+                      + (tmp / "locust.log").read_text(errors="replace")[-4000:],
+                      file=sys.stderr)
                 return 2
             if code not in (0, 1):  # 1: Locust saw failed requests, judged by the budget
                 print(f"locust exited with {code}; see {args.results}/loadtest_locust.log",
@@ -413,13 +530,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             verdicts = check(limits, rows)
             print(f"\nbudget {args.budget.name}"
                   + (f" tightened x{args.tighten:g}" if args.tighten != 1 else "")
-                  + f", {args.run_time} s of load, statistics in {stats}")
+                  + f", {args.run_time} s of load ({load.label()}), statistics in {stats}")
             print(render(verdicts, rows))
             print(cpu)
             if reads:
                 print(reads)
             return 0 if all(v.passed for v in verdicts) else 1
         finally:
+            if service is not None and service.stream is not None:
+                service.stream.stop()
             procs.stop_all()
 
 

@@ -50,7 +50,15 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from identity.codes import member_code, totp_step
 from identity.types import DeviceIndex
-from loadtests.sale.plan import Pacing, Plan, claim
+from loadtests.sale.load import (
+    current_load,
+    groups_for,
+    install_pools,
+    set_load,
+    take_chunk,
+)
+from loadtests.sale.plan import Pacing, Plan
+from loadtests.steps import Load, load_steps
 from loadtests.wsclient import WsClient, WsError, WsMux
 
 log = logging.getLogger("newretail.loadtest")
@@ -102,6 +110,14 @@ def _options(parser: Any) -> None:
     group.add_argument("--measure", type=float, default=0.0,
                        help="stop this many seconds after the statistics were reset "
                             "(0: at --run-time)")
+    group.add_argument("--hls-viewers", type=int, default=0,
+                       help="video players fetching the HLS playlist and segments")
+    group.add_argument("--probe-rate", type=float, default=10.0,
+                       help="floor probes a second, each: GET /healthz and a WebSocket op "
+                            "answered without the store (0: none)")
+    group.add_argument("--steps", default="",
+                       help="climb the steps of this file (loadtests/steps.toml) under the "
+                            "capacity locustfile; the other load options are the peak")
 
 
 class TrafficDispatcher(UsersDispatcher):
@@ -114,7 +130,7 @@ class TrafficDispatcher(UsersDispatcher):
     one) and the viewers and the host on the others. With one process, nothing changes.
     """
 
-    HTTP_CLASSES = frozenset({"Shopper", "StoreScreen"})
+    HTTP_CLASSES = frozenset({"Shopper", "StoreScreen", "HttpProbe"})
 
     def _pick(self, user: str) -> Any:
         nodes = self._worker_nodes
@@ -155,7 +171,22 @@ def _lower_priority(nice: int) -> None:
 
 
 def _groups(opts: Any) -> int:
-    return max(1, -(-int(opts.viewers) // int(opts.viewer_group))) if opts.viewers > 0 else 0
+    return groups_for(int(opts.viewers), int(opts.viewer_group))
+
+
+def options_load(opts: Any) -> Load:
+    """The load the options say (``make loadtest``), or the first step's (``--steps``)."""
+    if getattr(opts, "steps", "") and Path(opts.steps).is_file():
+        # (a worker without the file gets the first step from the master at the start)
+        steps = load_steps(Path(opts.steps)).steps
+        if steps:
+            return steps[0]
+    return Load(viewers=int(opts.viewers), offers_rate=float(opts.offers_rate),
+                checkin_rate=float(opts.checkin_rate), buy_chance=float(opts.buy_chance),
+                hls_viewers=int(getattr(opts, "hls_viewers", 0)))
+
+
+MEASURES: list[Measure] = []
 
 
 @events.init.add_listener
@@ -173,9 +204,18 @@ def _init(environment: Environment, **_: Any) -> None:
         for cls in (Viewers, Host, Shopper, StoreScreen):
             cls.host = base
     environment.dispatcher_class = TrafficDispatcher
+    set_load(options_load(opts))
     runner = environment.runner
+    if runner is not None:
+        install_pools(environment)
+    if isinstance(runner, WorkerRunner):
+        _LOCAL_PLAN[:] = [str(opts.plan or "")]
+        runner.register_message(
+            "load", lambda environment, msg, **_: set_load(Load.from_dict(msg.data)))
     if runner is not None and not isinstance(runner, WorkerRunner):
-        Measure(environment).install()
+        measure = Measure(environment)
+        measure.install()
+        MEASURES[:] = [measure]
     if isinstance(runner, MasterRunner):
         def relay(environment: Environment, msg: Any, **_: Any) -> None:
             runner.send_message("pin_sent", msg.data)
@@ -217,7 +257,8 @@ class Measure:
 
     def group_in(self, environment: Environment, msg: Any, **_: Any) -> None:
         self.groups_in += 1
-        if self.opts.warmup > 0 and self.groups_in >= _groups(self.opts):
+        if (self.opts.warmup > 0 and not self.opts.steps
+                and self.groups_in >= _groups(self.opts)):
             gevent.spawn(self.start)  # not in the message loop: start() waits for reports
 
     def start(self) -> None:
@@ -253,8 +294,7 @@ READ = {"frames": 0, "bytes": 0}
 
 
 def _write_reads(environment: Environment) -> None:
-    opts = environment.parsed_options
-    plan = str(getattr(opts, "plan", "") or "")
+    plan = plan_path(environment)
     if isinstance(environment.runner, MasterRunner) or not plan:
         return
     path = Path(plan)
@@ -283,12 +323,20 @@ def _last_reads(environment: Environment, **_: Any) -> None:
     _write_reads(environment)
 
 _PLANS: dict[str, Plan] = {}
+_LOCAL_PLAN: list[str] = []
 _BOARDS: dict[int, PinBoard] = {}
 
 
+def plan_path(environment: Environment) -> str:
+    """This process's plan file: a worker's own ``--plan`` (the master sends its options
+    to the workers, its plan path among them; on another machine the copy is elsewhere)."""
+    if _LOCAL_PLAN and _LOCAL_PLAN[0]:
+        return _LOCAL_PLAN[0]
+    return str(getattr(environment.parsed_options, "plan", "") or "")
+
+
 def plan_of(environment: Environment) -> tuple[Plan, Path]:
-    opts = environment.parsed_options
-    path = str(getattr(opts, "plan", "") or "")
+    path = plan_path(environment)
     if not path:
         raise StopUser("no plan: pass --plan or set NEWRETAIL_LOADTEST_PLAN")
     if path not in _PLANS:
@@ -464,7 +512,7 @@ class Viewer(Participant):
         if kind == b"pinned":
             self.pins.read(event_seq(payload), now)
         elif kind == b"flash_sale":
-            if self.member and random.random() < self.group.buy_chance:
+            if self.member and random.random() < current_load().buy_chance:
                 sale = orjson.loads(payload)
                 gevent.spawn_later(random.uniform(0, self.group.buy_within), self.buy,
                                    sale["sku"], float(sale["ends_at"]))
@@ -537,17 +585,35 @@ class Viewers(User):
         opts = self.environment.parsed_options
         fanout_priority(opts)
         plan, path = plan_of(self.environment)
-        size = int(opts.viewer_group)
-        members_per_group = round(size * float(opts.member_share))
-        chunk = claim(path, "viewers", _groups(opts))
+        chunk = take_chunk(self.environment, path, "viewers", _groups(opts))
         if chunk is None:
             raise StopUser("every viewer group is taken")
-        self.buy_chance = float(opts.buy_chance)
+        self.chunk = chunk
+        self.plan = plan
         self.buy_within = float(opts.buy_within)
         self.lineup = plan.lineup
+        self.viewers: list[Viewer] = []
+        self.joined = False
+        self.react = 1.0 / float(opts.react_every)
+        self.chat = 1.0 / float(opts.chat_every)
+        self.cart = 1.0 / float(opts.cart_every)
+        if self.active():
+            self.join()
+
+    def active(self) -> bool:
+        """Whether this group's viewers are in at the current load (steps add groups)."""
+        size = int(self.environment.parsed_options.viewer_group)
+        return self.chunk < groups_for(current_load().viewers, size)
+
+    def join(self) -> None:
+        """Connect this group's viewers and wait for their welcomes; tell the master."""
+        self.joined = True
+        opts = self.environment.parsed_options
+        plan, chunk = self.plan, self.chunk
+        size = int(opts.viewer_group)
+        members_per_group = round(size * float(opts.member_share))
         first = chunk * size
         count = min(size, int(opts.viewers) - first)
-        self.viewers: list[Viewer] = []
         self.mux = WsMux()
         self.mux_reader = gevent.spawn(self.mux.run)
         for i in range(count):
@@ -563,12 +629,13 @@ class Viewers(User):
             viewer.welcomed.wait(max(0.0, deadline - time.monotonic()))
         if self.environment.runner is not None:
             self.environment.runner.send_message("viewers_in", len(self.viewers))
-        self.react = 1.0 / float(opts.react_every)
-        self.chat = 1.0 / float(opts.chat_every)
-        self.cart = 1.0 / float(opts.cart_every)
 
     @task
     def act(self) -> None:
+        if not self.joined:
+            if self.active():
+                self.join()
+            return
         rnd = random.random
         for v in self.viewers:
             if v.ws is None or v.ws.closed or not v.welcomed.is_set():
@@ -666,21 +733,35 @@ class Host(User):
             self.conn.close()
 
 
+def paced(user: Any, rate: float) -> float:
+    """Seconds until ``user`` acts again at ``rate`` a second (its ``pace``, made anew
+    when a step changes the rate); at rate 0 it looks again in a second, idle."""
+    pace: Pacing | None = user.pace
+    if rate <= 0:
+        user.pace = None
+        return 1.0
+    if pace is None or pace.rate != rate:
+        user.pace = pace = Pacing(rate)
+    return pace.wait(time.monotonic())
+
+
 class Shopper(FastHttpUser):
     """A member asking for offers at one of the stores (``GET /offers``)."""
 
     fixed_count = 52
 
     def wait_time(self) -> float:
-        return self.pace.wait(time.monotonic())
+        return paced(self, current_load().offers_rate
+                     / max(1, int(self.environment.parsed_options.shoppers)))
 
     def on_start(self) -> None:
         self.plan, _ = plan_of(self.environment)
-        opts = self.environment.parsed_options
-        self.pace = Pacing(float(opts.offers_rate) / max(1, int(opts.shoppers)))
+        self.pace: Pacing | None = None
 
     @task
     def offers(self) -> None:
+        if self.pace is None:
+            return
         member_id, token = random.choice(self.plan.members)
         store = random.choice(self.plan.stores)
         res = self.client.get(f"/offers?member_id={member_id}&n=10&store_id={store}",
@@ -696,14 +777,15 @@ class StoreScreen(FastHttpUser):
     fixed_count = 10
 
     def wait_time(self) -> float:
-        return self.pace.wait(time.monotonic())
+        return paced(self, current_load().checkin_rate
+                     / max(1, int(self.environment.parsed_options.screens)))
 
     def on_start(self) -> None:
         opts = self.environment.parsed_options
-        self.pace = Pacing(float(opts.checkin_rate) / max(1, int(opts.screens)))
+        self.pace: Pacing | None = None
         plan, path = plan_of(self.environment)
         screens = max(1, int(opts.screens))
-        chunk = claim(path, "screens", screens)
+        chunk = take_chunk(self.environment, path, "screens", screens)
         if chunk is None:
             raise StopUser("every screen is taken")
         share = len(plan.devices) // screens
@@ -715,6 +797,8 @@ class StoreScreen(FastHttpUser):
 
     @task
     def check_in(self) -> None:
+        if self.pace is None:
+            return
         if not self.devices:
             raise StopUser("no devices for this screen")
         now = time.time()
