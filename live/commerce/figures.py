@@ -11,6 +11,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from live.commerce import keys
+from live.commerce.catalog import Catalog
 from live.commerce.flash import FlashSales
 from live.commerce.inventory import Inventory
 from live.commerce.keys import figures_key
@@ -19,6 +20,7 @@ from live.commerce.types import (
 )
 from live.db.client import text
 from live.errors import LiveError
+from live.money import Money
 from live.types import HostedSession, SessionDirectory
 
 log = logging.getLogger("newretail.live")
@@ -30,6 +32,7 @@ class HostFigures:
     """The host-figures part of ``Commerce`` (which sets these attributes)."""
 
     redis: aredis.Redis
+    catalog: Catalog
     notifier: Notifier | None
     clock: Callable[[], float]
     flash: FlashSales
@@ -61,7 +64,7 @@ class HostFigures:
         carts, (orders, cents) = await pipe.execute()
         return {
             "type": "figures", "carts": int(carts), "orders": int(orders or 0),
-            "revenue": round(int(cents or 0) / 100, 2),
+            "revenue": Money(int(cents or 0), self.catalog.currency).to_wire(),
             "stock": await self.session_stock(session_id),
         }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-PRODUCT = "nr:product:{sku}"  # hash: sku title category price image
+PRODUCT = "nr:product:{sku}"  # hash: sku title category price (minor units) currency image
 CATALOG = "nr:catalog"  # zset of skus, scored by insertion order
 WORD = "nr:catalog:word:{word}"  # set of skus whose title has the word
 STOCK = "nr:stock:{sku}"  # hash: location -> units on hand

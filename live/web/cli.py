@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from identity.types import ROLES
 from live.commerce import keys
 from live.db.server import EmbeddedValkey
+from live.money import Money, exponent
 from live.demo.script import DemoUrls, start_in_thread
 from live.web.compose import load_keyring, open_services
 from live.web.settings import Settings
@@ -197,7 +198,7 @@ async def product_attributes(catalog: Catalog, skus: list[str]) -> dict[str, tup
         part = skus[start:start + 1000]
         for sku, p in zip(part, await catalog.get_many(part), strict=True):
             if p is not None:
-                out[sku] = (float(p.price), str(p.category))
+                out[sku] = (p.price.amount / 10 ** exponent(p.price.currency), str(p.category))
     return out
 
 
@@ -219,7 +220,9 @@ async def _import_retail(settings: Settings, path: str, stock: int) -> None:
     products: dict[str, Product] = {}
     customers: set[str] = set()
     for r in rows:
-        products[r.sku] = Product(Sku(r.sku), r.description or r.sku, "retail", r.price,
+        # the file's decimal text (repr is its shortest exact spelling), quantized once
+        price = Money.from_decimal(repr(r.price), settings.currency)
+        products[r.sku] = Product(Sku(r.sku), r.description or r.sku, "retail", price,
                                   f"/catalog/images/{r.sku}.svg")
         customers.add(r.customer)
     async with open_services(settings) as svc:

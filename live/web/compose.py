@@ -154,7 +154,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                   dev_outbox=settings.mode != "prod"),
         )
         events = EventLog(redis)
-        catalog = Catalog(redis)
+        catalog = Catalog(redis, settings.currency)
         hub = Hub(redis, HubConfig(
             history=settings.live_history, coalesce_interval=settings.live_coalesce,
             viewers_interval=settings.live_viewers_every, send_buffer=settings.ws_send_buffer,
