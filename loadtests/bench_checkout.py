@@ -105,12 +105,14 @@ async def reset(store_url: str, units: int) -> None:
     """The product with ``units`` in the warehouse and nothing else sold yet."""
     from live.commerce.catalog import Catalog
     from live.db.client import connect as store_connect
+    from live.money import Money
     from live.types import Product, Sku
 
     redis = store_connect(store_url)
     try:
         catalog = Catalog(redis)
-        await catalog.put_products([Product(Sku(SKU), "Bench flash kite", "toys", 19.99,
+        await catalog.put_products([Product(Sku(SKU), "Bench flash kite", "toys",
+                                            Money(1999, "GBP"),
                                             f"/catalog/images/{SKU}.svg")])
         await redis.delete(f"nr:stock:{SKU}")
         await catalog.set_stock(SKU, "warehouse", units)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aredis
@@ -124,11 +124,10 @@ class Checkouts:
             raise LiveError("sign_in_required", "sign in to buy; your cart will follow you", 403)
         check_caller(caller, BUYER_ROLES, "checkout")
         key = parse_idempotency_key(idempotency_key)
-        quote = await self._quote(caller.user)
         waiting = PendingCheckout(
             CheckoutRequest("o_" + secrets.token_hex(8), caller.user, key, self.clock(),
                             session_id, None, MEMBER.format(id=caller.user),
-                            self.catalog.currency, quote),
+                            self.catalog.currency),
             tell_buyer, asyncio.get_running_loop().create_future(),
         )
         self._queue.append(waiting)
@@ -168,6 +167,22 @@ class Checkouts:
             while self._queue:
                 batch = self._queue[:CHECKOUT_BATCH]
                 del self._queue[:CHECKOUT_BATCH]
+                # Each cart priced for its buyer (``price_for``), all at once; the script
+                # charges these prices. A buyer whose cart cannot be quoted hears why.
+                quotes = await asyncio.gather(*(self._quote(w.request.user) for w in batch),
+                                              return_exceptions=True)
+                ready = []
+                for w, quote in zip(batch, quotes, strict=True):
+                    if isinstance(quote, Exception):
+                        fail_pending(w, quote)
+                    elif isinstance(quote, BaseException):
+                        raise quote
+                    else:
+                        w.request = replace(w.request, lines=quote)
+                        ready.append(w)
+                batch = ready
+                if not batch:
+                    continue
                 try:
                     results, ended = await self.inventory.reserve_batch(
                         [w.request for w in batch])

@@ -79,3 +79,8 @@ def figure_carts(session_id: str) -> str:
 def figure_skus(session_id: str) -> str:
     return f"nr:figures:{session_id}:skus"  # set: skus sold or carted in the session
 
+
+
+# The version of the money layout the store holds ("1": integer minor units and a currency
+# in products, flash sales and orders). Absent: a v0.1.0 store, or a new one (``migrate``).
+MONEY_VERSION = "nr:schema:money"

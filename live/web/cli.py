@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from identity.types import ROLES
 from live.commerce import keys
 from live.db.server import EmbeddedValkey
-from live.money import Money, exponent
 from live.demo.script import DemoUrls, start_in_thread
+from live.money import Money, exponent
 from live.web.compose import load_keyring, open_services
 from live.web.settings import Settings
 
@@ -263,6 +263,31 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Convert a v0.1.0 store's prices and orders to exact money (also done on start)."""
+    from live.commerce.migrate import migrate_money
+    from live.db.client import connect
+
+    settings = Settings.from_env()
+
+    async def run() -> str:
+        embedded: EmbeddedValkey | None = None
+        url = settings.redis_url
+        if url is None:
+            embedded = EmbeddedValkey(settings.db_dir, fsync=settings.db_fsync)
+            url = embedded.start()
+        redis = connect(url, settings.db_timeout)
+        try:
+            return str(await migrate_money(redis, settings.currency, force=args.force))
+        finally:
+            await redis.aclose()
+            if embedded is not None:
+                embedded.stop()
+
+    print(asyncio.run(run()))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -321,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("path")
     imp.add_argument("--stock", type=int, default=1000, help="units of each in the warehouse")
     imp.set_defaults(func=cmd_import)
+
+    mig = sub.add_parser("migrate", help="convert a v0.1.0 store to exact money")
+    mig.add_argument("--force", action="store_true",
+                     help="look at every record even in a store marked migrated")
+    mig.set_defaults(func=cmd_migrate)
 
     ev = sub.add_parser("eval", help="offline quality against the baselines")
     ev.add_argument("--data", default="../shared/data/online_retail_dev.csv.gz")
