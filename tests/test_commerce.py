@@ -35,9 +35,9 @@ from live.commerce.keys import stock as stock_key
 from live.commerce.service import Commerce
 from live.commerce.types import Caller
 from live.errors import LiveError
+from live.money import Money
 from recommender.events import EventLog
 from recommender.types import Event
-from live.money import Money
 from tests.commerce_helpers import PEPPER, Clock, gbp, make_commerce, make_members, seed
 
 P5 = gbp(500)
