@@ -211,7 +211,8 @@ async def run_once(urls: list[str], pids: list[int], store_url: str, buyers: int
     try:
         async with asyncio.timeout(60):
             go = await host.request({"op": "flash.start", "ref": "go", "sku": SKU,
-                                     "price": 9.99, "qty": units, "seconds": 600})
+                                     "price": {"amount": 999, "currency": "GBP"},
+"qty": units, "seconds": 600})
             if go["type"] != "ack":
                 raise RuntimeError(f"the flash sale did not start: {go}")
 
