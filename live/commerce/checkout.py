@@ -151,6 +151,11 @@ class Checkouts:
             if self.notifier is not None:
                 await self.notifier.send_to_user(user, cart_message(view))
             p = ended[0]
+            sale = await self.flash.get(p.line.session or "")
+            if sale is not None and sale.id == p.line.sale and sale.reason == "sold_out":
+                raise LiveError("out_of_stock", f"{p.line.sku}: the flash sale is sold out; "
+                                f"the line now costs {p.price.price} a unit (your price), "
+                                f"as your cart shows", 409)
             raise LiveError("price_changed", f"{p.line.sku}: the flash sale has ended; the "
                             f"line now costs {p.price.price} a unit (your price), as your "
                             f"cart shows; check out again to buy it", 409)

@@ -123,6 +123,9 @@ local function checkout(order_id, member, idem, at, session, home, mkey, currenc
         live = false
       end
       if not live then
+        if f[1] == sale and redis.call('HGET', fkey, 'reason') == 'sold_out' then
+          return {'err', 'out_of_stock', sku, 'the flash sale is sold out'}
+        end
         return {'err', 'price_changed', sku,
                 'the flash sale has ended; your cart now shows the price you pay'}
       end
