@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NewType, Protocol, TypeVar
 
+from live.money import Money
+
 Sku = NewType("Sku", str)
 SessionId = NewType("SessionId", str)
 Location = NewType("Location", str)
@@ -15,12 +17,12 @@ WAREHOUSE = Location("warehouse")
 
 @dataclass(frozen=True)
 class Product:
-    """A catalog entry. ``price`` is in the currency's main unit, two decimals."""
+    """A catalog entry. ``price`` is its list price, exact (``Money``)."""
 
     sku: Sku
     title: str
     category: str
-    price: float
+    price: Money
     image: str
 
 

@@ -105,12 +105,14 @@ async def reset(store_url: str, units: int) -> None:
     """The product with ``units`` in the warehouse and nothing else sold yet."""
     from live.commerce.catalog import Catalog
     from live.db.client import connect as store_connect
+    from live.money import Money
     from live.types import Product, Sku
 
     redis = store_connect(store_url)
     try:
         catalog = Catalog(redis)
-        await catalog.put_products([Product(Sku(SKU), "Bench flash kite", "toys", 19.99,
+        await catalog.put_products([Product(Sku(SKU), "Bench flash kite", "toys",
+                                            Money(1999, "GBP"),
                                             f"/catalog/images/{SKU}.svg")])
         await redis.delete(f"nr:stock:{SKU}")
         await catalog.set_stock(SKU, "warehouse", units)
@@ -209,7 +211,8 @@ async def run_once(urls: list[str], pids: list[int], store_url: str, buyers: int
     try:
         async with asyncio.timeout(60):
             go = await host.request({"op": "flash.start", "ref": "go", "sku": SKU,
-                                     "price": 9.99, "qty": units, "seconds": 600})
+                                     "price": {"amount": 999, "currency": "GBP"},
+"qty": units, "seconds": 600})
             if go["type"] != "ack":
                 raise RuntimeError(f"the flash sale did not start: {go}")
 

@@ -270,11 +270,13 @@ def measure(kind: str, n: int, args: argparse.Namespace, store_url: str,
 def seed(store_url: str) -> None:
     from live.commerce.catalog import Catalog
     from live.db.client import connect
+    from live.money import Money
     from live.types import Product, Sku
 
     async def put() -> None:
         redis = connect(store_url)
-        await Catalog(redis).put_products([Product(Sku("B1"), "Bench thing B1", "home", 9.5,
+        await Catalog(redis).put_products([Product(Sku("B1"), "Bench thing B1", "home",
+                                                   Money(950, "GBP"),
                                                    "/catalog/images/B1.svg")])
         await redis.aclose()
 

@@ -31,6 +31,7 @@ from identity.tokens import KeyRing
 from live.commerce.catalog import Catalog
 from live.db.client import connect
 from live.hub.sessions import Sessions
+from live.money import Money
 from live.types import Product, Sku
 from loadtests.bench_fanout import bench_store
 from loadtests.server import ServerProcess, run_server
@@ -54,7 +55,8 @@ async def seed(store_url: str) -> None:
     redis = connect(store_url)
     try:
         await Catalog(redis).put_products(
-            Product(Sku(s), f"Thing {s}", "home", 9.5, "") for s in ("mug", "pot", "kite"))
+            Product(Sku(s), f"Thing {s}", "home",
+                    Money(950, "GBP"), "") for s in ("mug", "pot", "kite"))
     finally:
         await redis.aclose()
 

@@ -91,7 +91,7 @@ async def seed(url: str, model_dir: Path, products: int) -> list[str]:
         sku = f"{100000 + i}"
         pipe.hset(f"nr:product:{sku}", mapping={
             "sku": sku, "title": f"Product {i}", "category": f"c{i % 40}",
-            "price": "9.99", "image": ""})
+            "price": 999, "currency": "GBP", "image": ""})
         pipe.zadd("nr:catalog", {sku: i})
         pipe.hset(f"nr:stock:{sku}", mapping={"warehouse": int(rng.integers(0, 4))})
         if i % 5000 == 4999:

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-PRODUCT = {"sku": "B1", "title": "Bench thing B1", "price": 9.5,
+PRODUCT = {"sku": "B1", "title": "Bench thing B1", "price": {"amount": 950, "currency": "GBP"},
            "image": "/catalog/images/B1.svg"}
 
 

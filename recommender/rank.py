@@ -11,18 +11,12 @@ NON_PRODUCT_CODES = frozenset({
     "POST", "DOT", "M", "m", "C2", "D", "S", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS", "B",
 })
 NON_PRODUCT_PREFIXES = ("gift_", "DCGS")
-TIER_DISCOUNT: dict[str, float] = {"member": 0.0, "silver": 0.05, "gold": 0.10}
 CATEGORY_CAP = 3
 
 
 def is_offerable(sku: str) -> bool:
     """Postage, fees, manual entries, samples and vouchers are never offered."""
     return sku not in NON_PRODUCT_CODES and not sku.startswith(NON_PRODUCT_PREFIXES)
-
-
-def offer_price(price: float, tier: str) -> float:
-    """The member's price: silver 5 % off, gold 10 % off, others the list price."""
-    return round(price * (1.0 - TIER_DISCOUNT.get(tier, 0.0)), 2)
 
 
 # Named tuples: one object each where a dataclass instance is two (itself and its
@@ -34,23 +28,25 @@ class Candidate(NamedTuple):
 
 
 class ProductInfo(NamedTuple):
+    """What ranking reads of a product; ``price`` is its list price in minor units (the
+    service that shows it prices it for the member)."""
+
     title: str
     category: str
-    price: float
+    price: int
 
 
 class Offer(TypedDict):
     sku: str
     title: str
-    price: float
-    offer_price: float
+    price: int
     reason: Reason
     score: float
 
 
 def compose_offers(
     candidates: Sequence[Candidate], products: Mapping[str, ProductInfo],
-    in_stock: set[str], n: int, tier: str, category_cap: int = CATEGORY_CAP,
+    in_stock: set[str], n: int, category_cap: int = CATEGORY_CAP,
 ) -> list[Offer]:
     """The first ``n`` candidates (in the given order) that are offerable, known, in stock,
     not already taken, and within ``category_cap`` per category; when the cap leaves the
@@ -75,7 +71,6 @@ def compose_offers(
     chosen.extend(spill[: n - len(chosen)])
     return [
         Offer(sku=c.sku, title=products[c.sku].title, price=products[c.sku].price,
-              offer_price=offer_price(products[c.sku].price, tier), reason=c.reason,
-              score=round(c.score, 4))
+              reason=c.reason, score=round(c.score, 4))
         for c in chosen
     ]

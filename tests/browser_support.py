@@ -22,6 +22,7 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, 
 from identity.members import Members
 from live.commerce.catalog import Catalog
 from live.db.client import connect
+from live.money import Money
 from live.types import WAREHOUSE, Product, Sku, Store
 from tests.commerce_helpers import JWT_SPEC, PEPPER, keyring
 from tests.utils import ServerProcess, run_server
@@ -43,12 +44,12 @@ MEMBER_PHONE = "+447700900123"   # Ofcom's drama range: never a real line
 MEMBER_ID = "m_ada00001"
 STORES = (Store(STORE, "Soho", "London"), Store("store-b", "Leith", "Edinburgh"))
 PRODUCTS = (
-    Product(Sku("kite"), "Racing Kite", "toys", 19.99, "/catalog/images/kite.svg"),
-    Product(Sku("mug"), "Enamel Mug", "kitchen", 12.5, "/catalog/images/mug.svg"),
-    Product(Sku("pot"), "Copper Teapot", "kitchen", 40.0, "/catalog/images/pot.svg"),
-    Product(Sku("lamp"), "Oak Lamp", "home", 75.0, "/catalog/images/lamp.svg"),
-    Product(Sku("scarf"), "Silk Scarf", "fashion", 29.0, "/catalog/images/scarf.svg"),
-    Product(Sku("soap"), "Rose Soap", "beauty", 4.5, "/catalog/images/soap.svg"),
+    Product(Sku("kite"), "Racing Kite", "toys", Money(1999, "GBP"), "/catalog/images/kite.svg"),
+    Product(Sku("mug"), "Enamel Mug", "kitchen", Money(1250, "GBP"), "/catalog/images/mug.svg"),
+    Product(Sku("pot"), "Copper Teapot", "kitchen", Money(4000, "GBP"), "/catalog/images/pot.svg"),
+    Product(Sku("lamp"), "Oak Lamp", "home", Money(7500, "GBP"), "/catalog/images/lamp.svg"),
+    Product(Sku("scarf"), "Silk Scarf", "fashion", Money(2900, "GBP"), "/catalog/images/scarf.svg"),
+    Product(Sku("soap"), "Rose Soap", "beauty", Money(450, "GBP"), "/catalog/images/soap.svg"),
 )
 STOCK = {
     "kite": {WAREHOUSE: 500, STORE: 4},

@@ -12,6 +12,7 @@ from identity.tokens import KeyRing
 from live.commerce.catalog import Catalog
 from live.commerce.service import Commerce
 from live.db.client import connect
+from live.money import Money
 from live.types import Product, Sku, Store
 from recommender.events import EventLog
 
@@ -19,10 +20,10 @@ PEPPER = b"p" * 32
 JWT_SPEC = "kt:" + "s" * 40
 STORES = (Store("store-a", "A", "London"), Store("store-b", "B", "Leeds"))
 PRODUCTS = (
-    Product(Sku("mug"), "Enamel Mug", "kitchen", 12.5, "/i/mug.svg"),
-    Product(Sku("pot"), "Copper Teapot", "kitchen", 40.0, "/i/pot.svg"),
-    Product(Sku("kite"), "Racing Kite", "toys", 19.99, "/i/kite.svg"),
-    Product(Sku("lamp"), "Oak Lamp", "home", 75.0, "/i/lamp.svg"),
+    Product(Sku("mug"), "Enamel Mug", "kitchen", Money(1250, "GBP"), "/i/mug.svg"),
+    Product(Sku("pot"), "Copper Teapot", "kitchen", Money(4000, "GBP"), "/i/pot.svg"),
+    Product(Sku("kite"), "Racing Kite", "toys", Money(1999, "GBP"), "/i/kite.svg"),
+    Product(Sku("lamp"), "Oak Lamp", "home", Money(7500, "GBP"), "/i/lamp.svg"),
 )
 STOCK = {
     "mug": {"warehouse": 50, "store-a": 5, "store-b": 2},
@@ -84,3 +85,8 @@ def seed_sync(store_url: str, members: int = 0, flash_units: int = 0) -> list[st
         finally:
             await redis.aclose()
     return asyncio.run(run())
+
+
+def gbp(amount: int) -> dict[str, object]:
+    """Money on the wire, in pence."""
+    return {"amount": amount, "currency": "GBP"}

@@ -54,11 +54,16 @@ BAD_ID = st.one_of(NOT_STR, st.just(""), st.just("  "), st.text(min_size=129, ma
 BAD_KEY = st.one_of(NOT_STR, st.just(""), st.just("has space"), st.just("k\n"),
                     st.text(min_size=65, max_size=100))
 BAD_KIND = VALUE.filter(lambda v: not (isinstance(v, str) and v in REACTION_KINDS))
-BAD_PRICE = st.one_of(NOT_INT.filter(lambda v: not isinstance(v, float)), st.just(0),
-                      st.floats(max_value=0, allow_nan=False), st.just(1e7),
-                      HUGE.filter(lambda v: abs(v) > 1e6))
+# Anything but Money above zero in GBP: bare numbers (floats above all), Money with a float,
+# zero or negative amount, another currency.
+BAD_PRICE = st.one_of(NOT_INT, st.integers(), st.floats(), st.just(4.99),
+                      st.fixed_dictionaries({"amount": st.floats(), "currency": st.just("GBP")}),
+                      st.fixed_dictionaries({"amount": st.integers(max_value=0),
+                                             "currency": st.just("GBP")}),
+                      st.fixed_dictionaries({"amount": st.integers(1, 100),
+                                             "currency": st.sampled_from(["EUR", "gbp", ""])}))
 BAD_SECONDS = st.one_of(NOT_INT, st.integers(-(2**63), 9), st.integers(1201, 2**64 - 1))
-VALID_FLASH = {"sku": "kite", "price": 5.0, "qty": 2, "seconds": 30}
+VALID_FLASH = {"sku": "kite", "price": {"amount": 500, "currency": "GBP"}, "qty": 2, "seconds": 30}
 
 
 @st.composite

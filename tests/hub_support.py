@@ -15,6 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from identity.tokens import KeyRing
 from live.commerce.catalog import Catalog
+from live.money import Money
 from live.types import Product, Sku
 
 KEYS = "k1:" + "s3cret-for-the-live-hub-tests-0123456789"
@@ -29,7 +30,8 @@ def token(sub: str, role: str) -> str:
 
 async def seed_products(redis: Any) -> None:
     await Catalog(redis).put_products(
-        Product(Sku(s), f"Thing {s}", "home", 9.5, f"/catalog/images/{s}.svg") for s in SKUS
+        Product(Sku(s), f"Thing {s}", "home",
+                Money(950, "GBP"), f"/catalog/images/{s}.svg") for s in SKUS
     )
 
 

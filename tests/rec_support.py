@@ -10,6 +10,7 @@ import redis.asyncio as aredis
 
 from identity.members import Members
 from live.commerce.catalog import Catalog
+from live.money import Money
 from live.types import WAREHOUSE, Product, Sku, Store
 from recommender.service import Recommender
 from recommender.train import AlsParams
@@ -33,7 +34,7 @@ async def seed(redis: aredis.Redis, now: float) -> tuple[Catalog, Members]:
     catalog = Catalog(redis)
     await catalog.put_stores([Store("s1", "One", "Town")])
     await catalog.put_products(
-        Product(Sku(sku(g, i)), f"Item {g} {i}", f"cat{g}", 10.0 + i, "")
+        Product(Sku(sku(g, i)), f"Item {g} {i}", f"cat{g}", Money(1000 + 100 * i, "GBP"), "")
         for g in range(GROUPS) for i in range(PER_GROUP))
     for g in range(GROUPS):
         for i in range(PER_GROUP):

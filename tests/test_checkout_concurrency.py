@@ -21,7 +21,7 @@ from tests.commerce_helpers import JWT_SPEC, keyring, make_commerce, seed, seed_
 from tests.utils import ServerProcess, run_server
 
 UNITS = 100
-SALE = {"sku": "kite", "price": 4.99, "qty": UNITS, "seconds": 600}
+SALE = {"sku": "kite", "price": {"amount": 499, "currency": "GBP"}, "qty": UNITS, "seconds": 600}
 
 
 async def _stock_never_negative(redis: aredis.Redis) -> None:

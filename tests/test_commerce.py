@@ -35,9 +35,12 @@ from live.commerce.keys import stock as stock_key
 from live.commerce.service import Commerce
 from live.commerce.types import Caller
 from live.errors import LiveError
+from live.money import Money
 from recommender.events import EventLog
 from recommender.types import Event
-from tests.commerce_helpers import PEPPER, Clock, make_commerce, make_members, seed
+from tests.commerce_helpers import PEPPER, Clock, gbp, make_commerce, make_members, seed
+
+P5 = gbp(500)
 
 VIEWER = Caller("anon_1", "viewer")
 HOST = Caller("host_1", "host")
@@ -84,27 +87,35 @@ def test_bad_skus_and_keys_are_refused(bad: object) -> None:
 
 
 @pytest.mark.parametrize(("payload", "code"), [
-    ({"sku": "mug", "price": 5, "qty": 10, "seconds": 9}, "invalid_duration"),
-    ({"sku": "mug", "price": 5, "qty": 10, "seconds": 1201}, "invalid_duration"),
-    ({"sku": "mug", "price": 5, "qty": 10, "seconds": 30.5}, "invalid_duration"),
-    ({"sku": "mug", "price": 0, "qty": 10, "seconds": 60}, "invalid_price"),
+    ({"sku": "mug", "price": P5, "qty": 10, "seconds": 9}, "invalid_duration"),
+    ({"sku": "mug", "price": P5, "qty": 10, "seconds": 1201}, "invalid_duration"),
+    ({"sku": "mug", "price": P5, "qty": 10, "seconds": 30.5}, "invalid_duration"),
+    ({"sku": "mug", "price": gbp(0), "qty": 10, "seconds": 60}, "invalid_price"),
     ({"sku": "mug", "price": float("nan"), "qty": 10, "seconds": 60}, "invalid_price"),
     ({"sku": "mug", "price": "5", "qty": 10, "seconds": 60}, "invalid_price"),
-    ({"sku": "mug", "price": 5, "qty": 0, "seconds": 60}, "invalid_qty"),
-    ({"sku": "mug", "price": 5, "qty": 10, "seconds": 60, "limit": 11}, "invalid_qty"),
+    ({"sku": "mug", "price": 4.99, "qty": 10, "seconds": 60}, "invalid_price"),
+    ({"sku": "mug", "price": 499, "qty": 10, "seconds": 60}, "invalid_price"),
+    ({"sku": "mug", "price": {"amount": 4.99, "currency": "GBP"}, "qty": 10, "seconds": 60},
+     "invalid_price"),
+    ({"sku": "mug", "price": {"amount": 499, "currency": "EUR"}, "qty": 10, "seconds": 60},
+     "invalid_price"),
+    ({"sku": "mug", "price": P5, "qty": 0, "seconds": 60}, "invalid_qty"),
+    ({"sku": "mug", "price": P5, "qty": 10, "seconds": 60, "limit": 11}, "invalid_qty"),
 ])
 def test_flash_start_validation(payload: dict[str, Any], code: str) -> None:
     """A flash sale lasts 10 s to 20 min, has a positive price, units, a limit within them."""
     with pytest.raises(LiveError) as err:
-        parse_flash_start(payload)
+        parse_flash_start(payload, "GBP")
     assert err.value.code == code
 
 
 def test_flash_start_accepts_the_bounds() -> None:
-    """10 s and 20 min are both allowed; the price is kept to cents."""
-    req = parse_flash_start({"sku": "mug", "price": 4.999, "qty": 5, "seconds": 10, "limit": 5})
-    assert (req.price, req.seconds, req.limit) == (5.0, 10, 5)
-    assert parse_flash_start({"sku": "mug", "price": 1, "qty": 1, "seconds": 1200}).limit is None
+    """10 s and 20 min are both allowed; the price is exact money."""
+    req = parse_flash_start({"sku": "mug", "price": gbp(499), "qty": 5, "seconds": 10,
+                             "limit": 5}, "GBP")
+    assert (req.price, req.seconds, req.limit) == (Money(499, "GBP"), 10, 5)
+    assert parse_flash_start({"sku": "mug", "price": gbp(1), "qty": 1, "seconds": 1200},
+                             "GBP").limit is None
 
 
 def test_cart_line_round_trip_and_reply_parsing() -> None:
@@ -120,7 +131,8 @@ def test_cart_line_round_trip_and_reply_parsing() -> None:
     assert (results[1].code, results[1].sku, results[1].order) == ("out_of_stock", "mug", None)
     assert results[2].order_id == "o_2" and results[2].left[0].pool == 4
     args = checkout_args([CheckoutRequest("o_9", "m_1", "k", 1.5, "s1", None, "nr:member:m_1")])
-    assert orjson.loads(args[-1]) == [["o_9", "m_1", "k", "1.500", "s1", "", "nr:member:m_1"]]
+    assert orjson.loads(args[-1]) == [
+        ["o_9", "m_1", "k", "1.500", "s1", "", "nr:member:m_1", "GBP", []]]
 
 
 # store ------------------------------------------------------------------------------
@@ -191,7 +203,7 @@ async def test_order_records_lines_total_and_events(redis: aredis.Redis) -> None
     assert not result.replayed and order["member_id"] == mid
     assert [(x["sku"], x["qty"], x["location"]) for x in order["lines"]] == [
         ("kite", 1, "warehouse"), ("mug", 2, "store-b")]
-    assert order["total"] == 44.99
+    assert order["total"] == gbp(4499)
     assert (await commerce.cart(mid))["count"] == 0
     assert await commerce.orders.get(order["id"]) == order
     await commerce.settled()  # purchase events follow the answer
@@ -335,12 +347,16 @@ async def test_bad_cart_and_checkout_requests_change_nothing(redis: aredis.Redis
         (commerce.checkout(HOST, "k"), "forbidden"),
         (commerce.add_to_cart(HOST, "mug", 1), "forbidden"),
         (commerce.remove_from_cart(member(mid), "mug"), "not_found"),
-        (commerce.start_flash(VIEWER, "s1", {"sku": "mug", "price": 1, "qty": 1,
+        (commerce.start_flash(VIEWER, "s1", {"sku": "mug", "price": gbp(1), "qty": 1,
                                              "seconds": 60}), "forbidden"),
-        (commerce.start_flash(member(mid), "s1", {"sku": "mug", "price": 1, "qty": 1,
+        (commerce.start_flash(member(mid), "s1", {"sku": "mug", "price": gbp(1), "qty": 1,
                                                   "seconds": 60}), "forbidden"),
-        (commerce.start_flash(HOST, "s1", {"sku": "mug", "price": 1, "qty": 100,
+        (commerce.start_flash(HOST, "s1", {"sku": "mug", "price": gbp(1), "qty": 100,
                                            "seconds": 60}), "insufficient_stock"),
+        (commerce.start_flash(HOST, "s1", {"sku": "mug", "price": 9.99, "qty": 1,
+                                           "seconds": 60}), "invalid_price"),
+        (commerce.start_flash(HOST, "s1", {"sku": "mug", "price": gbp(1250), "qty": 1,
+                                           "seconds": 60}), "invalid_price"),
         (commerce.stop_flash(HOST, "s1"), "no_flash_sale"),
     ]
     for call, code in cases:
@@ -366,7 +382,7 @@ async def test_stitch_moves_the_anonymous_cart_into_the_member(redis: aredis.Red
     cart = await commerce.cart(mid)
     assert {i["sku"]: i["qty"] for i in cart["lines"]} == {"mug": 3, "kite": 1}
     assert (await commerce.cart(VIEWER.user))["lines"] == []
-    assert (await commerce.checkout(member(mid), "after-stitch")).order["total"] == 57.49
+    assert (await commerce.checkout(member(mid), "after-stitch")).order["total"] == gbp(5749)
 
 
 async def test_erasure_drops_the_cart_and_anonymises_orders(redis: aredis.Redis) -> None:
@@ -416,15 +432,16 @@ async def test_an_erased_user_adds_nothing_whatever_else_is_wrong(
 
 async def _flash(commerce: Commerce, qty: int, limit: int | None = None,
                  seconds: int = 60) -> str:
-    payload: dict[str, Any] = {"sku": "kite", "price": 9.99, "qty": qty, "seconds": seconds}
+    payload: dict[str, Any] = {"sku": "kite", "price": gbp(999), "qty": qty,
+                               "seconds": seconds}
     if limit:
         payload["limit"] = limit
     return (await commerce.start_flash(HOST, "s1", payload)).id
 
 
 async def test_flash_sale_price_limit_and_sell_out(redis: aredis.Redis) -> None:
-    """Flash lines pay the sale price, respect the per-member limit, and the last unit ends
-    the sale (sold out) so later flash lines are out of stock."""
+    """Flash lines pay the sale price, respect the per-member limit (a line over it leaves
+    the cart, saying so), and the last unit ends the sale (sold out)."""
     commerce = await make_commerce(redis)
     await seed(redis)
     a, b = await make_members(redis, 2)
@@ -433,19 +450,22 @@ async def test_flash_sale_price_limit_and_sell_out(redis: aredis.Redis) -> None:
         await commerce.add_to_cart(member(a), "kite", 3, "s1")
     await commerce.add_to_cart(member(a), "kite", 2, "s1")
     order = (await commerce.checkout(member(a), "a1", "s1")).order
-    assert order["lines"][0]["price"] == 9.99 and order["total"] == 19.98
+    assert order["lines"][0]["price"] == gbp(999) and order["total"] == gbp(1998)
+    assert order["lines"][0]["list_price"] == gbp(1999)
+    assert order["lines"][0]["discount"] == gbp(1000)
     await commerce.add_to_cart(member(a), "kite", 1, "s1")
-    with pytest.raises(LiveError) as err:
+    with pytest.raises(LiveError, match="removed from your cart") as err:
         await commerce.checkout(member(a), "a2", "s1")
     assert err.value.code == "limit_exceeded"
+    assert (await commerce.cart(a))["count"] == 0
     await commerce.add_to_cart(member(b), "kite", 1, "s1")
     await commerce.checkout(member(b), "b1", "s1")
     sale = await commerce.flash.get("s1")
     assert sale is not None and (sale.state, sale.reason, sale.qty_left) == ("ended", "sold_out", 0)
     await commerce.add_to_cart(member(b), "kite", 1, "s1")  # no sale now: a regular line
-    assert (await commerce.checkout(member(b), "b2", "s1")).order["total"] == 19.99
+    assert (await commerce.checkout(member(b), "b2", "s1")).order["total"] == gbp(1999)
     figures = await commerce.figures("s1")
-    assert (figures["orders"], figures["revenue"], figures["carts"]) == (3, 49.96, 2)
+    assert (figures["orders"], figures["revenue"], figures["carts"]) == (3, gbp(4996), 2)
 
 
 async def test_the_cart_an_add_answers_is_the_cart_as_read(redis: aredis.Redis) -> None:
@@ -460,21 +480,24 @@ async def test_the_cart_an_add_answers_is_the_cart_as_read(redis: aredis.Redis) 
     await _flash(commerce, 5, seconds=10)
     view = await commerce.add_to_cart(member(mid), "kite", 1, "s1")
     assert view == await commerce.cart(mid)
-    assert {(i["sku"], i["price"], i["flash_sale"] is not None) for i in view["lines"]} == {
-        ("mug", 12.5, False), ("kite", 9.99, True)}
+    assert [(i["sku"], i["price"], i["flash_sale"] is not None) for i in view["lines"]] == [
+        ("kite", gbp(999), True), ("mug", gbp(1250), False)]
     view = await commerce.add_to_cart(member(mid), "lamp", 1, "s1")  # same session, no sale on it
     assert view == await commerce.cart(mid) and view["count"] == 4
     kite = next(i for i in view["lines"] if i["sku"] == "kite")
-    assert kite["price"] == 9.99 and kite["flash_sale"]
-    clock.now += 10  # the sale is over: its line shows the full price
+    assert kite["price"] == gbp(999) and kite["flash_sale"]
+    clock.now += 10  # the sale is over: its line shows the member's price, and says so
     view = await commerce.add_to_cart(member(mid), "mug", 1)
     assert view == await commerce.cart(mid)
     kite = next(i for i in view["lines"] if i["sku"] == "kite")
-    assert kite["price"] == 19.99 and kite["flash_sale"] is None
+    assert kite["price"] == gbp(1999) and kite["flash_sale"] is None
+    assert kite["repriced"] == "sale_ended" and "ended" in (kite["note"] or "")
 
 
-async def test_flash_line_after_the_sale_is_out_of_stock(redis: aredis.Redis) -> None:
-    """A line put in the cart during a sale is not silently charged full price once it ended."""
+async def test_flash_line_after_the_sale_is_repriced_then_bought(redis: aredis.Redis) -> None:
+    """A line put in the cart during a sale is not silently charged more once it ended:
+    the checkout is refused once (``price_changed``), the line is repriced in the cart, and
+    the next checkout buys it at the member's price."""
     clock = Clock()
     commerce = await make_commerce(redis, clock)
     await seed(redis)
@@ -484,10 +507,28 @@ async def test_flash_line_after_the_sale_is_out_of_stock(redis: aredis.Redis) ->
     clock.now += 10
     with pytest.raises(LiveError, match="has ended") as err:
         await commerce.checkout(member(mid), "k", "s1")
-    assert err.value.code == "out_of_stock"
-    sale = await commerce.flash.get("s1")
-    assert sale is not None and sale.reason == "expired"
+    assert err.value.code == "price_changed"
     assert (await commerce.catalog.stock("kite"))["warehouse"] == 1000
+    [line] = (await commerce.cart(mid))["lines"]
+    assert (line["price"], line["repriced"]) == (gbp(1999), "sale_ended")
+    order = (await commerce.checkout(member(mid), "k", "s1")).order
+    assert order["total"] == gbp(1999) and (await commerce.cart(mid))["count"] == 0
+
+
+async def test_a_reloaded_cart_after_the_sale_checks_out(redis: aredis.Redis) -> None:
+    """Reading the cart after its sale ended reprices the line there, so the checkout that
+    follows succeeds at once at the price the cart showed."""
+    clock = Clock()
+    commerce = await make_commerce(redis, clock)
+    await seed(redis)
+    [mid] = await make_members(redis, 1)
+    await _flash(commerce, 5, seconds=10)
+    await commerce.add_to_cart(member(mid), "kite", 2, "s1")
+    clock.now += 10
+    shown = await commerce.cart(mid)
+    assert shown["lines"][0]["repriced"] == "sale_ended"
+    order = (await commerce.checkout(member(mid), "k", "s1")).order
+    assert order["total"] == shown["total"] == gbp(3998)
 
 
 async def test_expiry_is_handled_exactly_once(redis: aredis.Redis) -> None:

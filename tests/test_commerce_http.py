@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from starlette.testclient import TestClient
 
 from identity.tokens import KeyRing
-from tests.commerce_helpers import seed_sync
+from tests.commerce_helpers import gbp, seed_sync
 from tests.identity_support import sign_in
 
 
@@ -21,12 +23,13 @@ def test_cart_checkout_and_orders(client: TestClient, store_url: str) -> None:
     a, b = seed_sync(store_url, 2)
     ha, hb = _auth(client, a, "member"), _auth(client, b, "member")
     r = client.post(f"/carts/{a}/items", json={"sku": "mug", "qty": 2}, headers=ha)
-    assert r.status_code == 200 and r.json()["cart"]["total"] == 25.0
+    assert r.status_code == 200 and r.json()["cart"]["total"] == gbp(2500)
     assert client.get(f"/carts/{a}", headers=ha).json()["cart"]["count"] == 2
     first = client.post(f"/carts/{a}/checkout", json={"idempotency_key": "x1"}, headers=ha)
     assert first.status_code == 201
     order = first.json()["order"]
-    assert order["lines"] == [{"sku": "mug", "qty": 2, "price": 12.5, "location": "store-a"}]
+    assert order["lines"] == [{"sku": "mug", "qty": 2, "list_price": gbp(1250),
+                               "discount": gbp(0), "price": gbp(1250), "location": "store-a"}]
     again = client.post(f"/carts/{a}/checkout", json={"idempotency_key": "x1"}, headers=ha)
     assert again.status_code == 200 and again.json() == {"order": order, "replayed": True}
     assert client.get("/orders", headers=ha).json()["orders"] == [order]
@@ -52,7 +55,7 @@ def test_cart_checkout_and_orders(client: TestClient, store_url: str) -> None:
     ("/carts/{a}/checkout", {"idempotency_key": "k"}, 409, "empty_cart"),
     ("/carts/{a}/checkout", {}, 400, "bad_request"),
     ("/carts/{a}/checkout", {"idempotency_key": "k", "session_id": 5}, 400, "bad_request"),
-    ("/live/sessions/s1/flash-sale", {"sku": "mug", "price": 1, "qty": 1, "seconds": 60},
+    ("/live/sessions/s1/flash-sale", {"sku": "mug", "price": gbp(1), "qty": 1, "seconds": 60},
      403, "forbidden"),
 ])
 def test_bad_requests_get_a_clear_error(
@@ -102,7 +105,7 @@ def test_the_anonymous_cart_follows_the_viewer_who_signs_in(
     assert {x["sku"]: x["qty"] for x in cart["lines"]} == {"mug": 2, "kite": 1}
     assert client.get(f"/carts/{anon['anon_id']}", headers=hv).json()["cart"]["count"] == 0
     r = client.post(f"/carts/{mid}/checkout", json={"idempotency_key": "first"}, headers=hm)
-    assert r.status_code == 201 and r.json()["order"]["total"] == 44.99
+    assert r.status_code == 201 and r.json()["order"]["total"] == gbp(4499)
 
 
 def test_host_runs_a_flash_sale(client: TestClient, store_url: str) -> None:
@@ -110,14 +113,15 @@ def test_host_runs_a_flash_sale(client: TestClient, store_url: str) -> None:
     is 409, stop ends it, and figures are for hosts only."""
     [a, _] = seed_sync(store_url, 2)
     hh = _auth(client, "host_1", "host")
-    body = {"sku": "kite", "price": 5, "qty": 10, "seconds": 30, "limit": 2}
+    body: dict[str, Any] = {"sku": "kite", "price": gbp(500), "qty": 10, "seconds": 30,
+                            "limit": 2}
     unknown = client.post("/live/sessions/nope/flash-sale", json=body, headers=hh)
     assert unknown.status_code == 404
     s1 = client.post("/live/sessions", json={"title": "Drop", "products": ["kite"]},
                      headers=hh).json()["session_id"]
     r = client.post(f"/live/sessions/{s1}/flash-sale", json=body, headers=hh)
     assert r.status_code == 201 and r.json()["qty_left"] == 10
-    assert client.get(f"/live/sessions/{s1}/flash-sale").json()["flash_sale"]["price"] == 5.0
+    assert client.get(f"/live/sessions/{s1}/flash-sale").json()["flash_sale"]["price"] == gbp(500)
     assert client.post(f"/live/sessions/{s1}/flash-sale", json=body,
                        headers=hh).json()["error"]["code"] == "flash_sale_active"
     ha = _auth(client, a, "member")
@@ -128,9 +132,9 @@ def test_host_runs_a_flash_sale(client: TestClient, store_url: str) -> None:
                 headers=ha)
     order = client.post(f"/carts/{a}/checkout", json={"idempotency_key": "f",
                                                       "session_id": s1}, headers=ha)
-    assert order.json()["order"]["total"] == 10.0
+    assert order.json()["order"]["total"] == gbp(1000)
     figures = client.get(f"/live/sessions/{s1}/figures", headers=hh).json()
-    assert (figures["orders"], figures["revenue"], figures["stock"]["kite"]) == (1, 10.0, 8)
+    assert (figures["orders"], figures["revenue"], figures["stock"]["kite"]) == (1, gbp(1000), 8)
     assert client.get(f"/live/sessions/{s1}/figures", headers=ha).status_code == 403
     assert client.delete(f"/live/sessions/{s1}/flash-sale", headers=hh).status_code == 200
     assert client.get(f"/live/sessions/{s1}/flash-sale").json()["flash_sale"] is None

@@ -13,7 +13,7 @@ import redis as redis_sync
 
 from live.commerce.keys import cart_key
 from live.hub.keys import USER_CHANNEL
-from tests.commerce_helpers import JWT_SPEC, keyring, seed_sync
+from tests.commerce_helpers import JWT_SPEC, gbp, keyring, seed_sync
 from tests.hub_support import Client
 from tests.utils import ServerProcess, run_server
 
@@ -55,7 +55,7 @@ async def _ops_scenario(server: ServerProcess, sid: str, mid: str) -> None:
         assert host.welcome["state"]["figures"]["orders"] == 0
         assert buyer.welcome["state"]["figures"] is None
         bad = {
-            "v-flash": (viewer, "flash.start", {"sku": "kite", "price": 1, "qty": 5,
+            "v-flash": (viewer, "flash.start", {"sku": "kite", "price": gbp(100), "qty": 5,
                                                 "seconds": 60}, "forbidden"),
             "m-flash": (buyer, "flash.stop", {}, "forbidden"),
             "unknown": (buyer, "cart.add", {"sku": "nope", "qty": 1}, "not_found"),
@@ -70,16 +70,17 @@ async def _ops_scenario(server: ServerProcess, sid: str, mid: str) -> None:
         for ref, (client, op, payload, code) in bad.items():
             reply = await client.op(op, ref, **payload)
             assert (reply["type"], reply.get("code")) == ("error", code), (ref, reply)
-        start = await host.op("flash.start", "f1", sku="kite", price=4.5, qty=3, seconds=60)
+        start = await host.op("flash.start", "f1", sku="kite", price=gbp(450), qty=3,
+                                  seconds=60)
         assert start["type"] == "ack"
         sale = await viewer.until(_is("flash_sale"))
-        assert (sale["sku"], sale["price"], sale["qty_left"]) == ("kite", 4.5, 3)
+        assert (sale["sku"], sale["price"], sale["qty_left"]) == ("kite", gbp(450), 3)
         assert (await buyer.op("cart.add", "a1", sku="kite", qty=2))["type"] == "ack"
         cart = await buyer.until(_is("cart"))
-        assert cart["cart"]["total"] == 9.0 and cart["cart"]["lines"][0]["flash_sale"]
+        assert cart["cart"]["total"] == gbp(900) and cart["cart"]["lines"][0]["flash_sale"]
         await buyer.send({"op": "checkout", "ref": "c1", "idempotency_key": "k1"})
         order = await buyer.until(_is("order"))
-        assert order["order"]["total"] == 9.0 and not order["replayed"]
+        assert order["order"]["total"] == gbp(900) and not order["replayed"]
         assert (await buyer.until(_is("ack", ref="c1")))["ref"] == "c1"
         stock = await viewer.until(_is("stock", sku="kite", left=1))
         assert stock["seq"] > sale["seq"] and set(stock) == {"type", "seq", "ts", "sku", "left"}
@@ -88,7 +89,7 @@ async def _ops_scenario(server: ServerProcess, sid: str, mid: str) -> None:
         replay = [m for m in buyer.personal if m.get("type") == "order"]
         assert replay[-1]["replayed"] and replay[-1]["order"] == order["order"]
         figures = await host.until(lambda m: m.get("type") == "figures" and m["orders"] == 1)
-        assert (figures["revenue"], figures["carts"], figures["stock"]["kite"]) == (9.0, 1, 1)
+        assert (figures["revenue"], figures["carts"], figures["stock"]["kite"]) == (gbp(900), 1, 1)
         assert (await viewer.op("cart.add", "v1", sku="kite", qty=1))["type"] == "ack"
         assert (await host.op("flash.stop", "s1"))["type"] == "ack"
         ended = await viewer.until(_is("flash_sale_ended"))
@@ -187,7 +188,7 @@ async def _missed_cart(server: ServerProcess, sid: str, mid: str,
 async def _rush(servers: list[ServerProcess], sid: str, buyers: int) -> dict[str, Any]:
     watchers = [await _join(s, sid, f"anon_w{i}", "viewer") for i, s in enumerate(servers)]
     host = await _join(servers[0], sid, HOST, "host")
-    assert (await host.op("flash.start", "go", sku="kite", price=2.5, qty=100,
+    assert (await host.op("flash.start", "go", sku="kite", price=gbp(250), qty=100,
                           seconds=600))["type"] == "ack"
     gate = asyncio.Semaphore(100)
 
@@ -255,7 +256,7 @@ def test_flash_sale_rush_over_sockets_on_two_processes(
 async def _expiry(servers: list[ServerProcess], sid: str) -> list[Client]:
     watchers = [await _join(s, sid, f"anon_e{i}", "viewer") for i, s in enumerate(servers)]
     host = await _join(servers[0], sid, HOST, "host")
-    assert (await host.op("flash.start", "go", sku="mug", price=1, qty=5,
+    assert (await host.op("flash.start", "go", sku="mug", price=gbp(100), qty=5,
                           seconds=10))["type"] == "ack"
     for w in watchers:
         ended = await w.until(_is("flash_sale_ended"), timeout=20)

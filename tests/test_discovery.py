@@ -14,6 +14,7 @@ import pytest
 from scipy.sparse import csr_matrix
 from starlette.testclient import TestClient
 
+from live.money import Money
 from live.types import WAREHOUSE, Product, Sku
 from recommender.baselines import (
     TifuParams,
@@ -201,7 +202,8 @@ def _seed_app(client: TestClient) -> str:
 
     async def create() -> str:
         await svc.catalog.put_products(
-            Product(Sku(s), f"Thing {s}", f"c{i % 7}", 5.0, "") for i, s in enumerate(SKUS))
+            Product(Sku(s), f"Thing {s}", f"c{i % 7}",
+                    Money(500, "GBP"), "") for i, s in enumerate(SKUS))
         for s in SKUS:
             await svc.catalog.set_stock(s, WAREHOUSE, 3)
         m = await svc.members.create("Di", consent={"personalization": True})

@@ -154,7 +154,7 @@ CASES: tuple[Case, ...] = (
                         ("idempotency_key",))),
     ("POST", "/live/sessions/{session_id}/flash-sale",
      lambda w: f"/live/sessions/{w.session_id}/flash-sale", "host",
-     _one_bad({"sku": "kite", "price": 5.0, "qty": 2, "seconds": 30},
+     _one_bad({"sku": "kite", "price": {"amount": 500, "currency": "GBP"}, "qty": 2, "seconds": 30},
               {"sku": BAD_SKU, "price": BAD_PRICE, "qty": BAD_QTY, "seconds": BAD_SECONDS,
                "limit": BAD_QTY}, ("sku", "price", "qty", "seconds"))),
     ("POST", "/pay/fake/{payment_id}", lambda w: "/pay/fake/pf_nothing", None,

@@ -65,7 +65,7 @@ OPS: dict[str, tuple[frozenset[str], Callable[[dict[str, Any]], Any]]] = {
     "checkout": (CHECKOUT_ROLES, lambda p: parse_idempotency_key(p.get("idempotency_key"))),
     "pin": (HOST_ROLES, lambda p: require_str(p, "sku")),
     "unpin": (HOST_ROLES, lambda p: require_str(p, "sku") if "sku" in p else None),
-    "flash.start": (HOST_ROLES, parse_flash_start),
+    "flash.start": (HOST_ROLES, lambda payload: parse_flash_start(payload, "GBP")),
     "flash.stop": (HOST_ROLES, lambda p: None),
     "chat.remove": (HOST_ROLES, lambda p: require_str(p, "id")),
     "mute": (HOST_ROLES, lambda p: require_str(p, "member_id")),
@@ -87,7 +87,7 @@ def check_accepted(op: str, value: Any) -> None:
     elif op == "checkout":
         assert IDEM.fullmatch(value), value
     elif op == "flash.start":
-        assert SKU.fullmatch(value.sku) and 0 < value.price <= 1e6 and value.qty >= 1
+        assert SKU.fullmatch(value.sku) and value.price.amount > 0 and value.qty >= 1
 
 
 def pure_pipeline(data: str | bytes, fmt: Format, role: str, joined: bool) -> str | None:

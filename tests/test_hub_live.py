@@ -233,7 +233,8 @@ async def test_only_hosts_run_host_ops_and_a_refusal_changes_nothing(
     assert (await anon.hello(token("anon-3", "viewer")))["role"] == "viewer"
     host_ops = [("pin", {"sku": "SKU1"}), ("unpin", {}), ("chat.remove", {"id": chat["id"]}),
                 ("mute", {"member_id": "member-3"}), ("end", {}),
-                ("flash.start", {"sku": "SKU1", "price": 1.0, "qty": 5, "seconds": 30}),
+                ("flash.start", {"sku": "SKU1", "price": {"amount": 100, "currency": "GBP"},
+                                 "qty": 5, "seconds": 30}),
                 ("flash.stop", {})]
     for c in (member, anon):
         for i, (name, payload) in enumerate(host_ops):
@@ -268,12 +269,13 @@ async def test_a_host_runs_only_the_sessions_they_host(
     for i, (name, payload) in enumerate([
             ("pin", {"sku": "SKU1"}), ("unpin", {}), ("mute", {"member_id": "member-3"}),
             ("chat.remove", {"id": "c000000000000"}), ("end", {}), ("flash.stop", {}),
-            ("flash.start", {"sku": "SKU1", "price": 1.0, "qty": 5, "seconds": 30})]):
+            ("flash.start", {"sku": "SKU1", "price": {"amount": 100, "currency": "GBP"},
+                             "qty": 5, "seconds": 30})]):
         err = await other.op(name, f"o{i + 1}", **payload)
         assert (err["type"], err["code"]) == ("error", "forbidden"), name
         assert "hosted by someone else" in err["message"]
     intruder = {"Authorization": f"Bearer {token('host-2', 'host')}"}
-    sale = {"sku": "SKU1", "price": 1.0, "qty": 5, "seconds": 30}
+    sale = {"sku": "SKU1", "price": {"amount": 100, "currency": "GBP"}, "qty": 5, "seconds": 30}
     for method, path, body in [
             ("POST", "flash-sale", sale), ("DELETE", "flash-sale", None),
             ("GET", "figures", None), ("GET", "suggestions", None)]:

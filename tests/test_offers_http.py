@@ -14,6 +14,7 @@ import redis as redis_sync
 from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 
+from live.money import Money
 from live.types import WAREHOUSE, Product, Sku
 from live.web.app import create_app
 from live.web.cli import main
@@ -33,7 +34,8 @@ def make_member(client: TestClient, consent: bool = True) -> str:
 
     async def create() -> str:
         await svc.catalog.put_products(
-            Product(Sku(f"9{i:03d}"), f"Thing {i}", f"c{i % 5}", 5.0, "") for i in range(20))
+            Product(Sku(f"9{i:03d}"), f"Thing {i}", f"c{i % 5}",
+                    Money(500, "GBP"), "") for i in range(20))
         for i in range(20):
             await svc.catalog.set_stock(f"9{i:03d}", WAREHOUSE, 3)
         m = await svc.members.create("Bo", consent={"personalization": consent})

@@ -105,7 +105,7 @@ def test_viewer_sees_pin_buys_in_flash_sale_and_sees_the_order(
     with site.http() as admin:
         saved = json_of(admin.get(f"/orders/{order_id}"))
     assert [(line["sku"], line["qty"], line["price"]) for line in saved["lines"]] == [
-        ("kite", 1, 4.5)]
+        ("kite", 1, {"amount": 450, "currency": "GBP"})]
     expect(host.locator("#f-orders")).to_have_text("1")
     expect(host.locator("#f-revenue")).to_have_text("£4.50")
     expect(host.locator("#stock li[data-sku=kite] b")).to_have_text("2")

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from starlette.testclient import TestClient
 
+from live.money import Money
 from live.types import WAREHOUSE, Product, Sku, Store
 from live.web.app import create_app
 from live.web.settings import Settings
@@ -25,7 +26,7 @@ def seed(client: TestClient) -> None:
     async def run() -> None:
         await svc.catalog.put_stores([Store("store-a", "Soho", "London")])
         await svc.catalog.put_products(
-            Product(Sku(s), f"Thing {s}", f"c{i}", 5.0 + i, "") for i, s in
+            Product(Sku(s), f"Thing {s}", f"c{i}", Money(500 + 100 * i, "GBP"), "") for i, s in
             enumerate(["a1", "a2", "a3", "w1", "w2", "w3"]))
         for sku in ("a1", "a2", "a3", "w1", "w2", "w3"):
             await svc.catalog.set_stock(sku, WAREHOUSE, 10)

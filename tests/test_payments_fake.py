@@ -13,11 +13,11 @@ import pytest
 import redis.asyncio as aredis
 import uvicorn
 
+from live.money import Money
 from live.payments import signing
 from live.payments.delivery import FakeDelivery
 from live.payments.fake import FakeConfig, FakeProvider, payment_id_for
 from live.payments.ledger import PaymentLedger
-from live.payments.money import Money
 from live.payments.port import EventKind, Payment, PaymentError, PaymentStatus, ProviderUnavailable
 from live.payments.service import Payments
 from live.web.app import create_app

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from live.payments.money import MAX_AMOUNT, Money
+from live.money import MAX_AMOUNT, Money
 
 CODES = st.sampled_from(["GBP", "EUR", "USD", "JPY", "KWD"])
 AMOUNTS = st.integers(min_value=-(2**40), max_value=2**40)

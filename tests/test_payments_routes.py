@@ -7,7 +7,7 @@ import dataclasses
 
 import httpx
 
-from live.payments.money import Money
+from live.money import Money
 from live.payments.port import PaymentStatus
 from live.web.settings import Settings
 from tests.payments_support import running_service

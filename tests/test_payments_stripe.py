@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis.asyncio as aredis
 
-from live.payments.money import Money
+from live.money import Money
 from live.payments.port import BadSignature, EventKind, PaymentError, PaymentStatus
 from live.payments.service import Payments
 from live.payments.stripe_provider import StripeProvider

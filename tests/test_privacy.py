@@ -109,7 +109,8 @@ async def leave_traces(srv: ServerProcess, n: int) -> Trace:
                    json={"refresh_token": first["refresh_token"]}))
     # In the live session: chat, reactions, cart, a flash-sale purchase; the host mutes them.
     _ok(httpx.post(f"{base}/live/sessions/{sid}/flash-sale", headers=host,
-                   json={"sku": "kite", "price": 5.0, "qty": 10, "seconds": 120, "limit": 2}),
+                   json={"sku": "kite", "price": {"amount": 500, "currency": "GBP"},
+                         "qty": 10, "seconds": 120, "limit": 2}),
         201)
     ws = await Client.open(srv.ws_url, f"/ws/live/{sid}")
     try:

@@ -14,7 +14,7 @@ from live.offers.routes import parse_events
 from recommender.evaluate import evaluate, is_product_code, parse_time, read_retail
 from recommender.index import ItemIndex
 from recommender.model import current_version, read_version, write_version
-from recommender.rank import Candidate, ProductInfo, compose_offers, is_offerable, offer_price
+from recommender.rank import Candidate, ProductInfo, compose_offers, is_offerable
 from recommender.train import AlsParams, FoldIn, confidence_matrix, event_weight, train_als
 from recommender.types import RecommenderError
 from tests.rec_support import write_csv
@@ -109,26 +109,26 @@ def test_event_weights_order_and_decay() -> None:
 
 
 def _products() -> dict[str, ProductInfo]:
-    return {f"p{i}": ProductInfo(f"P{i}", "a" if i < 6 else "b", 10.0) for i in range(10)} | {
-        "POST": ProductInfo("Postage", "a", 5.0), "gift_0001_20": ProductInfo("Gift", "a", 20)}
+    return {f"p{i}": ProductInfo(f"P{i}", "a" if i < 6 else "b", 1000) for i in range(10)} | {
+        "POST": ProductInfo("Postage", "a", 500), "gift_0001_20": ProductInfo("Gift", "a", 2000)}
 
 
 def test_rules_stock_codes_cap_and_tier() -> None:
-    """Out of stock and non-product codes are dropped, 3 per category, gold pays 10 % less."""
+    """Out of stock and non-product codes are dropped, 3 per category, list prices kept in
+    minor units (the member's price is the service's ``price_for``)."""
     cands = [Candidate(s, 1.0, "for_you") for s in
              ["POST", "gift_0001_20", "p0", "p1", "p2", "p3", "p4", "p6", "p7"]]
     in_stock = {"POST", "gift_0001_20", "p0", "p2", "p3", "p4", "p6", "p7"}
-    offers = compose_offers(cands, _products(), in_stock, 4, "gold")
+    offers = compose_offers(cands, _products(), in_stock, 4)
     assert [o["sku"] for o in offers] == ["p0", "p2", "p3", "p6"]
-    assert offers[0]["offer_price"] == 9.0 and offers[0]["price"] == 10.0
-    assert offer_price(10.0, "silver") == 9.5 and offer_price(10.0, "member") == 10.0
+    assert offers[0]["price"] == 1000
     assert not is_offerable("DOT") and not is_offerable("DCGS0003") and is_offerable("85123A")
 
 
 def test_cap_spills_when_slate_short() -> None:
     """When only one category is in stock, the cap gives way rather than a short slate."""
     cands = [Candidate(f"p{i}", 1.0, "for_you") for i in range(6)]
-    offers = compose_offers(cands, _products(), {f"p{i}" for i in range(6)}, 5, "member")
+    offers = compose_offers(cands, _products(), {f"p{i}" for i in range(6)}, 5)
     assert len(offers) == 5
 
 

@@ -16,6 +16,7 @@ import redis.asyncio as aredis
 
 from identity.members import Members
 from live.commerce.catalog import Catalog
+from live.money import Money
 from live.offers.service import OfferService
 from live.types import WAREHOUSE, Product, Sku
 from recommender.events import EventLog, erased_tag, index_key
@@ -87,7 +88,8 @@ async def test_store_filter_and_tier_price(setup: Setup) -> None:
     body = await svc.offers(mid, 5, "s1", None)
     assert body["offers"] and {o["sku"][0] for o in body["offers"]} == {"0"}
     for o in body["offers"]:
-        assert o["offer_price"] == round(o["price"] * 0.9, 2)
+        listed = o["price"]["amount"]
+        assert o["offer_price"] == {"amount": listed - (listed + 5) // 10, "currency": "GBP"}
 
 
 async def test_in_this_live_ranked_for_member(setup: Setup) -> None:
@@ -278,7 +280,7 @@ async def test_non_product_codes_never_offered(setup: Setup, redis: aredis.Redis
     """Postage bought by everyone tops popularity, yet is never offered, to anyone."""
     rec, svc, members = await setup()
     catalog = Catalog(redis)
-    await catalog.put_products([Product(Sku("POST"), "Postage", "fees", 18.0, "")])
+    await catalog.put_products([Product(Sku("POST"), "Postage", "fees", Money(1800, "GBP"), "")])
     await catalog.set_stock("POST", WAREHOUSE, 100)
     now = time.time()
     await rec.record([Event(f"u{g}-{k}", "POST", "purchase", now - 3600)
@@ -304,9 +306,11 @@ async def test_catalog_change_reaches_cached_offers(setup: Setup, redis: aredis.
     first = await svc.offers(mid, 3, None, None)
     assert first["offers"][0]["sku"] == sku(2, 0)
     assert first["offers"][0]["title"] == "Item 2 0"
-    await Catalog(redis).put_products([Product(Sku(sku(2, 0)), "Renamed", "cat2", 99.0, "")])
+    await Catalog(redis).put_products([Product(Sku(sku(2, 0)), "Renamed", "cat2",
+                                               Money(9900, "GBP"), "")])
     again = await svc.offers(mid, 3, None, None)
-    assert again["offers"][0]["title"] == "Renamed" and again["offers"][0]["price"] == 99.0
+    assert again["offers"][0]["title"] == "Renamed" and again["offers"][0]["price"] == {
+        "amount": 9900, "currency": "GBP"}
 
 
 async def test_consent_withdrawn_stops_personal_offers(setup: Setup, redis: aredis.Redis

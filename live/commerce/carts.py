@@ -2,7 +2,8 @@
 
 A cart is a hash ``sku -> line``. A line is ``"qty"`` or, when it was put in the cart
 during a flash sale on that sku, ``"qty|session|sale"`` so checkout can honour the
-sale the buyer saw (or tell them it is over) rather than charge the full price.
+sale the buyer saw. Once that sale has ended the line is repriced to what the member now
+pays and says so: ``"qty|||sale_ended"`` (the cart shows the note until the line changes).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import redis.asyncio as aredis
 from live.commerce.keys import cart_key
 from live.db.client import text
 from live.errors import LiveError, bad_request
+from live.money import Money
 from live.types import Sku
 
 MAX_LINE_QTY = 99
@@ -47,25 +49,60 @@ def parse_idempotency_key(value: object) -> str:
     return value
 
 
+def parse_price(value: Any, currency: str, field: str = "price",
+                code: str = "bad_request") -> Money:
+    """A price from a request body: a Money object ``{"amount": 295, "currency": "GBP"}``
+    in the catalog's currency, above zero. A float, a bare number or text is refused with
+    ``code`` (400) saying so (a bare 5 could mean 5 pounds or 5 pence)."""
+    def refuse(message: str) -> LiveError:
+        return LiveError(code, message, 400)
+
+    if isinstance(value, bool) or isinstance(value, int | float | str):
+        raise refuse(f'{field} must be money: {{"amount": <integer of minor units>, '
+                          f'"currency": "{currency}"}}, got {type(value).__name__} {value!r}')
+    try:
+        money = Money.from_wire(value)
+    except (TypeError, ValueError) as exc:
+        raise refuse(f"{field}: {exc}") from None
+    if money.currency != currency:
+        raise refuse(f"{field} must be in {currency}, the catalog's currency; "
+                          f"got {money.currency}")
+    if money.amount <= 0:
+        raise refuse(f"{field} must be above zero")
+    return money
+
+
+SALE_ENDED = "sale_ended"  # the note of a line repriced because its flash sale ended
+
+
 @dataclass(frozen=True)
 class CartLine:
-    """One line of a cart; ``session``/``sale`` name the flash sale it was added under."""
+    """One line of a cart; ``session``/``sale`` name the flash sale it was added under;
+    ``note`` says why it was repriced (``sale_ended``). ``raw`` is the stored value it was
+    read from (checkout checks the cart still holds it)."""
 
     sku: Sku
     qty: int
     session: str | None = None
     sale: str | None = None
+    note: str | None = None
+    raw: str = ""
 
     def encode(self) -> str:
         if self.session and self.sale:
             return f"{self.qty}|{self.session}|{self.sale}"
+        if self.note:
+            return f"{self.qty}|||{self.note}"
         return str(self.qty)
+
+    def repriced(self) -> CartLine:
+        """This line once its flash sale has ended: the member's price, and a note."""
+        return CartLine(self.sku, self.qty, note=SALE_ENDED)
 
     @classmethod
     def decode(cls, sku: str, raw: str) -> CartLine:
-        qty, _, rest = raw.partition("|")
-        session, _, sale = rest.partition("|")
-        return cls(Sku(sku), int(qty), session or None, sale or None)
+        qty, session, sale, note = (raw.split("|") + ["", "", ""])[:4]
+        return cls(Sku(sku), int(qty), session or None, sale or None, note or None, raw)
 
 
 def decode_cart(raw: dict[Any, Any]) -> list[CartLine]:
@@ -89,6 +126,19 @@ if qty > tonumber(ARGV[4]) then return -1 end
 redis.call('HSET', KEYS[1], ARGV[1], qty .. ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS[1] cart; ARGV pairs of sku, the line as read, the line to write instead. A line
+# changed since it was read is left as it is. Returns how many were written.
+_REWRITE = """
+local n = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    n = n + 1
+  end
+end
+return n
 """
 
 # KEYS[1] from-cart, KEYS[2] into-cart; ARGV max qty, ttl. Quantities add up, capped.
@@ -116,6 +166,7 @@ class Carts:
         self.redis = redis
         self._add = redis.register_script(_ADD)
         self._merge = redis.register_script(_MERGE)
+        self._rewrite = redis.register_script(_REWRITE)
 
     async def lines(self, user: str) -> list[CartLine]:
         return decode_cart(await self.redis.hgetall(cart_key(user)))
@@ -132,6 +183,15 @@ class Carts:
         if result == -2:
             raise LiveError("cart_full", f"a cart holds at most {MAX_LINES} products", 409)
         return decode_cart(dict(zip(result[::2], result[1::2], strict=True)))
+
+    async def rewrite(self, user: str, lines: list[tuple[CartLine, CartLine]]) -> int:
+        """Replace each ``(old, new)`` line still as it was read; returns how many."""
+        if not lines:
+            return 0
+        args: list[str] = []
+        for old, new in lines:
+            args += [old.sku, old.raw, new.encode()]
+        return int(await self._rewrite(keys=[cart_key(user)], args=args))
 
     async def remove(self, user: str, sku: str) -> bool:
         """Remove a product from the cart; False when it was not there."""

@@ -16,12 +16,14 @@ import redis.asyncio as aredis
 from live.commerce import keys
 from live.commerce.keys import REVISION, WORDS
 from live.db.client import text
-from live.errors import bad_request, not_found
+from live.errors import LiveError, bad_request, not_found
+from live.money import Money
 from live.types import WAREHOUSE, Product, Sku, Store
 
 _WORD = re.compile(r"[a-z0-9]+")
 MAX_QTY = 1_000_000_000
 PREFIX_WORDS = 50  # title words a prefix may expand to
+DEFAULT_CURRENCY = "GBP"
 
 
 def title_words(title: str) -> set[str]:
@@ -30,24 +32,38 @@ def title_words(title: str) -> set[str]:
 
 
 def _product(raw: Mapping[bytes | str, bytes | str]) -> Product:
+    """A product from its hash: ``price`` minor units, ``currency`` its code (a v0.1.0
+    hash, with a decimal price and no currency, asks for the migration)."""
+    if b"currency" not in raw:
+        raise LiveError("store_not_migrated", "the store holds v0.1.0 prices; "
+                        "run `newretail migrate`", 503)
     return Product(
         sku=Sku(text(raw[b"sku"])),
         title=text(raw[b"title"]),
         category=text(raw[b"category"]),
-        price=float(raw[b"price"]),
+        price=Money(int(raw[b"price"]), text(raw[b"currency"])),
         image=text(raw[b"image"]),
     )
 
 
 class Catalog:
-    """Products, stores and units on hand per location."""
+    """Products, stores and units on hand per location; every price in one currency
+    (``NEWRETAIL_CURRENCY``, GBP by default)."""
 
-    def __init__(self, redis: aredis.Redis) -> None:
+    def __init__(self, redis: aredis.Redis, currency: str = DEFAULT_CURRENCY) -> None:
         self.redis = redis
+        self.currency = Money.zero(currency).currency  # checked: three capital letters
 
     async def put_products(self, products: Iterable[Product]) -> int:
         """Insert or update products (search index included); returns how many."""
         count = 0
+        products = list(products)
+        for product in products:
+            if product.price.currency != self.currency:
+                raise bad_request(f"{product.sku}: the price must be in {self.currency}, the "
+                                  f"catalog's currency; got {product.price.currency}")
+            if product.price.amount < 0:
+                raise bad_request(f"{product.sku}: a price cannot be negative")
         pipe = self.redis.pipeline(transaction=False)
         base = await self.redis.zcard(keys.CATALOG)
         for product in products:
@@ -57,7 +73,8 @@ class Catalog:
                     pipe.srem(keys.word(w), product.sku)
             pipe.hset(keys.product(product.sku), mapping={
                 "sku": product.sku, "title": product.title, "category": product.category,
-                "price": f"{product.price:.2f}", "image": product.image,
+                "price": product.price.amount, "currency": product.price.currency,
+                "image": product.image,
             })
             pipe.zadd(keys.CATALOG, {product.sku: base + count}, nx=True)
             for w in title_words(product.title):

@@ -7,28 +7,30 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aredis
 
 from identity.keys import MEMBER
 from identity.members import Members
-from live.commerce.carts import Carts, parse_idempotency_key
+from live.commerce.carts import CartLine, Carts, parse_idempotency_key
 from live.commerce.catalog import Catalog
 from live.commerce.flash import FlashSales
-from live.commerce.inventory import CheckoutRequest, Inventory, Reservation
+from live.commerce.inventory import CheckoutRequest, Inventory, QuotedLine, Reservation
 from live.commerce.keys import figures_orders_key
 from live.commerce.orders import Order, Orders, normalise
+from live.commerce.quote import PricedLine, cart_view
 from live.commerce.types import (
     BUYER_ROLES,
-    EMPTY_CART,
     ORDERS_WINDOW,
     Caller,
+    CartView,
     Checkout,
     Notifier,
     cart_message,
     check_caller,
+    empty_cart,
 )
 from live.errors import LiveError, not_found
 from recommender.types import Event
@@ -75,7 +77,11 @@ def fail_pending(w: PendingCheckout, error: Exception) -> None:
         w.future.set_result(error)
 
 
-_STATUS = {"not_found": 404, "out_of_stock": 409, "limit_exceeded": 409, "empty_cart": 409}
+_STATUS = {"not_found": 404, "out_of_stock": 409, "limit_exceeded": 409, "empty_cart": 409,
+           "price_changed": 409, "cart_changed": 409}
+# Refusals after which the cart differs: the script cut or removed a line over a limit, or
+# a flash sale ended meanwhile (the cart read reprices its line).
+_CART_FIXED = frozenset({"limit_exceeded", "price_changed"})
 
 
 class Checkouts:
@@ -99,6 +105,13 @@ class Checkouts:
     _spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
     _announce_end: Callable[[str], Coroutine[Any, Any, None]]
     _push_figures: Callable[[str], None]
+    price_cart: Callable[[str, list[CartLine]], Coroutine[Any, Any, list[PricedLine]]]
+    cart: Callable[[str], Coroutine[Any, Any, CartView]]
+
+    async def _send_cart(self, user: str) -> None:
+        view = await self.cart(user)
+        if self.notifier is not None:
+            await self.notifier.send_to_user(user, cart_message(view))
 
     async def checkout(
         self, caller: Caller, idempotency_key: object, session_id: str | None = None,
@@ -115,7 +128,8 @@ class Checkouts:
         key = parse_idempotency_key(idempotency_key)
         waiting = PendingCheckout(
             CheckoutRequest("o_" + secrets.token_hex(8), caller.user, key, self.clock(),
-                            session_id, None, MEMBER.format(id=caller.user)),
+                            session_id, None, MEMBER.format(id=caller.user),
+                            self.catalog.currency),
             tell_buyer, asyncio.get_running_loop().create_future(),
         )
         self._queue.append(waiting)
@@ -128,6 +142,31 @@ class Checkouts:
             raise result.with_traceback(None)
         return result
 
+    async def _quote(self, user: str) -> tuple[QuotedLine, ...]:
+        """The buyer's cart priced by ``price_for``: what the script charges. A line whose
+        flash sale ended is repriced in the cart first, and the checkout refused with
+        ``price_changed`` so the buyer sees the new price before paying it."""
+        priced = await self.price_cart(user, await self.carts.lines(user))
+        ended = [p for p in priced if p.ended]
+        if ended:
+            view = cart_view(priced, self.catalog.currency)
+            if self.notifier is not None:
+                await self.notifier.send_to_user(user, cart_message(view))
+            p = ended[0]
+            sale = await self.flash.get(p.line.session or "")
+            if sale is not None and sale.id == p.line.sale and sale.reason == "sold_out":
+                raise LiveError("out_of_stock", f"{p.line.sku}: the flash sale is sold out; "
+                                f"the line now costs {p.price.price} a unit (your price), "
+                                f"as your cart shows", 409)
+            raise LiveError("price_changed", f"{p.line.sku}: the flash sale has ended; the "
+                            f"line now costs {p.price.price} a unit (your price), as your "
+                            f"cart shows; check out again to buy it", 409)
+        return tuple(
+            QuotedLine(p.line.sku, p.line.raw, p.line.qty, p.price.list_price.amount,
+                       p.price.discount.amount, p.price.price.amount,
+                       p.sale.session_id if p.sale else "", p.sale.id if p.sale else "")
+            for p in priced)
+
     async def _drain(self) -> None:
         """Group commit: one script call at a time per process; checkouts that arrive
         while it runs go together in the next one."""
@@ -135,6 +174,22 @@ class Checkouts:
             while self._queue:
                 batch = self._queue[:CHECKOUT_BATCH]
                 del self._queue[:CHECKOUT_BATCH]
+                # Each cart priced for its buyer (``price_for``), all at once; the script
+                # charges these prices. A buyer whose cart cannot be quoted hears why.
+                quotes = await asyncio.gather(*(self._quote(w.request.user) for w in batch),
+                                              return_exceptions=True)
+                ready = []
+                for w, quote in zip(batch, quotes, strict=True):
+                    if isinstance(quote, Exception):
+                        fail_pending(w, quote)
+                    elif isinstance(quote, BaseException):
+                        raise quote
+                    else:
+                        w.request = replace(w.request, lines=quote)
+                        ready.append(w)
+                batch = ready
+                if not batch:
+                    continue
                 try:
                     results, ended = await self.inventory.reserve_batch(
                         [w.request for w in batch])
@@ -163,6 +218,8 @@ class Checkouts:
                 code = res.code or "internal"
                 message = f"{res.sku}: {res.message}" if res.sku else res.message
                 fail_pending(w, LiveError(code, message, _STATUS.get(code, 400)))
+                if code in _CART_FIXED:  # the script changed the cart: its devices hear
+                    self._spawn(self._send_cart(w.request.user))
             else:
                 order = normalise(res.order)
                 won.append((w, order))
@@ -181,7 +238,8 @@ class Checkouts:
         if self.notifier is not None and won:
             told: list[tuple[str, dict[str, Any]]] = []
             for w, order in won:
-                told.append((order["member_id"], cart_message(EMPTY_CART)))
+                told.append((order["member_id"],
+                              cart_message(empty_cart(self.catalog.currency))))
                 if w.tell_buyer:
                     told.append((order["member_id"], {"type": "order", "order": order}))
             work.append(self.notifier.send_to_users(told))

@@ -11,6 +11,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from live.commerce import keys
+from live.commerce.catalog import Catalog
 from live.commerce.flash import FlashSales
 from live.commerce.inventory import Inventory
 from live.commerce.keys import figures_key, figures_orders_key
@@ -20,6 +21,7 @@ from live.commerce.types import (
 )
 from live.db.client import text
 from live.errors import LiveError
+from live.money import Money
 from live.types import HostedSession, SessionDirectory
 
 log = logging.getLogger("newretail.live")
@@ -31,6 +33,7 @@ class HostFigures:
     """The host-figures part of ``Commerce`` (which sets these attributes)."""
 
     redis: aredis.Redis
+    catalog: Catalog
     notifier: Notifier | None
     clock: Callable[[], float]
     flash: FlashSales
@@ -64,7 +67,7 @@ class HostFigures:
         carts, (orders, cents), recent = await pipe.execute()
         return {
             "type": "figures", "carts": int(carts), "orders": int(orders or 0),
-            "revenue": round(int(cents or 0) / 100, 2),
+            "revenue": Money(int(cents or 0), self.catalog.currency).to_wire(),
             "stock": await self.session_stock(session_id),
             # orders in the last ``orders_window`` seconds, whoever pushed the figures
             "orders_recent": int(recent), "orders_window": int(ORDERS_WINDOW),

@@ -8,7 +8,6 @@ runs) ends it and announces ``flash_sale_ended``, and only that one.
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,16 +15,16 @@ from typing import Any, Literal, TypedDict
 
 import redis.asyncio as aredis
 
-from live.commerce.carts import parse_qty, parse_sku
+from live.commerce.carts import parse_price, parse_qty, parse_sku
 from live.commerce.keys import FLASH_ACTIVE, flash_bought_key, flash_key
 from live.db.client import text
 from live.errors import LiveError
+from live.money import Money, MoneyWire
 from live.types import Sku
 
 MIN_SECONDS = 10
 MAX_SECONDS = 20 * 60
 MAX_FLASH_QTY = 100_000
-MAX_PRICE = 1_000_000.0
 EndReason = Literal["sold_out", "stopped", "expired"]
 
 
@@ -33,7 +32,7 @@ class FlashSaleMsg(TypedDict):
     type: Literal["flash_sale"]
     id: str
     sku: str
-    price: float
+    price: MoneyWire
     qty_total: int
     qty_left: int
     limit: int | None
@@ -53,21 +52,18 @@ class FlashRequest:
     """A validated ``flash.start``."""
 
     sku: Sku
-    price: float
+    price: Money
     qty: int
     seconds: int
     limit: int | None
 
 
-def parse_flash_start(payload: Mapping[str, Any]) -> FlashRequest:
-    """Validate a ``flash.start`` payload (pure): 10 s to 20 min, a positive price,
-    1 to 100,000 units, an optional per-member limit no larger than the units."""
+def parse_flash_start(payload: Mapping[str, Any], currency: str) -> FlashRequest:
+    """Validate a ``flash.start`` payload (pure): 10 s to 20 min, a price as Money in
+    ``currency`` above zero (a float or a bare number is ``invalid_price``), 1 to 100,000
+    units, an optional per-member limit no larger than the units."""
     sku = parse_sku(payload.get("sku"))
-    price = payload.get("price")
-    if isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price):
-        raise LiveError("invalid_price", "price must be a number")
-    if not 0 < price <= MAX_PRICE:
-        raise LiveError("invalid_price", f"price must be above 0 and at most {MAX_PRICE:.0f}")
+    price = parse_price(payload.get("price"), currency, code="invalid_price")
     qty = parse_qty(payload.get("qty"), MAX_FLASH_QTY)
     seconds = payload.get("seconds")
     if isinstance(seconds, bool) or not isinstance(seconds, int) or not (
@@ -78,7 +74,7 @@ def parse_flash_start(payload: Mapping[str, Any]) -> FlashRequest:
     limit = payload.get("limit")
     if limit is not None:
         limit = parse_qty(limit, qty)
-    return FlashRequest(sku, round(float(price), 2), qty, seconds, limit)
+    return FlashRequest(sku, price, qty, seconds, limit)
 
 
 @dataclass(frozen=True)
@@ -88,7 +84,7 @@ class FlashSale:
     id: str
     session_id: str
     sku: Sku
-    price: float
+    price: Money
     qty_total: int
     qty_left: int
     limit: int | None
@@ -102,7 +98,7 @@ class FlashSale:
 
     def message(self) -> FlashSaleMsg:
         return {
-            "type": "flash_sale", "id": self.id, "sku": self.sku, "price": self.price,
+            "type": "flash_sale", "id": self.id, "sku": self.sku, "price": self.price.to_wire(),
             "qty_total": self.qty_total, "qty_left": max(0, self.qty_left),
             "limit": self.limit, "ends_at": self.ends_at,
         }
@@ -115,19 +111,25 @@ class FlashSale:
 
 
 def decode_sale(raw: Mapping[Any, Any]) -> FlashSale | None:
+    """A sale from its hash: ``price`` is minor units, ``currency`` its code."""
     if not raw:
         return None
     f = {text(k): text(v) for k, v in raw.items()}
+    if "currency" not in f:
+        raise LiveError("store_not_migrated", "the store holds a v0.1.0 flash sale; "
+                        "run `newretail migrate`", 503)
     limit = int(f["limit"])
     return FlashSale(
-        id=f["id"], session_id=f["session"], sku=Sku(f["sku"]), price=float(f["price"]),
+        id=f["id"], session_id=f["session"], sku=Sku(f["sku"]),
+        price=Money(int(f["price"]), f["currency"]),
         qty_total=int(f["qty_total"]), qty_left=int(f["qty_left"]),
         limit=limit or None, started_at=float(f["started_at"]), ends_at=float(f["ends_at"]),
         state="active" if f["state"] == "active" else "ended", reason=f.get("reason", ""),
     )
 
 
-# KEYS flash, bought, active; ARGV id sku price qty limit now ends_at session
+# KEYS flash, bought, active; ARGV id sku price (minor units) qty limit now ends_at session
+# currency
 _START = """
 local f = redis.call('HMGET', KEYS[1], 'id', 'state', 'ends_at')
 local replaced = ''
@@ -138,7 +140,7 @@ end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'sku', ARGV[2], 'price', ARGV[3],
   'qty_total', ARGV[4], 'qty_left', ARGV[4], 'limit', ARGV[5], 'started_at', ARGV[6],
-  'ends_at', ARGV[7], 'session', ARGV[8], 'state', 'active')
+  'ends_at', ARGV[7], 'session', ARGV[8], 'state', 'active', 'currency', ARGV[9])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[8])
 return {'ok', replaced}
 """
@@ -176,8 +178,9 @@ class FlashSales:
         sale_id = "fs_" + secrets.token_hex(6)
         reply: Any = await self._start(
             keys=[flash_key(session_id), flash_bought_key(session_id), FLASH_ACTIVE],
-            args=[sale_id, request.sku, f"{request.price:.2f}", request.qty,
-                  request.limit or 0, f"{now:.3f}", f"{now + request.seconds:.3f}", session_id],
+            args=[sale_id, request.sku, request.price.amount, request.qty,
+                  request.limit or 0, f"{now:.3f}", f"{now + request.seconds:.3f}", session_id,
+                  request.price.currency],
         )
         if text(reply[0]) == "busy":
             raise LiveError("flash_sale_active",

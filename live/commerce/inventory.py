@@ -68,8 +68,13 @@ def pool(stock: Mapping[str, int]) -> int:
 # KEYS: orders index, running flash sales, orders whose purchase events are owed.
 # ARGV: idempotency ttl, key prefixes (idempotency, cart, order, member orders, figures,
 # flash sale, product, stock), then the checkouts as one JSON array (one argument to pack
-# instead of seven per checkout), each: order id, member, idempotency key, now, session
-# ('' none), home store ('' read it from the member record), member record key.
+# instead of nine per checkout), each: order id, member, idempotency key, now, session
+# ('' none), home store ('' read it from the member record), member record key, currency,
+# and the quote: the cart's lines as priced by ``price_for`` before the call, each
+# [sku, line as stored, qty, unit list price, unit discount, unit price (minor units),
+# flash sale session, flash sale id ('' none)]. The script charges the quoted prices after
+# checking the cart still holds exactly the quoted lines, each product's list price is
+# still the quoted one, and each flash line's sale still runs; else nothing is bought.
 _CHECKOUT = """
 local ttl = ARGV[1]
 local P_IDEM, P_CART, P_ORDER, P_MORDERS = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -82,7 +87,7 @@ local function end_sale(fkey, sid, reason, at)
 end
 local function by_sku(a, b) return a.sku < b.sku end
 
-local function checkout(order_id, member, idem, at, session, home, mkey)
+local function checkout(order_id, member, idem, at, session, home, mkey, currency, quoted)
   local ikey = P_IDEM .. member .. ':' .. idem
   local existing = redis.call('GET', ikey)
   if existing then
@@ -91,49 +96,58 @@ local function checkout(order_id, member, idem, at, session, home, mkey)
   local ckey = P_CART .. member
   local raw = redis.call('HGETALL', ckey)
   if #raw == 0 then return {'err', 'empty_cart', '', 'the cart is empty'} end
+  local changed = {'err', 'cart_changed', '', 'your cart changed meanwhile; check out again'}
+  if #raw ~= 2 * #quoted then return changed end
+  local cart = {}
+  for j = 1, #raw, 2 do cart[raw[j]] = raw[j + 1] end
   local now = tonumber(at)
-  local lines = {}
-  for j = 1, #raw, 2 do
-    local qty, lsession, lsale = string.match(raw[j + 1], '^(%d+)|?([^|]*)|?(.*)$')
-    lines[#lines + 1] = {sku = raw[j], qty = tonumber(qty), session = lsession, sale = lsale}
-  end
-  table.sort(lines, by_sku)
   if home == '' and mkey ~= '' then home = redis.call('HGET', mkey, 'home_store') or '' end
   local plan = {}
-  for i, line in ipairs(lines) do
-    local sku, qty, sale = line.sku, line.qty, line.sale
-    local price = redis.call('HGET', P_PRODUCT .. sku, 'price')
-    if not price then return {'err', 'not_found', sku, 'unknown product'} end
-    local cents = math.floor(tonumber(price) * 100 + 0.5)
-    local ss = session
-    if sale ~= '' then ss = line.session end
-    if sale ~= '' and ss == '' then
-      return {'err', 'out_of_stock', sku, 'the flash sale has ended'}
+  for i, q in ipairs(quoted) do
+    local sku, line, qty, list, disc, price, ss, sale = q[1], q[2], q[3], q[4], q[5], q[6],
+      q[7], q[8]
+    if cart[sku] ~= line then return changed end
+    local listed = redis.call('HMGET', P_PRODUCT .. sku, 'price', 'currency')
+    if not listed[1] then return {'err', 'not_found', sku, 'unknown product'} end
+    if tonumber(listed[1]) ~= list or listed[2] ~= currency then
+      return {'err', 'price_changed', sku, 'its list price changed; check your cart again'}
     end
     local fkey, bkey, flash = nil, nil, nil
-    if ss ~= '' then
+    if sale ~= '' then
       fkey, bkey = P_FLASH .. ss, P_FLASH .. ss .. ':bought'
       local f = redis.call('HMGET', fkey, 'id', 'sku', 'state', 'ends_at', 'price', 'qty_left',
                            'limit', 'session')
-      local live = f[1] and f[2] == sku and f[3] == 'active'
+      local live = f[1] == sale and f[2] == sku and f[3] == 'active'
       if live and now >= tonumber(f[4]) then
         end_sale(fkey, f[8], 'expired', at)
         live = false
       end
-      if live and (sale == '' or sale == f[1]) then
-        flash = {left = tonumber(f[6]), limit = tonumber(f[7]), sid = f[8]}
-        if flash.left < qty then
+      if not live then
+        if f[1] == sale and redis.call('HGET', fkey, 'reason') == 'sold_out' then
           return {'err', 'out_of_stock', sku, 'the flash sale is sold out'}
         end
-        if flash.limit > 0 then
-          local had = tonumber(redis.call('HGET', bkey, member) or '0')
-          if had + qty > flash.limit then
-            return {'err', 'limit_exceeded', sku, 'at most ' .. flash.limit .. ' per member'}
+        return {'err', 'price_changed', sku,
+                'the flash sale has ended; your cart now shows the price you pay'}
+      end
+      flash = {left = tonumber(f[6]), limit = tonumber(f[7]), sid = f[8]}
+      if flash.left < qty then
+        return {'err', 'out_of_stock', sku, 'the flash sale is sold out'}
+      end
+      if flash.limit > 0 then
+        local had = tonumber(redis.call('HGET', bkey, member) or '0')
+        if had + qty > flash.limit then
+          -- The line is cut to what the limit still allows, or goes: the cart can be
+          -- checked out again, and the refusal says what happened to the line.
+          local allowed = flash.limit - had
+          local why = 'at most ' .. flash.limit .. ' per member at the sale price'
+          if allowed > 0 then
+            redis.call('HSET', ckey, sku, allowed .. string.match(line, '^%d+(.*)$'))
+            return {'err', 'limit_exceeded', sku, why .. ': the line now holds ' .. allowed}
           end
+          redis.call('HDEL', ckey, sku)
+          return {'err', 'limit_exceeded', sku,
+                  why .. ' and you have bought them: the line was removed from your cart'}
         end
-        cents = math.floor(tonumber(f[5]) * 100 + 0.5)
-      elseif sale ~= '' then
-        return {'err', 'out_of_stock', sku, 'the flash sale has ended'}
       end
     end
     local skey = P_STOCK .. sku
@@ -147,8 +161,8 @@ local function checkout(order_id, member, idem, at, session, home, mkey)
       end
     end
     if not loc then return {'err', 'out_of_stock', sku, 'not enough units in stock'} end
-    plan[i] = {sku = sku, qty = qty, cents = cents, loc = loc, skey = skey, fkey = fkey,
-               bkey = bkey, flash = flash}
+    plan[i] = {sku = sku, qty = qty, list = list, disc = disc, price = price, loc = loc,
+               skey = skey, fkey = fkey, bkey = bkey, flash = flash}
   end
   local total, olines, left = 0, {}, {}
   for i, p in ipairs(plan) do
@@ -162,14 +176,16 @@ local function checkout(order_id, member, idem, at, session, home, mkey)
       redis.call('HINCRBY', p.bkey, member, p.qty)
       if flash_left == 0 then end_sale(p.fkey, p.flash.sid, 'sold_out', at) end
     end
-    total = total + p.cents * p.qty
-    olines[i] = {sku = p.sku, qty = p.qty, price = p.cents / 100, location = p.loc}
+    total = total + p.price * p.qty
+    olines[i] = {sku = p.sku, qty = p.qty, list_price = {amount = p.list, currency = currency},
+                 discount = {amount = p.disc, currency = currency},
+                 price = {amount = p.price, currency = currency}, location = p.loc}
     left[i] = {sku = p.sku, pool = units, flash_left = flash_left}
   end
   -- Every line of the cart was bought whole: the cart is now empty.
   redis.call('DEL', ckey)
   local order = cjson.encode({id = order_id, member_id = member, lines = olines,
-    total = total / 100, status = 'confirmed', created_at = now,
+    total = {amount = total, currency = currency}, status = 'confirmed', created_at = now,
     session_id = session ~= '' and session or cjson.null})
   redis.call('SET', P_ORDER .. order_id, order)
   redis.call('ZADD', KEYS[1], now, order_id)
@@ -185,7 +201,7 @@ end
 
 local out = {''}
 for _, c in ipairs(cjson.decode(ARGV[10])) do
-  out[#out + 1] = checkout(c[1], c[2], c[3], c[4], c[5], c[6], c[7])
+  out[#out + 1] = checkout(c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9])
 end
 out[1] = table.concat(ended, ',')
 return out
@@ -225,6 +241,27 @@ class CheckoutRequest:
     session_id: str | None = None
     home_store: str | None = None
     member_key: str | None = None
+    currency: str = "GBP"
+    lines: tuple[QuotedLine, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuotedLine:
+    """A cart line as priced for the buyer (``price_for``), amounts in minor units; the
+    script charges these and checks the cart and catalog still match them."""
+
+    sku: str
+    stored: str
+    qty: int
+    list_price: int
+    discount: int
+    price: int
+    sale_session: str = ""
+    sale: str = ""
+
+    def args(self) -> list[Any]:
+        return [self.sku, self.stored, self.qty, self.list_price, self.discount, self.price,
+                self.sale_session, self.sale]
 
 
 @dataclass(frozen=True)
@@ -256,7 +293,8 @@ def checkout_args(requests: Sequence[CheckoutRequest]) -> list[Any]:
     """The script's ARGV for a batch (pure)."""
     return [IDEMPOTENCY_TTL, *_PREFIXES, orjson.dumps([
         (r.order_id, r.user, r.idempotency, f"{r.now:.3f}", r.session_id or "",
-         r.home_store or "", r.member_key or "") for r in requests])]
+         r.home_store or "", r.member_key or "", r.currency, [q.args() for q in r.lines])
+        for r in requests])]
 
 
 def parse_result(result: Sequence[Any]) -> Reservation:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-PRODUCT = "nr:product:{sku}"  # hash: sku title category price image
+PRODUCT = "nr:product:{sku}"  # hash: sku title category price (minor units) currency image
 CATALOG = "nr:catalog"  # zset of skus, scored by insertion order
 WORD = "nr:catalog:word:{word}"  # set of skus whose title has the word
 STOCK = "nr:stock:{sku}"  # hash: location -> units on hand
@@ -83,3 +83,8 @@ def figure_carts(session_id: str) -> str:
 def figure_skus(session_id: str) -> str:
     return f"nr:figures:{session_id}:skus"  # set: skus sold or carted in the session
 
+
+
+# The version of the money layout the store holds ("1": integer minor units and a currency
+# in products, flash sales and orders). Absent: a v0.1.0 store, or a new one (``migrate``).
+MONEY_VERSION = "nr:schema:money"

@@ -11,38 +11,62 @@ import redis.asyncio as aredis
 
 from live.commerce.keys import ORDERS, member_orders_key, order_key
 from live.db.client import text
-from live.errors import not_found
+from live.errors import LiveError, not_found
+from live.money import Money, MoneyWire
 
 ERASED = "erased"
 
 
 class OrderLine(TypedDict):
+    """One line: unit ``list_price``, unit ``discount``, unit ``price`` paid
+    (``list_price - discount``), each as priced by ``price_for`` at checkout."""
+
     sku: str
     qty: int
-    price: float
+    list_price: MoneyWire
+    discount: MoneyWire
+    price: MoneyWire
     location: str
 
 
 class Order(TypedDict):
+    """``total`` is the sum of ``price`` x ``qty`` over the lines, exactly."""
+
     id: str
     member_id: str
     lines: list[OrderLine]
-    total: float
+    total: MoneyWire
     status: Literal["confirmed"]
     created_at: float
     session_id: str | None
 
 
+def _money(value: Any) -> MoneyWire:
+    """Stored money (Lua's JSON may write a whole number as ``295.0`` or ``2.95e+02``)."""
+    if not isinstance(value, dict):
+        raise LiveError("store_not_migrated", "the store holds a v0.1.0 order; "
+                        "run `newretail migrate`", 503)
+    amount = value["amount"]
+    exact = int(amount)
+    if exact != amount:
+        raise ValueError(f"a stored amount is not whole: {amount!r}")
+    return Money(exact, str(value["currency"])).to_wire()
+
+
 def normalise(raw: dict[str, Any]) -> Order:
-    """An order from its stored JSON (Lua's JSON writes whole numbers without ``.0``)."""
+    """An order from its stored JSON."""
+    if not isinstance(raw.get("total"), dict):
+        raise LiveError("store_not_migrated", "the store holds a v0.1.0 order; "
+                        "run `newretail migrate`", 503)
     lines: list[OrderLine] = [
-        {"sku": str(x["sku"]), "qty": int(x["qty"]), "price": float(x["price"]),
+        {"sku": str(x["sku"]), "qty": int(x["qty"]), "list_price": _money(x["list_price"]),
+         "discount": _money(x["discount"]), "price": _money(x["price"]),
          "location": str(x["location"])}
         for x in raw["lines"]
     ]
     return {
         "id": str(raw["id"]), "member_id": str(raw["member_id"]), "lines": lines,
-        "total": round(float(raw["total"]), 2), "status": "confirmed",
+        "total": _money(raw["total"]), "status": "confirmed",
         "created_at": float(raw["created_at"]), "session_id": raw.get("session_id"),
     }
 

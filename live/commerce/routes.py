@@ -154,7 +154,7 @@ async def get_figures(request: Request) -> Response:
 
 def _product_json(p: Any, stock: dict[str, int]) -> dict[str, Any]:
     return {
-        "sku": p.sku, "title": p.title, "category": p.category, "price": p.price,
+        "sku": p.sku, "title": p.title, "category": p.category, "price": p.price.to_wire(),
         "image": p.image, "stock": sum(stock.values()),
     }
 

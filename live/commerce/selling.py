@@ -45,8 +45,11 @@ class FlashSelling:
         self, caller: Caller, session_id: str, payload: Mapping[str, Any],
     ) -> FlashSale:
         check_caller(caller, HOST_ROLES, "a flash sale")
-        request = parse_flash_start(payload)
-        await self.catalog.get(request.sku)
+        request = parse_flash_start(payload, self.catalog.currency)
+        product = await self.catalog.get(request.sku)
+        if request.price >= product.price:
+            raise LiveError("invalid_price", f"a flash sale price must be below the list "
+                            f"price {product.price}; got {request.price}")
         units = (await self.inventory.available([request.sku]))[request.sku]
         if units < request.qty:
             raise LiveError("insufficient_stock",

@@ -31,16 +31,17 @@ from live.commerce.figures import HostFigures
 from live.commerce.flash import FlashSale, FlashSales
 from live.commerce.inventory import Inventory
 from live.commerce.orders import Orders
+from live.commerce.quote import PricedLine, cart_view, price_lines
 from live.commerce.selling import FlashSelling
 from live.commerce.types import (
     CART_ROLES,
     Caller,
-    CartItem,
     CartView,
     Notifier,
     cart_message,
     check_caller,
 )
+from live.db.client import text
 from live.errors import LiveError, not_found
 from live.types import HostedSession, Product, SessionDirectory, Sku
 from recommender.events import EventLog
@@ -110,37 +111,41 @@ class Commerce(Checkouts, FlashSelling, HostFigures):
 
     async def cart(self, user: str) -> CartView:
         """The cart as shown: titles and the price the buyer pays now."""
-        return await self._view(await self.carts.lines(user))
+        return await self._view(user, await self.carts.lines(user))
 
-    async def _view(
-        self, lines: list[CartLine], products: Mapping[str, Product] | None = None,
+    async def _tier(self, user: str) -> str | None:
+        """The member's tier (None for an anonymous viewer)."""
+        raw = await self.redis.hget(Members.key(user), "tier")
+        return text(raw) if raw is not None else None
+
+    async def price_cart(
+        self, user: str, lines: list[CartLine], products: Mapping[str, Product] | None = None,
         sales: Mapping[str, FlashSale | None] | None = None,
-    ) -> CartView:
-        """``lines`` as shown. ``products`` and ``sales`` (by session) already read are not
-        read again; the rest is read in one wait."""
+    ) -> list[PricedLine]:
+        """``lines`` at the price ``user`` pays now (``price_for``); lines whose flash sale
+        ended are repriced in the cart too, with a note. ``products`` and ``sales`` (by
+        session) already read are not read again; the rest is read in one wait."""
         known = dict(products or {})
         by_session = dict(sales or {})
         missing = [line.sku for line in lines if line.sku not in known]
         unread = list(dict.fromkeys(line.session for line in lines
                                     if line.session and line.session not in by_session))
-        fetched, read_sales = await asyncio.gather(
-            self.catalog.get_many(missing), self._sales(unread))
+        fetched, read_sales, tier = await asyncio.gather(
+            self.catalog.get_many(missing), self._sales(unread), self._tier(user))
         known.update((sku, p) for sku, p in zip(missing, fetched, strict=True) if p)
         by_session.update(zip(unread, read_sales, strict=True))
-        now, items = self.clock(), []
-        for line in lines:
-            product = known.get(line.sku)
-            if product is None:
-                continue
-            sale = by_session.get(line.session or "")
-            on_sale = sale is not None and sale.id == line.sale and sale.running(now)
-            items.append(CartItem(
-                sku=line.sku, title=product.title, qty=line.qty,
-                price=sale.price if on_sale and sale else product.price,
-                flash_sale=line.sale if on_sale else None,
-            ))
-        total = round(sum(i["price"] * i["qty"] for i in items), 2)
-        return {"lines": items, "count": sum(i["qty"] for i in items), "total": total}
+        priced = price_lines(lines, known, by_session, tier, self.clock())
+        ended = [(p.line, p.stored) for p in priced if p.ended]
+        if ended:
+            await self.carts.rewrite(user, ended)
+        return priced
+
+    async def _view(
+        self, user: str, lines: list[CartLine], products: Mapping[str, Product] | None = None,
+        sales: Mapping[str, FlashSale | None] | None = None,
+    ) -> CartView:
+        return cart_view(await self.price_cart(user, lines, products, sales),
+                         self.catalog.currency)
 
     async def _sales(self, sessions: list[str]) -> list[FlashSale | None]:
         return list(await asyncio.gather(*(self.flash.get(s) for s in sessions)))
@@ -193,7 +198,7 @@ class Commerce(Checkouts, FlashSelling, HostFigures):
         # the view needs only what the other lines show: the added product and the
         # session's sale were read above
         sales = {session_id: sale} if session_id else {}
-        view, _ = await asyncio.gather(self._view(lines, {sku: product}, sales),
+        view, _ = await asyncio.gather(self._view(caller.user, lines, {sku: product}, sales),
                                        _all(work))
         # last, so the devices' cart push follows everything the add wrote
         await self._push_cart(caller.user, view)

@@ -8,6 +8,7 @@ from typing import Any, Protocol, TypedDict
 
 from live.commerce.orders import Order
 from live.errors import LiveError
+from live.money import Money, MoneyWire
 
 CART_ROLES = frozenset({"viewer", "member"})
 BUYER_ROLES = frozenset({"member"})
@@ -27,17 +28,27 @@ class Notifier(Protocol):
 
 
 class CartItem(TypedDict):
+    """A cart line as shown: unit ``list_price``, unit ``discount``, unit ``price`` paid,
+    ``line_total`` (price x qty), why (``reason``), the flash sale it buys under, and
+    ``repriced`` (``sale_ended``) with a ``note`` when its sale ended."""
+
     sku: str
     title: str
     qty: int
-    price: float
+    list_price: MoneyWire
+    discount: MoneyWire
+    price: MoneyWire
+    line_total: MoneyWire
+    reason: str
     flash_sale: str | None
+    repriced: str | None
+    note: str | None
 
 
 class CartView(TypedDict):
     lines: list[CartItem]
     count: int
-    total: float
+    total: MoneyWire
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,8 @@ def cart_message(view: CartView) -> dict[str, Any]:
     return {"type": "cart", "cart": view}
 
 
-EMPTY_CART: CartView = {"lines": [], "count": 0, "total": 0}
+def empty_cart(currency: str) -> CartView:
+    return {"lines": [], "count": 0, "total": Money.zero(currency).to_wire()}
 
 
 # The host's "orders per minute" counts the orders of the last this many seconds.

@@ -159,7 +159,9 @@ async def _script_loop(
             await host.op("chat", text=rng.choice(HOST_LINES))
         if tick % 90 == 30 and time.time() > flash_until:
             sku = rng.choice(lineup)
-            await host.op("flash.start", sku=sku, price=4.99, qty=40, seconds=60)
+            # money on the wire; a pound is below every demo product's list price
+            await host.op("flash.start", sku=sku, price={"amount": 100, "currency": "GBP"},
+                          qty=40, seconds=60)
             flash_until = time.time() + 60
             for v in rng.sample(viewers, k=max(1, len(viewers) // 2)):
                 await v.op("cart.add", sku=sku, qty=1)

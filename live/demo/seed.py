@@ -12,6 +12,7 @@ from identity.members import Members
 from live.commerce import keys
 from live.commerce.catalog import Catalog
 from live.demo.keys import SEEDED
+from live.money import Money
 from live.types import WAREHOUSE, Product, Sku, Store
 from recommender.events import EventLog
 from recommender.types import Event, EventKind
@@ -78,14 +79,16 @@ def demo_phone(index: int) -> str:
     return f"+447700900{index:03d}"
 
 
-def make_products(rng: random.Random, per_category: int = 40) -> list[Product]:
+def make_products(rng: random.Random, per_category: int = 40,
+                  currency: str = "GBP") -> list[Product]:
     products: list[Product] = []
     for cat_index, (category, (adjectives, nouns, (lo, hi))) in enumerate(CATEGORIES.items()):
         names = [f"{a} {n}" for a in adjectives for n in nouns]
         rng.shuffle(names)
         for i, name in enumerate(sorted(names[:per_category])):
             sku = Sku(f"{cat_index + 1}{i:03d}")
-            price = round(rng.uniform(lo, hi), 0) - 0.01
+            # whole pounds less a penny (9.99), in minor units
+            price = Money(int(round(rng.uniform(lo, hi), 0)) * 100 - 1, currency)
             products.append(Product(sku, name, category, price, f"/catalog/images/{sku}.svg"))
     return products
 
@@ -138,7 +141,7 @@ async def seed_demo(
     if await redis.exists(SEEDED):
         return {}
     rng = random.Random(seed)
-    products = make_products(rng)
+    products = make_products(rng, currency=catalog.currency)
     await catalog.put_stores(STORES)
     await catalog.put_products(products)
     pipe = redis.pipeline(transaction=False)

@@ -88,7 +88,8 @@ class SessionOps:
     async def pin_product(self, ctx: OpContext, payload: dict[str, Any]) -> None:
         sku = require_str(payload, "sku")
         p = await self.catalog.get(sku)
-        product = {"sku": p.sku, "title": p.title, "price": p.price, "image": p.image}
+        product = {"sku": p.sku, "title": p.title, "price": p.price.to_wire(),
+                   "image": p.image}
         await self.sessions.pin(ctx.session_id, product)
 
     async def unpin_product(self, ctx: OpContext, payload: dict[str, Any]) -> None:

@@ -16,10 +16,14 @@ from identity.keys import MEMBER
 from identity.members import Member, Members, member_from
 from live.commerce import keys
 from live.commerce.catalog import Catalog
+from live.commerce.flash import FlashSale, FlashSales
 from live.commerce.keys import REVISION
+from live.commerce.pricing import price_for
 from live.db.client import text
 from live.db.tracked import MISSING, Tracked
 from live.errors import LiveError
+from live.money import Money
+from live.types import Product, Sku
 from recommender.events import erased_tag, parse_history
 from recommender.keys import HISTORY
 from recommender.rank import Candidate, Offer, ProductInfo, compose_offers, is_offerable
@@ -138,6 +142,7 @@ class OfferService:
         self._context = redis.register_script(_CONTEXT)
         self._stock = redis.register_script(_STOCK)
         self._product_cache: dict[str, ProductInfo | None] = {}
+        self.flash = FlashSales(redis)
         self._catalog_rev: bytes | str = b""
         self._warming: asyncio.Task[None] | None = None
         USERS_GAUGE.set_function(recommender.user_count)
@@ -226,7 +231,7 @@ class OfferService:
             if len(cache) > PRODUCT_CACHE_MAX:
                 cache.clear()
             for sku, p in zip(missing, fetched, strict=True):
-                info = ProductInfo(p.title, p.category, p.price) if p else None
+                info = ProductInfo(p.title, p.category, p.price.amount) if p else None
                 if keep:
                     cache[sku] = info
                 if info is not None:
@@ -337,6 +342,7 @@ class OfferService:
             candidates += only_new(in_live, bought)[: max(1, n // 3)]
         want = n * OVERFETCH
         offers: list[Offer] = []
+        products: dict[str, ProductInfo] = {}
         considered: set[str] = set()
         for attempt in range(3):
             out_of_stock = {s for s in considered if not checked[s]}
@@ -361,18 +367,37 @@ class OfferService:
                 # only what this order of reading has reached: the slate must not depend
                 # on which stock the record happened to bring
                 available = {s for s in considered if checked[s]}
-                offers = compose_offers(pool, await self._products(sorted(available)),
-                                        available, n, tier)
+                products = await self._products(sorted(available))
+                offers = compose_offers(pool, products, available, n)
                 if len(offers) >= n:
                     break
             if len(offers) >= n:
                 break
             want *= 2
+        sale = await self.flash.get(session_id) if session_id else None
         return {
             "member_id": member_id, "personalized": personalized,
-            "model_version": rec.model_version, "offers": offers,
+            "model_version": rec.model_version,
+            "offers": self._priced(offers, products if offers else {}, tier, sale),
             "took_ms": round((time.perf_counter() - started) * 1000, 3),
         }
+
+    def _priced(self, offers: list[Offer], products: dict[str, ProductInfo], tier: str,
+                sale: FlashSale | None) -> list[dict[str, Any]]:
+        """The offers on the wire: ``price`` the list price and ``offer_price`` what this
+        member pays now, by ``price_for`` (tier, and the session's running flash sale), the
+        price their cart and checkout charge."""
+        currency, now = self.catalog.currency, time.time()
+        out = []
+        for o in offers:
+            info = products[o["sku"]]
+            product = Product(Sku(o["sku"]), info.title, info.category,
+                              Money(info.price, currency), "")
+            line = price_for(product, tier, sale, now)
+            out.append({"sku": o["sku"], "title": o["title"],
+                        "price": line.list_price.to_wire(), "offer_price": line.price.to_wire(),
+                        "reason": o["reason"], "score": o["score"]})
+        return out
 
     async def record_checkin(self, member_id: str, screen_id: str, store_id: str | None
                              ) -> None:

@@ -26,9 +26,9 @@ import orjson
 import redis.asyncio as aredis
 
 from live.db.client import text
+from live.money import Money
 from live.payments import keys, signing
 from live.payments.delivery import FakeDelivery
-from live.payments.money import Money
 from live.payments.port import (
     EventKind,
     Payment,

@@ -21,8 +21,8 @@ import orjson
 import redis.asyncio as aredis
 
 from live.db.client import text
+from live.money import Money
 from live.payments import keys
-from live.payments.money import Money
 from live.payments.port import EventKind, Payment, PaymentEvent, PaymentProvider
 from live.payments.port import PaymentStatus as S
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from live.payments.money import Money
+from live.money import Money
 
 
 class PaymentStatus(StrEnum):

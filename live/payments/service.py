@@ -13,10 +13,10 @@ import redis.asyncio as aredis
 
 from live.errors import LiveError
 from live.metrics import PAYMENT_WEBHOOKS
+from live.money import Money
 from live.payments import keys
 from live.payments.fake import FakeProvider
 from live.payments.ledger import PaymentLedger
-from live.payments.money import Money
 from live.payments.port import (
     BadSignature,
     Payment,

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import stripe
 
-from live.payments.money import Money
+from live.money import Money
 from live.payments.port import (
     BadSignature,
     EventKind,

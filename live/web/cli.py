@@ -19,6 +19,7 @@ from identity.types import ROLES
 from live.commerce import keys
 from live.db.server import EmbeddedValkey
 from live.demo.script import DemoUrls, start_in_thread
+from live.money import Money, exponent
 from live.web.compose import load_keyring, open_services
 from live.web.settings import Settings, project_var_dir
 
@@ -228,7 +229,7 @@ async def product_attributes(catalog: Catalog, skus: list[str]) -> dict[str, tup
         part = skus[start:start + 1000]
         for sku, p in zip(part, await catalog.get_many(part), strict=True):
             if p is not None:
-                out[sku] = (float(p.price), str(p.category))
+                out[sku] = (p.price.amount / 10 ** exponent(p.price.currency), str(p.category))
     return out
 
 
@@ -250,7 +251,9 @@ async def _import_retail(settings: Settings, path: str, stock: int) -> None:
     products: dict[str, Product] = {}
     customers: set[str] = set()
     for r in rows:
-        products[r.sku] = Product(Sku(r.sku), r.description or r.sku, "retail", r.price,
+        # the file's decimal text (repr is its shortest exact spelling), quantized once
+        price = Money.from_decimal(repr(r.price), settings.currency)
+        products[r.sku] = Product(Sku(r.sku), r.description or r.sku, "retail", price,
                                   f"/catalog/images/{r.sku}.svg")
         customers.add(r.customer)
     async with open_services(settings) as svc:
@@ -288,6 +291,31 @@ async def _import_retail(settings: Settings, path: str, stock: int) -> None:
 
 def cmd_import(args: argparse.Namespace) -> int:
     asyncio.run(_import_retail(Settings.from_env(), args.path, args.stock))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Convert a v0.1.0 store's prices and orders to exact money (also done on start)."""
+    from live.commerce.migrate import migrate_money
+    from live.db.client import connect
+
+    settings = Settings.from_env()
+
+    async def run() -> str:
+        embedded: EmbeddedValkey | None = None
+        url = settings.redis_url
+        if url is None:
+            embedded = EmbeddedValkey(settings.db_dir, fsync=settings.db_fsync)
+            url = embedded.start()
+        redis = connect(url, settings.db_timeout)
+        try:
+            return str(await migrate_money(redis, settings.currency, force=args.force))
+        finally:
+            await redis.aclose()
+            if embedded is not None:
+                embedded.stop()
+
+    print(asyncio.run(run()))
     return 0
 
 
@@ -349,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("path")
     imp.add_argument("--stock", type=int, default=1000, help="units of each in the warehouse")
     imp.set_defaults(func=cmd_import)
+
+    mig = sub.add_parser("migrate", help="convert a v0.1.0 store to exact money")
+    mig.add_argument("--force", action="store_true",
+                     help="look at every record even in a store marked migrated")
+    mig.set_defaults(func=cmd_migrate)
 
     ev = sub.add_parser("eval", help="offline quality against the baselines")
     ev.add_argument("--data", default="../shared/data/online_retail_dev.csv.gz")

@@ -16,6 +16,7 @@ from identity.members import Members
 from identity.service import IdentityConfig, IdentityService
 from identity.tokens import KeyRing
 from live.commerce.catalog import Catalog
+from live.commerce.migrate import migrate_money
 from live.commerce.service import Commerce
 from live.db.client import bounded, connect
 from live.db.server import EmbeddedValkey
@@ -146,6 +147,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     copy: Tracked | None = None
     try:
         await redis.ping()
+        await migrate_money(redis, settings.currency)  # v0.1.0 prices: once, idempotent
         keyring = load_keyring(settings)
         pepper = load_pepper(settings)
         identity = IdentityService(
@@ -154,7 +156,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                   dev_outbox=settings.mode != "prod"),
         )
         events = EventLog(redis)
-        catalog = Catalog(redis)
+        catalog = Catalog(redis, settings.currency)
         hub = Hub(redis, HubConfig(
             history=settings.live_history, coalesce_interval=settings.live_coalesce,
             viewers_interval=settings.live_viewers_every, send_buffer=settings.ws_send_buffer,

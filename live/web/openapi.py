@@ -63,7 +63,7 @@ def ref(name: str) -> Schema:
 SCHEMAS: dict[str, Schema] = {
     "Error": obj(["error"], error=obj(["code", "message"], code=STR, message=STR)),
     "Product": obj(["sku", "title", "category", "price", "image", "stock"], sku=STR,
-                   title=STR, category=STR, price=NUM, image=STR, stock=INT),
+                   title=STR, category=STR, price=ref("Money"), image=STR, stock=INT),
     "StockByLocation": {"type": "object", "additionalProperties": INT},
     "Member": obj(["member_id", "name", "tier", "home_store", "spend", "created_at", "consent"],
                   member_id=STR, name=STR, tier={"enum": ["member", "silver", "gold"]},
@@ -86,17 +86,21 @@ SCHEMAS: dict[str, Schema] = {
     "Ingest": obj(["url", "key"], url=STR, key=STR),
     "Playback": obj(["hls"], hls=STR),
     "Stream": obj(["state"], state={"enum": ["offline", "live"]}, bitrate=INT),
-    "CartView": obj(["lines", "count", "total"], count=INT, total=NUM, lines=arr(obj(
-        ["sku", "title", "qty", "price"], sku=STR, title=STR, qty=INT, price=NUM,
-        flash_sale=nullable(STR)))),
+    "CartView": obj(["lines", "count", "total"], count=INT, total=ref("Money"), lines=arr(obj(
+        ["sku", "title", "qty", "list_price", "discount", "price", "line_total", "reason"],
+        sku=STR, title=STR, qty=INT, list_price=ref("Money"), discount=ref("Money"),
+        price=ref("Money"), line_total=ref("Money"),
+        reason={"enum": ["list", "tier", "flash_sale"]}, flash_sale=nullable(STR),
+        repriced=nullable({"enum": ["sale_ended"]}), note=nullable(STR)))),
     "Cart": obj(["user_id", "cart"], user_id=STR, cart=ref("CartView")),
     "Order": obj(["id", "member_id", "lines", "total", "status", "created_at"],
-                 id=STR, member_id=STR, total=NUM, status=STR, created_at=NUM,
+                 id=STR, member_id=STR, total=ref("Money"), status=STR, created_at=NUM,
                  session_id=nullable(STR), lines=arr(obj(
-                     ["sku", "qty", "price", "location"], sku=STR, qty=INT, price=NUM,
-                     location=STR))),
+                     ["sku", "qty", "list_price", "discount", "price", "location"], sku=STR,
+                     qty=INT, list_price=ref("Money"), discount=ref("Money"),
+                     price=ref("Money"), location=STR))),
     "FlashSale": obj(["type", "id", "sku", "price", "qty_total", "qty_left", "limit",
-                      "ends_at"], type=STR, id=STR, sku=STR, price=NUM, qty_total=INT,
+                      "ends_at"], type=STR, id=STR, sku=STR, price=ref("Money"), qty_total=INT,
                      qty_left=INT, limit=nullable(INT), ends_at=NUM),
     "Money": obj(["amount", "currency"], amount=INT,
                   currency={"type": "string", "pattern": "^[A-Z]{3}$"}),
@@ -104,7 +108,7 @@ SCHEMAS: dict[str, Schema] = {
                         url=STR, status={"enum": ["requires_action", "processing", "succeeded",
                                                   "failed", "canceled", "refunded"]}),
     "Figures": obj(["carts", "orders", "revenue", "stock"], carts=INT, orders=INT,
-                   revenue=NUM, stock={"type": "object"}, orders_recent=INT,
+                   revenue=ref("Money"), stock={"type": "object"}, orders_recent=INT,
                    orders_window=INT),
 }
 
@@ -131,7 +135,7 @@ BODIES: dict[str, Schema] = {
                     session_id=STR),
     "checkout": obj(["idempotency_key"], idempotency_key=STR, session_id=STR),
     "pay_decision": obj(["decision"], decision={"enum": ["approve", "decline"]}),
-    "flash": obj(["sku", "price", "qty", "seconds"], sku=STR, price=NUM, qty=INT,
+    "flash": obj(["sku", "price", "qty", "seconds"], sku=STR, price=ref("Money"), qty=INT,
                  seconds=INT, limit=INT),
 }
 
@@ -254,7 +258,8 @@ OPS: tuple[Op, ...] = (
                         member_id=nullable(STR), personalized=BOOL,
                         model_version=nullable(STR), took_ms=NUM, offers=arr(obj(
                             ["sku", "title", "price", "offer_price", "reason", "score"],
-                            sku=STR, title=STR, price=NUM, offer_price=NUM,
+                            sku=STR, title=STR, price=ref("Money"),
+                            offer_price=ref("Money"),
                             reason={"enum": ["buy_again", "for_you", "trending",
                                              "in_this_live"]}, score=NUM))))},
        errors=(400,), query={

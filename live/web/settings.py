@@ -69,6 +69,15 @@ def _rate(env: Mapping[str, str], name: str) -> float:
     return value
 
 
+def _currency(env: Mapping[str, str]) -> str:
+    """``NEWRETAIL_CURRENCY``: the catalog's ISO 4217 code (GBP when unset)."""
+    raw = (env.get("NEWRETAIL_CURRENCY") or "GBP").strip()
+    if len(raw) != 3 or not raw.isascii() or not raw.isalpha() or not raw.isupper():
+        raise ValueError(f"NEWRETAIL_CURRENCY must be an ISO 4217 code of three capital "
+                         f"letters, e.g. GBP, got {raw!r}")
+    return raw
+
+
 def _payments(env: Mapping[str, str], mode: str) -> dict[str, object]:
     """The payment settings: ``NEWRETAIL_PAYMENTS`` is ``fake`` (the default outside prod,
     where it must be named) or ``stripe`` (which needs its keys)."""
@@ -176,6 +185,8 @@ class Settings:
     # Payments (docs/payments.md): the provider, the service's own address (the fake
     # provider's webhooks go to it), the fake's behaviour, Stripe's keys and API address.
     payments: str = "fake"
+    # ISO 4217 code of every price of this deployment's catalog (NEWRETAIL_CURRENCY).
+    currency: str = "GBP"
     public_url: str | None = None
     fake_pay_secret: str = ""
     fake_pay_timeout_rate: float = 0.0
@@ -240,5 +251,6 @@ class Settings:
             rtmp_port=_int(env, "NEWRETAIL_RTMP_PORT", 1935, lo=1),
             rtmp_url=env.get("NEWRETAIL_RTMP_URL", ""),
             ffmpeg=env.get("NEWRETAIL_FFMPEG", ""),
+            currency=_currency(env),
             **_payments(env, mode),  # type: ignore[arg-type]
         )

@@ -726,7 +726,9 @@ class Host(User):
             # (no-op when it has: the error goes unanswered without a ref).
             conn.op("flash.stop", ref=False)
             conn.timed_op("flash.start to ack", "flash.start", sku=next(self.flash),
-                          price=4.99, qty=100_000, seconds=self.flash_seconds)
+                          # below every demo product's list price (at least 1.99)
+                          price={"amount": 100, "currency": "GBP"},
+                          qty=100_000, seconds=self.flash_seconds)
 
     def on_stop(self) -> None:
         if hasattr(self, "conn"):

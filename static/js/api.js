@@ -160,8 +160,32 @@ export async function shareLive(sessionId, title) {
   } catch { return url; }
 }
 
-const GBP = new Intl.NumberFormat("en-GB", { style: "currency", currency: "GBP" });
-export function money(value) { return GBP.format(Number(value) || 0); }
+// Money from the server is {amount, currency}: an integer of minor units and an ISO 4217
+// code. Formatted by the browser in the reader's locale, with the currency's own digits.
+const formats = new Map();
+function formatFor(currency) {
+  if (!formats.has(currency)) formats.set(currency, new Intl.NumberFormat(undefined, { style: "currency", currency }));
+  return formats.get(currency);
+}
+export function fractionDigits(currency) { return formatFor(currency).resolvedOptions().maximumFractionDigits; }
+export function money(m) {
+  if (!m || typeof m !== "object" || !Number.isInteger(m.amount)) return "";
+  return formatFor(m.currency).format(m.amount / 10 ** fractionDigits(m.currency));
+}
+export function times(m, qty) { return { amount: m.amount * qty, currency: m.currency }; }
+// Decimal text typed by a person ("4.50") as Money, without a float on the way.
+export function parseMoney(text, currency) {
+  const match = /^\s*(\d+)(?:[.,](\d*))?\s*$/.exec(String(text));
+  if (!match) return null;
+  const digits = fractionDigits(currency);
+  const minor = (match[2] || "").padEnd(digits, "0");
+  if (minor.length > digits) return null;
+  return { amount: Number(match[1]) * 10 ** digits + Number(minor || "0"), currency };
+}
+export function decimalText(m) {
+  const digits = fractionDigits(m.currency);
+  return digits ? (m.amount / 10 ** digits).toFixed(digits) : String(m.amount);
+}
 
 // Text only: every string from the server goes into the page through textContent.
 export function el(tag, props = {}, ...children) {
@@ -181,7 +205,7 @@ export function productImage(sku) { return `/catalog/images/${encodeURIComponent
 // An offer card, the same on the viewer page and the store screen.
 export function offerCard(o, extra = null) {
   const price = el("div", { class: "price" });
-  if (o.offer_price < o.price) price.append(el("s", { text: money(o.price) }));
+  if (o.offer_price && o.price && o.offer_price.amount < o.price.amount) price.append(el("s", { text: money(o.price) }));
   price.append(document.createTextNode(money(o.offer_price)));
   return el("div", { class: "offer", "data-sku": o.sku },
     el("img", { src: productImage(o.sku), alt: "" }),

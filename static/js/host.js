@@ -1,5 +1,5 @@
 // Presenter console: pin, flash sales, live figures, chat moderation, audience suggestions.
-import { api, el, money, productImage, shareLive, tell, tokenFromUrl } from "./api.js";
+import { api, decimalText, el, money, parseMoney, productImage, shareLive, tell, tokenFromUrl } from "./api.js";
 import { streamPanel } from "./stream_panel.js";
 import { LiveSocket } from "./ws.js";
 
@@ -23,7 +23,7 @@ const series = [];
 async function product(sku) {
   if (!products.has(sku)) {
     try { products.set(sku, await api(`/catalog/products/${encodeURIComponent(sku)}`)); }
-    catch { products.set(sku, { sku, title: sku, price: 0 }); }
+    catch { products.set(sku, { sku, title: sku, price: null }); }
   }
   return products.get(sku);
 }
@@ -118,7 +118,7 @@ function figures(f) {
     if (lastOrders !== null && f.orders > lastOrders) orderTimes.push([Date.now(), f.orders - lastOrders]);
     lastOrders = f.orders;
   }
-  if (typeof f.revenue === "number") $("f-revenue").textContent = money(f.revenue);
+  if (f.revenue && typeof f.revenue === "object") $("f-revenue").textContent = money(f.revenue);
   // The server counts the orders of its stated window (orders_window seconds).
   if (typeof f.orders_recent === "number") { serverOrdersRecent = f.orders_recent; serverOrdersAt = Date.now(); }
   if (f.stock) { for (const [sku, left] of Object.entries(f.stock)) setStock(sku, left); renderStock(); }
@@ -178,7 +178,7 @@ function fillFlashSelect() {
 }
 function suggestPrice() {
   const p = products.get($("flash-sku").value);
-  if (p && p.price) $("flash-price").value = (Math.max(0.01, p.price * 0.7)).toFixed(2);
+  if (p && p.price && p.price.amount) $("flash-price").value = decimalText({ amount: Math.max(1, Math.round(p.price.amount * 0.7)), currency: p.price.currency });
 }
 $("flash-sku").onchange = suggestPrice;
 
@@ -199,7 +199,8 @@ async function op(name, fields, errorBox = "pin-error") {
 $("flash-form").onsubmit = async (e) => {
   e.preventDefault();
   const fields = {
-    sku: $("flash-sku").value, price: Number($("flash-price").value),
+    sku: $("flash-sku").value,
+    price: parseMoney($("flash-price").value, ((products.get($("flash-sku").value) || {}).price || {}).currency || "GBP"),
     qty: Number($("flash-qty").value), seconds: Number($("flash-seconds").value),
   };
   if ($("flash-limit").value) fields.limit = Number($("flash-limit").value);

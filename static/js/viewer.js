@@ -1,5 +1,5 @@
 // Viewer page: watch, chat, react, cart and checkout inside the stream.
-import { api, bindSignin, el, memberToken, money, offerCard, productImage, save, shareLive, tell, viewerIdentity } from "./api.js";
+import { api, bindSignin, el, memberToken, money, offerCard, times, productImage, save, shareLive, tell, viewerIdentity } from "./api.js";
 import { LiveSocket } from "./ws.js";
 import { EventHold, StagePlayer, attachSessionVideo, showLatency } from "./video.js";
 
@@ -19,7 +19,7 @@ let offersTimer = null;
 async function product(sku) {
   if (!products.has(sku)) {
     try { products.set(sku, await api(`/catalog/products/${encodeURIComponent(sku)}`)); }
-    catch { products.set(sku, { sku, title: sku, price: 0, image: productImage(sku) }); }
+    catch { products.set(sku, { sku, title: sku, price: null, image: productImage(sku) }); }
   }
   return products.get(sku);
 }
@@ -164,7 +164,7 @@ function renderPinned() {
     return;
   }
   box.replaceChildren(...[...pinned].reverse().map((sku) => {
-    const p = products.get(sku) || { sku, title: sku, price: 0 };
+    const p = products.get(sku) || { sku, title: sku, price: null };
     const left = stock.get(sku);
     const onSale = flash && flash.sku === sku;
     const soldOut = left === 0;
@@ -232,17 +232,19 @@ function setCart(c) { cart = c || { lines: [] }; renderCart(); }
 
 function renderCart() {
   const lines = cart.lines || [];
-  for (const l of lines) if (l.title && !products.has(l.sku)) products.set(l.sku, { sku: l.sku, title: l.title, price: l.price });
+  for (const l of lines) if (l.title && !products.has(l.sku)) products.set(l.sku, { sku: l.sku, title: l.title, price: l.list_price });
   $("cart-count").textContent = String(cart.count ?? lines.reduce((n, l) => n + l.qty, 0));
   $("cart-lines").replaceChildren(...(lines.length ? lines.map((l) => el("li", { "data-sku": l.sku },
     el("img", { class: "thumb", src: productImage(l.sku), alt: "" }),
     el("span", { class: "grow", text: `${l.qty} × ${l.title || titleOf(l.sku)}` }),
     l.flash_sale ? el("span", { class: "badge sale", text: "flash" }) : null,
-    el("b", { text: money(l.price * l.qty) }),
+    l.note ? el("span", { class: "muted small repriced", text: l.note }) : null,
+    l.discount && l.discount.amount > 0 ? el("s", { text: money(times(l.list_price, l.qty)) }) : null,
+    el("b", { text: money(l.line_total) }),
     el("button", { class: "secondary icon-button", title: "Remove", "aria-label": `Remove ${l.title || l.sku}`,
       onclick: () => socket.send("cart.remove", { sku: l.sku }).catch((err) => { $("cart-error").textContent = friendly(err); }) }, "✕")))
     : [el("li", { class: "muted empty", text: "Your cart is empty." })]));
-  $("cart-total").textContent = money(cart.total ?? 0);
+  $("cart-total").textContent = money(cart.total);
   $("checkout").disabled = lines.length === 0;
   $("checkout").textContent = signedIn() ? "Check out" : "Sign in to check out";
   $("cart-signin-note").hidden = signedIn() || lines.length === 0;
@@ -283,7 +285,7 @@ function showOrder(order) {
     el("p", { class: "muted small", text: `Order ${order.id}` }),
     el("ul", { class: "list" }, ...order.lines.map((l) => el("li", {},
       el("span", { class: "grow", text: `${l.qty} × ${titleOf(l.sku)}` }),
-      el("b", { text: money(l.price * l.qty) })))),
+      el("b", { text: money(times(l.price, l.qty)) })))),
     el("p", { class: "row total" }, el("span", { class: "grow", text: "Paid" }), el("b", { text: money(order.total) })),
     el("a", { href: "/me", text: "See your orders" }));
   openCart();

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, TypedDict
 
 # ISO 4217 minor-unit exponents that are not 2 (every other code has 2 decimals).
@@ -68,6 +69,24 @@ class Money:
     @classmethod
     def zero(cls, currency: str) -> Money:
         return cls(0, currency)
+
+    @classmethod
+    def from_decimal(cls, text: str | Decimal, currency: str) -> Money:
+        """A decimal amount in the main unit (``"2.95"``, as a CSV or a v0.1.0 store holds
+        it) as Money, quantized once at the currency's exponent, half-up. Only for reading
+        decimal text from outside; a float is refused like everywhere else."""
+        if not isinstance(text, str | Decimal):
+            raise TypeError(f"a decimal amount must be text or a Decimal, "
+                            f"got {type(text).__name__} {text!r}")
+        try:
+            value = Decimal(text.strip() if isinstance(text, str) else text)
+        except InvalidOperation as exc:
+            raise ValueError(f"{text!r} is not a decimal amount") from exc
+        if not value.is_finite():
+            raise ValueError(f"{text!r} is not a finite amount")
+        exp = exponent(_check_currency(currency))
+        minor = (value * (10**exp)).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+        return cls(int(minor), currency)
 
     def _same(self, other: object, op: str) -> Money:
         if not isinstance(other, Money):
