@@ -24,7 +24,7 @@ WS_DISCONNECTS = Counter(
 
 class FastPaths:
     """How often this process took each fast path that relies on uvicorn's and websockets'
-    internals: raw socket writes (connections), whole frames taken without the websockets
+    internals: raw socket writes (connections), reads whose frames skipped the websockets
     parser, responses whose head went out with their body. Plain integers, not Prometheus
     counters, as the paths are hotter than a counter is cheap; read at scrape time."""
 

@@ -15,7 +15,7 @@ import redis.asyncio as aredis
 from live.errors import LiveError
 from live.hub.hub import Hub
 from live.hub.outbox import Outbox
-from live.hub.rooms import HubConfig, Room, cancel_and_wait
+from live.hub.rooms import HubConfig, Room, cancel_and_wait, msgpack_frame
 from live.protocol.frames import Format, frame, frame_payloads
 from live.protocol.messages import ClientOp, ConnId
 from live.writers.base import Conn
@@ -29,7 +29,7 @@ def payload(seq: int) -> bytes:
 
 
 def outbox_with(*seqs: int) -> Outbox:
-    box = Outbox(Hub.msgpack_frame)
+    box = Outbox(msgpack_frame)
     for seq in seqs:
         box.add(seq, payload(seq), frame(payload(seq), Format.JSON))
     return box
@@ -72,7 +72,7 @@ def test_msgpack_frames_are_made_once_per_event_and_only_when_needed() -> None:
 
     def pack(data: bytes) -> bytes:
         packed.append(data)
-        return Hub.msgpack_frame(data)
+        return msgpack_frame(data)
 
     box = Outbox(pack)
     for seq in (1, 2):
@@ -135,12 +135,12 @@ async def test_events_arriving_during_a_fanout_join_the_writes_not_yet_made() ->
     reached yet, and alone to the others; every connection gets every event, in order."""
     hub = Hub(aredis.Redis(), HubConfig(fanout_chunk=FANOUT_CHUNK))
     room, conns = live_room(FANOUT_CHUNK * 2 + 5, hub.config.fanout_chunk)
-    hub.deliver(room, 1, payload(1))
-    hub.deliver(room, 2, payload(2))
+    room.deliver(1, payload(1))
+    room.deliver(2, payload(2))
     await asyncio.sleep(0)  # the writer writes its first chunk, then lets others run
     assert all(len(c.writes) == 1 for c in conns[:FANOUT_CHUNK])
     assert all(not c.writes for c in conns[FANOUT_CHUNK:])
-    hub.deliver(room, 3, payload(3))
+    room.deliver(3, payload(3))
     assert room.writer is not None
     await room.writer
     for conn in conns[:FANOUT_CHUNK]:
@@ -153,9 +153,8 @@ async def test_events_arriving_during_a_fanout_join_the_writes_not_yet_made() ->
 async def test_by_default_the_whole_room_is_written_in_one_turn() -> None:
     """By default (``fanout_chunk=0``) every connection is written before anything else
     runs; a negative chunk is refused."""
-    hub = Hub(aredis.Redis())
-    room, conns = live_room(FANOUT_CHUNK * 2 + 5)
-    hub.deliver(room, 1, payload(1))
+    room, conns = live_room(FANOUT_CHUNK * 2 + 5, HubConfig().fanout_chunk)
+    room.deliver(1, payload(1))
     await asyncio.sleep(0)
     assert all([split(w) for w in c.writes] == [[payload(1)]] for c in conns)
     with pytest.raises(ValueError, match="0 or more"):
@@ -165,14 +164,13 @@ async def test_by_default_the_whole_room_is_written_in_one_turn() -> None:
 async def test_a_closed_connection_is_skipped_and_a_new_one_starts_where_it_joined() -> None:
     """The writer skips closed connections and writes a connection promoted mid-stream
     only the events after the seq it went live at."""
-    hub = Hub(aredis.Redis())
     room, conns = live_room(3)
     conns[1].closed = True
-    hub.deliver(room, 1, payload(1))
+    room.deliver(1, payload(1))
     late = Recorder(99)
     late.sent = 1
     room.live[late.id] = late
-    hub.deliver(room, 2, payload(2))
+    room.deliver(2, payload(2))
     assert room.writer is not None
     await room.writer
     assert [split(w) for w in conns[0].writes] == [[payload(1), payload(2)]]

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from live.db.client import connect, text
-from live.errors import LiveError
 from live.hub.keys import session_key
 from live.hub.sessions import Sessions
 from live.media.ingest import MediaServer, ffmpeg_exe
@@ -58,17 +57,11 @@ class DemoVideo:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.redis = connect(self.redis_url)
-        self.server = MediaServer(self.redis, self.media_dir, self._live)
+        self.server = MediaServer(self.redis, self.media_dir, Sessions(self.redis).is_live)
         self.port = self.loop.run_until_complete(self.server.start("127.0.0.1", self.port))
         self.ready.set()
         self.loop.run_forever()
 
-    async def _live(self, sid: str) -> bool:
-        try:
-            (await Sessions(self.redis).get(sid)).require_live()
-        except LiveError:
-            return False
-        return True
 
     def publish(self, sid: str) -> None:
         """Start pushing the generated picture into session ``sid``'s ingest."""

@@ -37,7 +37,6 @@ from live.hub.rooms import (
     SnapshotProvider,
     cancel_and_wait,
     frame_for,
-    msgpack_frame,
 )
 from live.hub.sessions import Sessions
 from live.hub.subscriber import Subscriber
@@ -334,12 +333,6 @@ class Hub(Subscriber, Presence):
             conns.discard(conn)
             if not conns:
                 del self.screens[screen_id]
-
-    msgpack_frame = staticmethod(msgpack_frame)
-
-    def deliver(self, room: Room, seq: int, data: bytes) -> None:
-        """Hand one event to every local viewer of ``room`` (``Room.deliver``)."""
-        room.deliver(seq, data)
 
 
     # Coalescing and viewer counts ---------------------------------------------------------

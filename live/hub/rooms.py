@@ -15,7 +15,7 @@ import orjson
 from live.hub.outbox import Outbox
 from live.metrics import WS_MESSAGES_SENT
 from live.protocol.frames import Format, frame, frame_payloads
-from live.protocol.messages import ConnId
+from live.protocol.messages import HOST_ROLES, ConnId
 from live.writers.base import Conn
 
 log = logging.getLogger("newretail.live")
@@ -48,8 +48,6 @@ Refresher = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 # missed are no longer in history.
 CLOSE_RESYNC = 4002
 
-# Who runs a session rather than watches it: not counted among its viewers.
-STAFF_ROLES = frozenset({"host", "admin"})
 
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
@@ -205,8 +203,9 @@ class Room:
     def audience(self) -> int:
         """Connections of viewers and members: the viewer count leaves hosts' consoles
         (and admins) out."""
-        return sum(1 for c in (*self.live.values(), *self.joining.values())
-                   if c.role not in STAFF_ROLES)
+        staff = sum(c.role in HOST_ROLES for c in self.live.values()) + sum(
+            c.role in HOST_ROLES for c in self.joining.values())
+        return len(self) - staff
 
 
 @dataclass(frozen=True)

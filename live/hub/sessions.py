@@ -159,6 +159,14 @@ class Sessions:
             raise not_found(f"session {sid}")
         return _info(sid, raw)
 
+    async def is_live(self, sid: str) -> bool:
+        """Whether the session exists and is live (the media server asks before a publish)."""
+        try:
+            (await self.get(sid)).require_live()
+        except LiveError:
+            return False
+        return True
+
     async def _listed(self, ids: Any, state: SessionState) -> list[SessionInfo]:
         found = []
         for sid in ids:

@@ -69,10 +69,11 @@ class LiveWebSocketProtocol(WebSocketsSansIOProtocol):
             pos = start + size
             self.curr_msg_data_type = "text" if opcode == 1 else "bytes"
             self.frames = [payload]
-            FAST_PATHS.frames += 1
             self.send_receive_event_to_app()
             if self.transport.is_closing():  # uvicorn failed the connection (bad UTF-8)
                 return b""
+        if pos:
+            FAST_PATHS.frames += 1  # reads whose frames took this path, once per read
         return data[pos:] if pos else data
 
     def send_receive_event_to_app(self) -> None:

@@ -6,27 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
 
 from live.db.client import connect
-from live.errors import LiveError
 from live.hub.sessions import Sessions
 from live.media.ingest import MediaServer, ffmpeg_exe
-from live.types import HostedSession, SessionDirectory
 from live.web.settings import Settings
-
-
-def session_is_live(sessions: SessionDirectory[HostedSession]) -> Callable[[str], Awaitable[bool]]:
-    """Whether a session exists and is live, as the media server asks it."""
-
-    async def live(sid: str) -> bool:
-        try:
-            (await sessions.get(sid)).require_live()
-        except LiveError:
-            return False
-        return True
-
-    return live
 
 
 async def serve_media(settings: Settings, host: str, port: int) -> None:
@@ -34,7 +18,7 @@ async def serve_media(settings: Settings, host: str, port: int) -> None:
         raise ValueError("newretail media needs the datastore the web process uses: set "
                          "NEWRETAIL_REDIS_URL (newretail demo runs its own media server)")
     redis = connect(settings.redis_url, settings.db_timeout)
-    server = MediaServer(redis, settings.media_dir, session_is_live(Sessions(redis)),
+    server = MediaServer(redis, settings.media_dir, Sessions(redis).is_live,
                          ffmpeg_exe(settings.ffmpeg))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
